@@ -1,0 +1,190 @@
+"""Extension handling in the guest: download, verify, unpack, configure, run, report.
+
+Layout under /var/lib/frostpoint-agent/NAME-VERSION/:
+  HandlerManifest.json   commands and timeout, from the package
+  config/SEQ.settings    the settings for sequence number SEQ, from the goal state
+  status/SEQ.status      written (atomically) by the extension
+Each command runs in its own process group; a command still running at its timeout
+is killed with its group. While it runs, its status file is forwarded as it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from frostpoint.agent.config import AgentConfig
+from frostpoint.protocol import GUEST_LIB, GUEST_LOG
+
+log = logging.getLogger("frostpoint.agent.extensions")
+StatusSink = Callable[[list[dict[str, Any]]], None]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class ExtensionHandler:
+    def __init__(self, cfg: AgentConfig, report: StatusSink) -> None:
+        self.cfg = cfg
+        self.report = report
+        self.root = Path(GUEST_LIB)
+        self.busy: dict[str, threading.Thread] = {}
+
+    def ext_dir(self, name: str, version: str) -> Path:
+        return self.root / f"{name}-{version}"
+
+    def apply(self, extensions: list[dict[str, Any]]) -> None:
+        wanted = {e["name"] for e in extensions}
+        for ext in extensions:
+            t = self.busy.get(ext["name"])
+            if t and t.is_alive():
+                continue  # the running operation reports on its own; next poll picks up
+            t = threading.Thread(target=self._handle_safely, args=(ext,), daemon=True)
+            self.busy[ext["name"]] = t
+            t.start()
+        for d in self.root.glob("*-*"):
+            manifest = d / "HandlerManifest.json"
+            if manifest.exists():
+                name = json.loads(manifest.read_text()).get("name")
+                if name and name not in wanted and not self._running(name):
+                    log.info("extension %s removed from goal state: uninstalling", name)
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def _running(self, name: str) -> bool:
+        t = self.busy.get(name)
+        return bool(t and t.is_alive())
+
+    def _handle_safely(self, ext: dict[str, Any]) -> None:
+        try:
+            self._handle(ext)
+        except Exception as e:  # noqa: BLE001 - every failure must reach the service
+            log.exception("extension %s failed", ext.get("name"))
+            self.report([self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
+                                      f"agent could not run the extension: {e}")])
+
+    @staticmethod
+    def _status(ext: dict[str, Any], status: str, code: str | None, message: str,
+                **extra: Any) -> dict[str, Any]:
+        return {"name": ext["name"], "version": ext["version"], "sequence": ext["sequence"],
+                "status": status, "code": code, "message": message, **extra}
+
+    def _handle(self, ext: dict[str, Any]) -> None:
+        d = self.ext_dir(ext["name"], ext["version"])
+        seq = int(ext["sequence"])
+        done_file = d / "last_sequence"
+        if not (d / "HandlerManifest.json").exists():
+            self._install(ext, d)
+        if done_file.exists() and int(done_file.read_text() or -1) >= seq:
+            return  # already ran this sequence number
+        (d / "config").mkdir(exist_ok=True)
+        (d / "status").mkdir(exist_ok=True)
+        write_json_atomic(d / "config" / f"{seq}.settings", ext.get("settings", {}))
+        done_file.write_text(str(seq))
+        self.report([self._status(ext, "transitioning", None, "enable started")])
+        final = self._run_command(ext, d, "enable")
+        self.report([final])
+
+    def _install(self, ext: dict[str, Any], d: Path) -> None:
+        log.info("downloading %s %s", ext["name"], ext["version"])
+        r = httpx.get(self.cfg.host_url + ext["package_path"], timeout=30,
+                      headers={"Authorization": f"Bearer {self.cfg.token}"})
+        r.raise_for_status()
+        digest = hashlib.sha256(r.content).hexdigest()
+        if digest != ext["sha256"]:
+            raise RuntimeError(f"package checksum mismatch: {digest} != {ext['sha256']}")
+        tmp = d.with_name(d.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+        manifest = json.loads((d / "HandlerManifest.json").read_text())
+        if manifest.get("install"):
+            self._exec(manifest["install"], d, {}, float(manifest.get("timeoutSeconds", 300)))
+
+    def _env(self, ext: dict[str, Any], d: Path) -> dict[str, str]:
+        log_dir = Path(GUEST_LOG) / ext["name"]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "FP_EXT_SEQUENCE": str(ext["sequence"]),
+            "FP_EXT_CONFIG_DIR": str(d / "config"),
+            "FP_EXT_STATUS_DIR": str(d / "status"),
+            "FP_EXT_LOG_DIR": str(log_dir),
+            "FP_HOST_ENDPOINT": self.cfg.host_url,
+            "FP_AGENT_TOKEN_FILE": self.cfg.values["Agent.TokenFile"],
+            "FP_LOG_VERBOSE": "1" if self.cfg.flag("Logs.Verbose") else "0",
+        }
+
+    def _exec(self, command: str, d: Path, env: dict[str, str],
+              timeout: float) -> subprocess.Popen[bytes]:
+        argv = command.split()
+        argv[0] = str(d / argv[0])
+        return subprocess.Popen(argv, cwd=d, env={**os.environ, **env},
+                                start_new_session=True, stdin=subprocess.DEVNULL)
+
+    def _run_command(self, ext: dict[str, Any], d: Path, which: str) -> dict[str, Any]:
+        manifest = json.loads((d / "HandlerManifest.json").read_text())
+        timeout = float(manifest.get("timeoutSeconds", 600))
+        status_file = d / "status" / f"{ext['sequence']}.status"
+        try:
+            proc = self._exec(manifest[which], d, self._env(ext, d), timeout)
+        except OSError as e:
+            # EACCES from a noexec mount or a missing x bit: the kernel refused it.
+            return self._status(ext, "error", "GuestAgentSnapshotTaskStatusError",
+                                f"cannot execute the extension: {e}", errno=e.errno,
+                                path=str(d))
+        deadline = time.monotonic() + timeout
+        last_seen = None
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
+                                    f"extension {which} timed out after {timeout:.0f} s")
+            # Long operations are reported as in progress, not killed.
+            if status_file.exists():
+                cur = status_file.read_text()
+                if cur != last_seen:
+                    last_seen = cur
+                    try:
+                        self.report([{**self._status(ext, "transitioning", None, ""),
+                                      **json.loads(cur), "status": "transitioning"}])
+                    except ValueError:
+                        pass
+            time.sleep(0.1)
+        rc = proc.returncode
+        try:
+            reported = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            reported = None
+        if rc < 0:
+            return self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
+                                f"extension was killed by signal {-rc}", signal=-rc,
+                                **({"last_status": reported} if reported else {}))
+        if reported is None:
+            return self._status(ext, "error", "GuestAgentSnapshotTaskStatusError",
+                                f"extension exited with {rc} and wrote no status")
+        if reported.get("status") == "transitioning":
+            reported["status"] = "error"
+            reported.setdefault("code", "ExtensionOperationFailedForManagedDisks")
+            reported["message"] = f"extension exited with {rc} while still in progress"
+        return {**self._status(ext, reported.get("status", "error"), reported.get("code"),
+                               reported.get("message", "")), **reported}

@@ -1,0 +1,67 @@
+"""The "frozen" marker: what a freezer froze, so that a restarted agent can thaw it.
+
+The freezer writes the marker before the first FIFREEZE and removes it after the last
+thaw. The marker lives under /var/lib/frostpoint-agent, never on a frozen filesystem.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+from frostpoint.protocol import GUEST_LIB
+
+MARKER = Path(GUEST_LIB) / "frozen.json"
+FITHAW = 0xC0045878
+log = logging.getLogger("frostpoint.agent")
+
+
+def write_marker(pid: int, mounts: list[str]) -> None:
+    tmp = MARKER.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "mounts": mounts}))
+    os.replace(tmp, MARKER)
+
+
+def remove_marker() -> None:
+    MARKER.unlink(missing_ok=True)
+
+
+def thaw(mount: str) -> bool:
+    """Thaw one mount; True if it was frozen."""
+    fd = os.open(mount, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FITHAW, 0)
+        return True
+    except OSError:
+        return False  # EINVAL: not frozen
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/cmdline").read_bytes().find(b"freezer") >= 0
+
+
+def thaw_leftovers() -> list[str]:
+    """Thaw mounts left frozen by a freezer that is gone."""
+    if not MARKER.exists():
+        return []
+    try:
+        data = json.loads(MARKER.read_text())
+    except (OSError, ValueError):
+        remove_marker()
+        return []
+    if _alive(int(data.get("pid", 0))):
+        return []
+    thawed = [m for m in reversed(data.get("mounts", [])) if thaw(m)]
+    if thawed:
+        log.warning("thawed mounts left frozen by a dead freezer: %s", thawed)
+    remove_marker()
+    return thawed

@@ -1,0 +1,51 @@
+"""Guest init: keeps the guest agent running, as systemd would (Restart=always).
+
+An agent that keeps crashing is not restarted forever: after 5 crashes in 60 s the
+supervisor stops and records why in /var/lib/frostpoint-agent/supervisor.json.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from frostpoint.agent.config import AgentConfig
+from frostpoint.protocol import GUEST_LIB
+
+STATE = Path(GUEST_LIB) / "supervisor.json"
+
+
+def main() -> None:
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: object) -> None:
+        if child and child.poll() is None:
+            child.terminate()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    crashes: list[float] = []
+    while True:
+        child = subprocess.Popen([sys.executable, "-m", "frostpoint.agent.main", "run"])
+        code = child.wait()
+        now = time.time()
+        crashes = [t for t in crashes if now - t < 60] + [now]
+        state = {"last_exit": code, "restarts_last_minute": len(crashes), "at": now}
+        if not AgentConfig.load().flag("Agent.AutoRestart"):
+            state["gave_up"] = "Agent.AutoRestart=n"
+        elif len(crashes) >= 5:
+            state["gave_up"] = "agent crashed 5 times in 60 s"
+        STATE.write_text(json.dumps(state))
+        if "gave_up" in state:
+            # Stay alive (the machine keeps running) but leave the agent down.
+            signal.pause()
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

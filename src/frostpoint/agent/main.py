@@ -1,0 +1,130 @@
+"""frostpoint-agent: the guest agent daemon.
+
+Heartbeats to the wire endpoint, long-polls the goal state (ETag), runs extensions
+as the goal state says and uploads their status. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from frostpoint import __version__
+from frostpoint.agent.config import AgentConfig
+from frostpoint.agent.extensions import ExtensionHandler
+from frostpoint.agent.frozen import thaw_leftovers
+from frostpoint.protocol import GUEST_LIB, GUEST_LOG
+
+log = logging.getLogger("frostpoint.agent")
+
+
+def setup_logging(cfg: AgentConfig) -> None:
+    Path(GUEST_LOG).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=f"{GUEST_LOG}/agent.log",
+        level=logging.DEBUG if cfg.flag("Logs.Verbose") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def guest_facts() -> dict[str, Any]:
+    os_release = {}
+    p = Path("/etc/os-release")
+    if p.exists():
+        for line in p.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                os_release[k] = v.strip('"')
+    return {
+        "os": os_release.get("PRETTY_NAME", platform.system()),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "reboot_required": Path("/var/run/reboot-required").exists(),
+    }
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.headers = {"Authorization": f"Bearer {cfg.token}"}
+        self.wire = httpx.Client(base_url=cfg.wire_url, headers=self.headers, timeout=10)
+        self.handler = ExtensionHandler(cfg, self.report_status)
+        self.stop = threading.Event()
+        self.state_file = Path(GUEST_LIB) / "agent-state.json"
+
+    def heartbeat_loop(self) -> None:
+        while not self.stop.is_set():
+            thaw_leftovers()  # a freezer that died hard leaves a marker; never stay frozen
+            body = {"version": __version__, "status": "Ready",
+                    "extensions_enabled": self.cfg.flag("Extensions.Enabled"),
+                    **guest_facts()}
+            try:
+                self.wire.post("/machine/heartbeat", json=body).raise_for_status()
+                log.debug("heartbeat sent")
+            except httpx.HTTPError as e:
+                log.warning("heartbeat failed: %s", e)
+            self.stop.wait(self.cfg.heartbeat_seconds)
+
+    def report_status(self, statuses: list[dict[str, Any]]) -> None:
+        for attempt in range(5):
+            try:
+                self.wire.post("/machine/status", json={"extensions": statuses}).raise_for_status()
+                return
+            except httpx.HTTPError as e:
+                log.warning("status upload failed (%s), attempt %d", e, attempt + 1)
+                time.sleep(1)
+
+    def goal_state_loop(self) -> None:
+        etag = ""
+        while not self.stop.is_set():
+            try:
+                r = self.wire.get("/machine/goalstate", params={"wait": 20},
+                                  headers={"If-None-Match": etag}, timeout=30)
+            except httpx.HTTPError as e:
+                log.warning("goal state poll failed: %s", e)
+                self.stop.wait(2)
+                continue
+            if r.status_code == 304:
+                continue
+            if r.status_code != 200:
+                log.warning("goal state: HTTP %s %s", r.status_code, r.text[:200])
+                self.stop.wait(2)
+                continue
+            etag = r.headers.get("ETag", "")
+            goal = r.json()
+            self.state_file.write_text(json.dumps(goal))
+            log.info("goal state incarnation %s", goal.get("incarnation"))
+            if not self.cfg.flag("Extensions.Enabled"):
+                log.warning("Extensions.Enabled=n: ignoring %d extensions",
+                            len(goal.get("extensions", [])))
+                continue
+            self.handler.apply(goal.get("extensions", []))
+
+    def run(self) -> None:
+        log.info("frostpoint-agent %s starting, fabric %s", __version__, self.cfg.wire_url)
+        threading.Thread(target=self.heartbeat_loop, daemon=True).start()
+        self.goal_state_loop()
+
+
+def main() -> None:
+    args = sys.argv[1:] or ["run"]
+    cfg = AgentConfig.load()
+    if args[0] == "run":
+        setup_logging(cfg)
+        Agent(cfg).run()
+    elif args[0] == "version":
+        print(__version__)
+    else:
+        print(f"usage: frostpoint-agent run|version (got {args[0]!r})", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The CLI's REST client: finds the service and its token, turns errors into output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
+
+console = Console()
+err_console = Console(stderr=True)
+FINAL = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FROSTPOINT_DATA_DIR", str(DEFAULT_DATA_DIR)))
+
+
+def service_url() -> str:
+    return os.environ.get("FROSTPOINT_URL", f"http://{DEFAULT_LISTEN}")
+
+
+class ApiError(Exception):
+    def __init__(self, error: dict[str, Any], status: int) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+        self.status = status
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        self.url = url or service_url()
+        token = token or os.environ.get("FROSTPOINT_TOKEN")
+        if token is None:
+            path = data_dir() / "api-token"
+            token = path.read_text().strip() if path.exists() else ""
+        self.http = httpx.Client(base_url=self.url, timeout=600,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.ConnectError as e:
+            raise ApiError({"code": "Unavailable",
+                            "message": f"no Frostpoint service at {self.url} ({e})",
+                            "actions": ["frostpoint server &", "export FROSTPOINT_URL=..."]},
+                           0) from None
+        body = r.json() if r.content else {}
+        if r.status_code >= 400:
+            raise ApiError(body.get("error", {"code": f"HTTP{r.status_code}",
+                                              "message": r.text[:500]}), r.status_code)
+        return body
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.call("POST", path, json=body, **kw)
+
+    def delete(self, path: str) -> Any:
+        return self.call("DELETE", path)
+
+    def wait_job(self, job_id: str, show: bool = True, label: str = "") -> dict[str, Any]:
+        """Poll a job to its end, with a progress bar over the bytes it moves."""
+        if not show:
+            while True:
+                job = self.get(f"/jobs/{job_id}")
+                if job["status"] in FINAL:
+                    return job
+                time.sleep(0.3)
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bar:
+            task = bar.add_task(label or job_id, total=None)
+            while True:
+                job = self.get(f"/jobs/{job_id}")
+                current = next((t for t in job["subtasks"] if t["status"] == "InProgress"),
+                               None)
+                if current:
+                    p = current.get("progress", {})
+                    bar.update(task, description=f"{label} {current['name']}",
+                               completed=p.get("bytes_done", 0),
+                               total=p.get("bytes_total") or None)
+                if job["status"] in FINAL:
+                    return job
+                time.sleep(0.3)
+
+
+def emit(data: Any, as_json: bool, human: Any = None) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif human is not None:
+        human(data)
+    else:
+        console.print_json(json.dumps(data, default=str))
+
+
+def show_error(error: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+        return
+    err_console.print(f"[bold red]{error.get('code')}[/]: {error.get('message')}")
+    for c in error.get("causes", []):
+        err_console.print(f"  cause:  {c}")
+    for a in error.get("actions", []):
+        err_console.print(f"  fix:    [cyan]{a}[/]")
+    if error.get("details"):
+        err_console.print(f"  details: {json.dumps(error['details'], default=str)[:1500]}")

@@ -1,0 +1,371 @@
+"""frostpoint: the command line. Talks to the service over REST; --json everywhere."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from frostpoint.cli.client import ApiError, Client, console, data_dir, emit, show_error
+from frostpoint.errors.catalog import CATALOG, error_dict
+from frostpoint.service.runtime import DEFAULT_LISTEN
+
+app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.")
+vm = typer.Typer(no_args_is_help=True, help="Sandbox machines.")
+ext = typer.Typer(no_args_is_help=True, help="Extensions on a machine.")
+vault = typer.Typer(no_args_is_help=True, help="Vaults.")
+policy = typer.Typer(no_args_is_help=True, help="Backup policies.")
+protect = typer.Typer(no_args_is_help=True, help="Protection of machines.")
+backup = typer.Typer(no_args_is_help=True, help="Backups.")
+job = typer.Typer(no_args_is_help=True, help="Jobs.")
+rp = typer.Typer(no_args_is_help=True, help="Restore points.")
+restore = typer.Typer(no_args_is_help=True, help="Restores.")
+lock = typer.Typer(no_args_is_help=True, help="Locks on resource groups.")
+for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "protect"),
+                  (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
+                  (lock, "lock")):
+    app.add_typer(sub, name=name)
+vm.add_typer(ext, name="extension")
+
+JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def api(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; a service error prints its code, causes and fixes, exit 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as e:
+            show_error(e.error, kwargs.get("as_json", False))
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def table(rows: list[dict[str, Any]], cols: list[str], title: str = "") -> None:
+    t = Table(title=title or None)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) if r.get(c) is not None else "" for c in cols])
+    console.print(t)
+
+
+def finish_job(c: Client, j: dict[str, Any], wait: bool, as_json: bool, label: str) -> None:
+    if wait:
+        j = c.wait_job(j["id"], show=not as_json, label=label)
+    emit(j, as_json, lambda d: print_job(d))
+    if j["status"] == "Failed":
+        raise typer.Exit(1)
+
+
+def print_job(j: dict[str, Any]) -> None:
+    color = {"Completed": "green", "CompletedWithWarnings": "yellow", "Failed": "red"}.get(
+        j["status"], "white")
+    console.print(f"job [bold]{j['id']}[/] {j['operation']} {j['machine']}: "
+                  f"[{color}]{j['status']}[/] ({j['duration_s']:.1f} s)")
+    for t in j["subtasks"]:
+        console.print(f"  {t['name']}: {t['status']}")
+    for w in j.get("warnings", []):
+        console.print(f"  [yellow]warning[/] {w.get('code')}: {w.get('message')}")
+    if j.get("error"):
+        show_error(j["error"], False)
+
+
+# -- server, quickstart, errors ------------------------------------------------------
+@app.command()
+def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool, vaults."),
+           listen: str = typer.Option(DEFAULT_LISTEN, help="Management API address."),
+           db_url: str = typer.Option(None, help="SQLAlchemy URL (default SQLite).")) -> None:
+    """Run the backup service (management API, fabric endpoints, scheduler)."""
+    from frostpoint.service.server import serve
+    serve(data_dir_ or data_dir(), listen, db_url)
+
+
+@app.command()
+def quickstart(down: bool = typer.Option(False, "--down", help="Remove what it made."),
+               as_json: bool = JSON) -> None:
+    """Back up a sandbox machine, change it, back up again, restore and check."""
+    from frostpoint.cli.quickstart import run_down, run_quickstart
+    try:
+        summary = run_down() if down else run_quickstart(quiet=as_json)
+    except ApiError as e:
+        show_error(e.error, as_json)
+        raise typer.Exit(1) from None
+    emit(summary, as_json, lambda d: console.print(d.get("summary", d)))
+    if not summary.get("ok", True):
+        raise typer.Exit(1)
+
+
+@app.command()
+def errors(code: str = typer.Argument(None), as_json: bool = JSON) -> None:
+    """The error catalog: every code with its causes and fixes."""
+    codes = [code] if code else list(CATALOG)
+    if code and code not in CATALOG:
+        show_error(error_dict("NotFound", f"no error code {code}"), as_json)
+        raise typer.Exit(1)
+    data = [error_dict(c) for c in codes]
+    if as_json:
+        emit(data if not code else data[0], True)
+        return
+    for e in data:
+        show_error(e, False)
+        console.print()
+
+
+# -- machines ------------------------------------------------------------------------
+@vm.command("create")
+@api
+def vm_create(name: str,
+              disk: list[str] = typer.Option(["data:256M:ext4"], help="NAME:SIZE[:ext4|xfs]"),
+              no_agent: bool = typer.Option(False, "--no-agent"),
+              as_json: bool = JSON) -> None:
+    """Create and start a sandbox machine."""
+    disks = []
+    for d in disk:
+        parts = d.split(":")
+        disks.append({"name": parts[0], "size": parts[1] if len(parts) > 1 else "256M",
+                      "filesystem": parts[2] if len(parts) > 2 else "ext4"})
+    emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent}),
+         as_json)
+
+
+@vm.command("list")
+@api
+def vm_list(as_json: bool = JSON) -> None:
+    rows = Client().get("/machines")
+    emit(rows, as_json, lambda d: table([{**m, "agent": m["agent"]["status"],
+                                          "disks": len(m["disks"])} for m in d],
+                                        ["name", "provisioning_state", "power_state",
+                                         "agent", "address", "disks"]))
+
+
+@vm.command("show")
+@api
+def vm_show(name: str, as_json: bool = JSON) -> None:
+    emit(Client().get(f"/machines/{name}"), as_json)
+
+
+@vm.command("start")
+@api
+def vm_start(name: str, as_json: bool = JSON) -> None:
+    emit(Client().post(f"/machines/{name}/start"), as_json)
+
+
+@vm.command("stop")
+@api
+def vm_stop(name: str, as_json: bool = JSON) -> None:
+    """Power off: the guest's processes end and its disks are unmounted."""
+    emit(Client().post(f"/machines/{name}/stop"), as_json)
+
+
+@vm.command("deallocate")
+@api
+def vm_deallocate(name: str, as_json: bool = JSON) -> None:
+    emit(Client().post(f"/machines/{name}/deallocate"), as_json)
+
+
+@vm.command("delete")
+@api
+def vm_delete(name: str, as_json: bool = JSON) -> None:
+    emit(Client().delete(f"/machines/{name}"), as_json)
+
+
+@vm.command("exec", context_settings={"allow_extra_args": True,
+                                      "ignore_unknown_options": True})
+@api
+def vm_exec(ctx: typer.Context, name: str, as_json: bool = JSON) -> None:
+    """Run a command inside the machine: frostpoint vm exec NAME -- CMD ARGS..."""
+    argv = [a for a in ctx.args if a != "--"] if ctx.args[:1] == ["--"] else ctx.args
+    r = Client().post(f"/machines/{name}/exec", {"argv": argv})
+    if as_json:
+        emit(r, True)
+    else:
+        sys.stdout.write(r["stdout"])
+        sys.stderr.write(r["stderr"])
+    raise typer.Exit(r["returncode"])
+
+
+@ext.command("list")
+@api
+def ext_list(machine: str, as_json: bool = JSON) -> None:
+    rows = Client().get(f"/machines/{machine}")["extensions"]
+    emit(rows, as_json, lambda d: table(d, ["name", "version", "provisioning_state",
+                                            "sequence"]))
+
+
+@ext.command("remove")
+@api
+def ext_remove(machine: str, name: str, as_json: bool = JSON) -> None:
+    emit(Client().delete(f"/machines/{machine}/extensions/{name}"), as_json)
+
+
+# -- vaults, policies, protection ------------------------------------------------------
+@vault.command("create")
+@api
+def vault_create(name: str, location: str = typer.Option(None, help="Folder (local)."),
+                 as_json: bool = JSON) -> None:
+    emit(Client().post("/vaults", {"name": name, "location": location}), as_json)
+
+
+@vault.command("list")
+@api
+def vault_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/vaults"), as_json,
+         lambda d: table(d, ["name", "backend", "location", "restore_points"]))
+
+
+@policy.command("create")
+@api
+def policy_create(name: str, time: str = typer.Option("22:00", help="Daily, HH:MM UTC."),
+                  instant_days: int = typer.Option(2, help="Instant restore points, 1-5 days."),
+                  retention_days: int = typer.Option(30, help="Vault retention, days."),
+                  as_json: bool = JSON) -> None:
+    emit(Client().post("/policies", {"name": name, "schedule_time": time,
+                                     "instant_rp_days": instant_days,
+                                     "vault_retention_days": retention_days}), as_json)
+
+
+@policy.command("list")
+@api
+def policy_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/policies"), as_json,
+         lambda d: table(d, ["name", "schedule_time", "instant_rp_days",
+                             "vault_retention_days"]))
+
+
+@protect.command("enable")
+@api
+def protect_enable(machine: str, vault_: str = typer.Option(..., "--vault"),
+                   policy_: str = typer.Option(..., "--policy"), as_json: bool = JSON) -> None:
+    emit(Client().post("/protection/enable", {"machine": machine, "vault": vault_,
+                                              "policy": policy_}), as_json)
+
+
+@protect.command("stop")
+@api
+def protect_stop(machine: str, as_json: bool = JSON) -> None:
+    """Stop protection, retaining the data."""
+    emit(Client().post(f"/protection/{machine}/stop"), as_json)
+
+
+@protect.command("resume")
+@api
+def protect_resume(machine: str, as_json: bool = JSON) -> None:
+    emit(Client().post(f"/protection/{machine}/resume"), as_json)
+
+
+@protect.command("show")
+@api
+def protect_show(machine: str, as_json: bool = JSON) -> None:
+    emit(Client().get(f"/protection/{machine}"), as_json)
+
+
+# -- backups, jobs, restore points ----------------------------------------------------
+@backup.command("now")
+@api
+def backup_now(machine: str, wait: bool = typer.Option(False, "--wait"),
+               retain_days: int = typer.Option(None, help="Keep this one N days in the vault."),
+               as_json: bool = JSON) -> None:
+    """Start an on-demand backup; --wait follows it with a progress bar."""
+    c = Client()
+    finish_job(c, c.post("/backups", {"machine": machine, "retain_days": retain_days}),
+               wait, as_json, f"backup {machine}")
+
+
+@job.command("list")
+@api
+def job_list(machine: str = typer.Option(None), as_json: bool = JSON) -> None:
+    rows = Client().get("/jobs", params={"machine": machine} if machine else {})
+    emit(rows, as_json, lambda d: table(
+        [{**j, "error": (j.get("error") or {}).get("code"),
+          "duration": f"{j['duration_s']:.1f}s"} for j in d],
+        ["id", "operation", "machine", "status", "started_at", "duration", "error"]))
+
+
+@job.command("show")
+@api
+def job_show(job_id: str, as_json: bool = JSON) -> None:
+    emit(Client().get(f"/jobs/{job_id}"), as_json, print_job)
+
+
+@job.command("cancel")
+@api
+def job_cancel(job_id: str, as_json: bool = JSON) -> None:
+    emit(Client().post(f"/jobs/{job_id}/cancel"), as_json, print_job)
+
+
+@rp.command("list")
+@api
+def rp_list(machine: str = typer.Option(None), as_json: bool = JSON) -> None:
+    rows = Client().get("/restore-points", params={"machine": machine} if machine else {})
+    emit(rows, as_json, lambda d: table(d, ["id", "machine", "created_at", "consistency",
+                                            "tier", "freeze_ms"]))
+
+
+def _restore(kind: str, body: dict[str, Any], wait: bool, as_json: bool) -> None:
+    c = Client()
+    finish_job(c, c.post(f"/restores/{kind}", body), wait, as_json, f"restore {kind}")
+
+
+SOURCE = typer.Option("auto", help="auto | instant | vault")
+WAIT = typer.Option(True, "--wait/--no-wait")
+
+
+@restore.command("disks")
+@api
+def restore_disks(restore_point: str, to: Path = typer.Option(...), source: str = SOURCE,
+                  wait: bool = WAIT, as_json: bool = JSON) -> None:
+    """Restore the disk images of a restore point into a folder."""
+    _restore("disks", {"restore_point": restore_point, "to": str(to.resolve()),
+                       "source": source}, wait, as_json)
+
+
+@restore.command("vm")
+@api
+def restore_vm(restore_point: str, name: str = typer.Option(...), source: str = SOURCE,
+               wait: bool = WAIT, as_json: bool = JSON) -> None:
+    """Create a new machine from a restore point."""
+    _restore("vm", {"restore_point": restore_point, "name": name, "source": source},
+             wait, as_json)
+
+
+@restore.command("files")
+@api
+def restore_files(restore_point: str, path: str = typer.Option(...),
+                  to: Path = typer.Option(...), disk: str = typer.Option(None),
+                  source: str = SOURCE, wait: bool = WAIT, as_json: bool = JSON) -> None:
+    """Copy a file or folder out of a restore point's disk."""
+    _restore("files", {"restore_point": restore_point, "path": path,
+                       "to": str(to.resolve()), "disk": disk, "source": source}, wait, as_json)
+
+
+# -- locks ------------------------------------------------------------------------------
+@lock.command("create")
+@api
+def lock_create(name: str, resource_group: str = typer.Option(...),
+                kind: str = typer.Option("CanNotDelete"), as_json: bool = JSON) -> None:
+    emit(Client().post("/locks", {"name": name, "resource_group": resource_group,
+                                  "kind": kind}), as_json)
+
+
+@lock.command("list")
+@api
+def lock_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/locks"), as_json,
+         lambda d: table(d, ["name", "kind", "resource_group"]))
+
+
+@lock.command("delete")
+@api
+def lock_delete(name: str, as_json: bool = JSON) -> None:
+    emit(Client().delete(f"/locks/{name}"), as_json)
+
+
+if __name__ == "__main__":
+    app()

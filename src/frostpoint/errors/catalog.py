@@ -1,0 +1,209 @@
+"""The one error catalog: every failure a user can meet, with causes and fixes.
+
+Codes are the well-known ones of agent-based VM backup (see docs/errors.md), so an
+operator who knows them is at home. Actions are Frostpoint commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    code: str
+    kind: str  # "user" or "internal"
+    retryable: bool
+    message: str
+    causes: tuple[str, ...]
+    actions: tuple[str, ...]
+
+    @property
+    def doc_link(self) -> str:
+        return f"docs/errors.md#{self.code.lower()}"
+
+
+def _spec(code: str, kind: str, retryable: bool, message: str,
+          causes: list[str], actions: list[str]) -> ErrorSpec:
+    return ErrorSpec(code, kind, retryable, message, tuple(causes), tuple(actions))
+
+
+CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
+    _spec("UserErrorGuestAgentStatusUnavailable", "user", True,
+          "The guest agent of the machine is not reachable or not ready.",
+          ["The agent is stopped, hung or not installed.",
+           "The agent's last heartbeat is older than the limit.",
+           "The agent reports NotReady.",
+           "The agent cannot find the fabric endpoint (discovery off or no lease)."],
+          ["frostpoint vm show {machine}",
+           "frostpoint vm agent restart {machine}",
+           "frostpoint doctor {machine}",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("GuestAgentSnapshotTaskStatusError", "user", True,
+          "The guest agent heartbeats but reported no status for the snapshot task.",
+          ["Extensions are disabled in the agent config (Extensions.Enabled=n).",
+           "The agent is older than the minimum version.",
+           "The snapshot extension cannot be executed (noexec, permission, "
+           "application control).",
+           "The snapshot status cannot be read."],
+          ["frostpoint vm exec {machine} -- sed -i 's/^Extensions.Enabled=.*/"
+           "Extensions.Enabled=y/' /etc/frostpoint/agent.conf",
+           "frostpoint vm agent restart {machine}",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorVmProvisioningStateFailed", "user", True,
+          "The machine's provisioning state is Failed.",
+          ["An extension on the machine is in a failed state."],
+          ["frostpoint vm extension list {machine}",
+           "frostpoint vm extension remove {machine} NAME",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorRpCollectionLimitReached", "user", False,
+          "The machine has reached the limit of 18 instant restore points.",
+          ["A lock on the restore points' resource group stops the cleanup.",
+           "Too many backups a day."],
+          ["frostpoint lock list", "frostpoint lock delete LOCK",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorKeyvaultPermissionsNotConfigured", "user", False,
+          "The backup service has no access to the key of an encrypted disk.",
+          ["The key vault holding the disk's key does not grant get/unwrap to the "
+           "backup service."],
+          ["frostpoint keyvault grant KEYVAULT --to backup-service",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("ExtensionSnapshotFailedNoNetwork", "user", True,
+          "Inside the machine the fabric's host endpoint cannot be reached.",
+          ["A firewall rule inside the machine blocks the host port.",
+           "No route to the fabric address."],
+          ["frostpoint doctor {machine}",
+           "frostpoint vm exec {machine} -- iptables -S OUTPUT",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("ExtensionOperationFailedForManagedDisks", "user", True,
+          "The snapshot extension's operation failed.",
+          ["The freeze failed or the extension crashed during the snapshot.",
+           "The host refused the snapshot request.",
+           "The extension was killed from outside (security software)."],
+          ["frostpoint job show JOB",
+           "frostpoint vm extension remove {machine} FrostpointSnapshot",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("BackUpOperationFailed", "internal", True,
+          "The backup failed because of an internal error.",
+          ["A storage or database fault.", "An unexpected exception.",
+           "The service restarted while the job ran."],
+          ["frostpoint job show JOB", "frostpoint backup now {machine} --wait"]),
+    _spec("BackUpOperationFailedV2", "internal", True,
+          "The backup failed because of an internal error.",
+          ["A lock stopped the deletion of old restore points.",
+           "A storage or database fault."],
+          ["frostpoint lock list", "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorUnsupportedDiskSize", "user", False,
+          "A disk is larger than the supported size (32 TiB; 4 TiB encrypted).",
+          ["A disk above 32 TiB.", "An encrypted disk above 4 TiB."],
+          ["Split the disk into smaller disks."]),
+    _spec("UserErrorBackupOperationInProgress", "user", True,
+          "Another backup of this machine is running.",
+          ["A scheduled or on-demand backup of the same machine is in progress."],
+          ["frostpoint job list --machine {machine}", "frostpoint job cancel JOB",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorCrpReportedUserError", "user", False,
+          "The platform refused the operation for a user reason.",
+          ["The machine is being deleted or updated.", "A disk is detached."],
+          ["frostpoint job show JOB"]),
+    _spec("UserErrorBcmDatasourceNotPresent", "user", False,
+          "The machine is not actively protected.",
+          ["Protection is stopped or paused.", "The machine was deleted."],
+          ["frostpoint protect resume {machine}",
+           "frostpoint protect enable {machine} --vault VAULT --policy POLICY"]),
+    _spec("UserErrorFsFreezeFailed", "user", True,
+          "A mount point could not be frozen.",
+          ["The filesystem does not support freezing.",
+           "The freeze did not finish in time."],
+          ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json",
+           "frostpoint backup now {machine} --wait"]),
+    _spec("UserErrorVmNotInDesirableState", "user", True,
+          "The machine is in a state that allows no backup.",
+          ["The machine is being created or deleted."],
+          ["frostpoint vm show {machine}"]),
+    _spec("UserErrorInstantRpNotFound", "user", False,
+          "The snapshot of this restore point no longer exists.",
+          ["The instant restore point expired and was cleaned up."],
+          ["frostpoint restore ... --source vault"]),
+    _spec("Pre-ScriptExecutionFailed", "user", True,
+          "A pre-script failed.", ["The script exited non-zero."],
+          ["frostpoint job show JOB"]),
+    _spec("Post-ScriptExecutionFailed", "user", True,
+          "A post-script failed.", ["The script exited non-zero."],
+          ["frostpoint job show JOB"]),
+    _spec("Pre-ScriptNotFound", "user", False,
+          "A pre-script was not found.", ["The path in vmbackup.json is wrong."],
+          ["Fix preScriptLocation in /etc/frostpoint/vmbackup.json"]),
+    _spec("Post-ScriptNotFound", "user", False,
+          "A post-script was not found.", ["The path in vmbackup.json is wrong."],
+          ["Fix postScriptLocation in /etc/frostpoint/vmbackup.json"]),
+    _spec("InsufficientPermissionforPre-Script", "user", False,
+          "A pre-script is not owned by root or is writable by others.",
+          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"]),
+    _spec("InsufficientPermissionforPost-Script", "user", False,
+          "A post-script is not owned by root or is writable by others.",
+          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"]),
+    _spec("Pre-ScriptTimeout", "user", True,
+          "A pre-script did not finish in time.", ["The script hangs or is slow."],
+          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"]),
+    _spec("Post-ScriptTimeout", "user", True,
+          "A post-script did not finish in time.", ["The script hangs or is slow."],
+          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"]),
+    _spec("IncorrectJSONConfigFile", "user", False,
+          "The pre/post script config file is not valid.",
+          ["vmbackup.json is not valid JSON, or not root-owned 0600."],
+          ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json"]),
+    # Frostpoint's own request errors (not backup failures).
+    _spec("NotFound", "user", False, "The named object does not exist.",
+          ["A typo in the name.", "It was deleted."], ["frostpoint vm list"]),
+    _spec("Conflict", "user", False, "The object already exists or is in use.",
+          ["A name is taken.", "The object is referenced."], []),
+    _spec("InvalidInput", "user", False, "The request is not valid.",
+          ["A value is out of range or malformed."], ["frostpoint --help"]),
+    _spec("Unauthorized", "user", False, "The request carries no valid token.",
+          ["The token file is missing or another service's."],
+          ["Set FROSTPOINT_TOKEN or FROSTPOINT_DATA_DIR"]),
+    _spec("VaultDataCorrupt", "internal", False,
+          "Vault data failed its integrity check.",
+          ["A chunk or pack was damaged on storage."], ["frostpoint vault verify VAULT"]),
+    _spec("JobCancelled", "user", False, "The job was cancelled.",
+          ["A user cancelled it."], []),
+]}
+
+
+@dataclass
+class FrostpointError(Exception):
+    """An error with a catalog code; the only kind shown to a user."""
+
+    code: str
+    detail: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in CATALOG:
+            raise ValueError(f"unknown error code {self.code}")
+        Exception.__init__(self, f"{self.code}: {self.detail or self.spec.message}")
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return CATALOG[self.code]
+
+    def to_dict(self, machine: str | None = None) -> dict[str, Any]:
+        return error_dict(self.code, self.detail, self.details, machine)
+
+
+def error_dict(code: str, detail: str = "", details: dict[str, Any] | None = None,
+               machine: str | None = None) -> dict[str, Any]:
+    spec = CATALOG[code]
+    name = machine or "MACHINE"
+    return {
+        "code": code,
+        "kind": spec.kind,
+        "retryable": spec.retryable,
+        "message": detail or spec.message,
+        "causes": list(spec.causes),
+        "actions": [a.replace("{machine}", name) for a in spec.actions],
+        "details": details or {},
+        "doc": spec.doc_link,
+    }

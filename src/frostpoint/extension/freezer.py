@@ -1,0 +1,135 @@
+"""The freeze watchdog: a process whose only job is to freeze, hold, and always thaw.
+
+Protocol on its pipes (the parent is the snapshot extension):
+  parent starts:  python -m frostpoint.extension.freezer --limit S MOUNT...
+  watchdog says:  "FROZEN <ms>"  or  "FAILED <mount> <reason>"
+  parent says:    "THAW"
+  watchdog says:  "THAWED <frozen-ms>"
+It thaws on "THAW", on its own timer (--limit), on any catchable signal, on EOF of
+stdin and when its parent dies (PR_SET_PDEATHSIG). It writes nothing to a frozen
+filesystem: only to its pipe and to the marker under /var/lib/frostpoint-agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import sys
+import threading
+import time
+
+from frostpoint.agent.frozen import remove_marker, thaw, write_marker
+
+FIFREEZE = 0xC0045877
+PR_SET_PDEATHSIG = 1
+
+
+class Freezer:
+    def __init__(self, mounts: list[str], limit: float, ioctl_limit: float) -> None:
+        # Children first: /mnt/a/b freezes before /mnt/a; thaw is the reverse.
+        self.mounts = sorted(mounts, key=lambda m: m.rstrip("/").count("/"), reverse=True)
+        self.limit = limit
+        self.ioctl_limit = ioctl_limit
+        self.frozen: list[str] = []
+        self.lock = threading.Lock()
+
+    def _freeze_one(self, mount: str) -> str | None:
+        """FIFREEZE with a time bound; returns an error text or None."""
+        result: list[str | None] = []
+
+        def work() -> None:
+            try:
+                fd = os.open(mount, os.O_RDONLY)
+                try:
+                    fcntl.ioctl(fd, FIFREEZE, 0)
+                finally:
+                    os.close(fd)
+                result.append(None)
+            except OSError as e:
+                result.append(f"{e.strerror} (errno {e.errno})")
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join(self.ioctl_limit)
+        if t.is_alive():
+            # The ioctl may still succeed later: thaw it as soon as it does.
+            threading.Thread(target=lambda: (t.join(), thaw(mount)), daemon=True).start()
+            return f"freeze did not finish within {self.ioctl_limit:.1f} s"
+        return result[0]
+
+    def freeze(self) -> tuple[str, str] | None:
+        write_marker(os.getpid(), self.mounts)
+        for m in self.mounts:
+            err = self._freeze_one(m)
+            if err is not None:
+                return m, err
+            with self.lock:
+                self.frozen.append(m)
+        return None
+
+    def thaw_all(self) -> None:
+        with self.lock:
+            for m in reversed(self.frozen):
+                thaw(m)
+            self.frozen.clear()
+        remove_marker()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--limit", type=float, default=30.0, help="longest freeze, seconds")
+    ap.add_argument("--ioctl-limit", type=float, default=10.0)
+    ap.add_argument("mounts", nargs="+")
+    args = ap.parse_args()
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    freezer = Freezer(args.mounts, args.limit, args.ioctl_limit)
+    out = sys.stdout
+
+    def on_signal(signum: int, _frame: object) -> None:
+        freezer.thaw_all()
+        os._exit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+              signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM):
+        signal.signal(s, on_signal)
+    if os.getppid() == 1:  # parent already gone before PDEATHSIG was armed
+        return
+    t0 = time.monotonic()
+    failed = freezer.freeze()
+    if failed:
+        freezer.thaw_all()
+        out.write(f"FAILED {failed[0]} {failed[1]}\n")
+        out.flush()
+        sys.exit(1)
+    out.write(f"FROZEN {(time.monotonic() - t0) * 1000:.1f}\n")
+    out.flush()
+    frozen_at = time.monotonic()
+    # Wait for THAW, EOF (parent died) or the timer, whichever comes first.
+    reason = "timer"
+    while True:
+        remaining = args.limit - (time.monotonic() - frozen_at)
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([sys.stdin], [], [], remaining)
+        if ready:
+            line = sys.stdin.readline()
+            if not line:
+                reason = "eof"
+                break
+            if line.strip() == "THAW":
+                reason = "thaw"
+                break
+    freezer.thaw_all()
+    try:
+        out.write(f"THAWED {(time.monotonic() - frozen_at) * 1000:.1f} {reason}\n")
+        out.flush()
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

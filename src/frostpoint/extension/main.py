@@ -1,0 +1,155 @@
+"""The snapshot extension: pre-scripts, freeze, host snapshot, thaw, post-scripts.
+
+Run by the guest agent as `bin/frostpoint-snapshot enable` with its settings in
+$FP_EXT_CONFIG_DIR/$FP_EXT_SEQUENCE.settings; writes $FP_EXT_STATUS_DIR/SEQ.status.
+See docs/extension.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from frostpoint.extension.scripts import ScriptConfig, ScriptError, run_script
+
+
+class Extension:
+    def __init__(self) -> None:
+        self.seq = os.environ["FP_EXT_SEQUENCE"]
+        self.settings: dict[str, Any] = json.loads(
+            Path(os.environ["FP_EXT_CONFIG_DIR"], f"{self.seq}.settings").read_text())
+        self.status_path = Path(os.environ["FP_EXT_STATUS_DIR"], f"{self.seq}.status")
+        self.log_path = Path(os.environ["FP_EXT_LOG_DIR"], "snapshot.log")
+        self.lines: list[str] = []  # buffered: nothing is written while frozen
+        self.warnings: list[dict[str, str]] = []
+        self.t0 = time.monotonic()
+
+    def log(self, msg: str) -> None:
+        self.lines.append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{self.seq}] {msg}")
+
+    def flush_log(self) -> None:
+        with open(self.log_path, "a") as f:
+            f.write("\n".join(self.lines) + "\n")
+        self.lines.clear()
+
+    def status(self, status: str, code: str | None = None, message: str = "",
+               **extra: Any) -> None:
+        body = {"status": status, "code": code, "message": message,
+                "warnings": self.warnings, "elapsedMs": (time.monotonic() - self.t0) * 1000,
+                **extra}
+        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.status_path)
+
+    def fail(self, code: str, message: str, **extra: Any) -> None:
+        self.log(f"FAILED {code}: {message}")
+        self.flush_log()
+        self.status("error", code, message, **extra)
+        sys.exit(1)
+
+    def run_scripts(self, kind: str, cfg: ScriptConfig) -> bool:
+        path = cfg.pre if kind == "Pre" else cfg.post
+        if not path:
+            return False
+        params = cfg.pre_params if kind == "Pre" else cfg.post_params
+        retries = cfg.pre_retries if kind == "Pre" else cfg.post_retries
+        try:
+            out = run_script(kind, path, params, retries, cfg.timeout)
+            self.log(f"{kind.lower()}-script ok: {out.strip()[:200]}")
+            return True
+        except ScriptError as e:
+            if not cfg.continue_on_failure:
+                self.fail(e.code, e.message)
+            self.log(f"{kind.lower()}-script failed, continuing: {e.code} {e.message}")
+            self.warnings.append({"code": e.code, "message": e.message})
+            return False
+
+    def snapshot(self) -> None:
+        self.status("transitioning", message="starting")
+        try:
+            cfg = ScriptConfig.load()
+        except ScriptError as e:
+            self.fail(e.code, e.message)
+        pre_ok = self.run_scripts("Pre", cfg)
+        mounts = [d["mountpoint"] for d in self.settings.get("disks", [])]
+        freeze_limit = float(self.settings.get("freezeLimitSeconds", 30))
+        host_timeout = float(self.settings.get("hostCallTimeoutSeconds", 10))
+        # Everything the frozen phase needs is made now: client, token, command line.
+        token = Path(os.environ["FP_AGENT_TOKEN_FILE"]).read_text().strip()
+        client = httpx.Client(base_url=os.environ["FP_HOST_ENDPOINT"], timeout=host_timeout,
+                              headers={"Authorization": f"Bearer {token}"})
+        freeze = cfg.freeze and bool(mounts)
+        body = {"taskId": self.settings["taskId"], "frozen": freeze}
+        freezer = None
+        if freeze:
+            freezer = subprocess.Popen(
+                [sys.executable, "-m", "frostpoint.extension.freezer",
+                 "--limit", str(freeze_limit), *mounts],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert freezer.stdout and freezer.stdin
+            first = freezer.stdout.readline().split(" ", 2)
+            if first[0] != "FROZEN":
+                freezer.wait()
+                self.fail("UserErrorFsFreezeFailed",
+                          f"could not freeze {first[1] if len(first) > 1 else '?'}: "
+                          f"{first[2].strip() if len(first) > 2 else 'watchdog failed'}")
+            self.log(f"frozen {mounts} in {first[1].strip()} ms")
+            if cfg.hold_frozen:
+                time.sleep(min(cfg.hold_frozen, freeze_limit * 0.8))
+        try:
+            r = client.post("/snapshot", json=body)
+            host_error = None if r.status_code == 200 else (r.status_code, r.text[:500])
+            result = r.json() if r.status_code == 200 else {}
+        except httpx.HTTPError as e:
+            host_error = (0, f"{type(e).__name__}: {e}")
+            result = {}
+        freeze_ms = None
+        if freezer:
+            assert freezer.stdin and freezer.stdout
+            try:
+                freezer.stdin.write("THAW\n")
+                freezer.stdin.flush()
+            except BrokenPipeError:
+                pass
+            thawed = freezer.stdout.readline().split()
+            freezer.wait()
+            if thawed and thawed[0] == "THAWED":
+                freeze_ms = float(thawed[1])
+                if thawed[2] == "timer":
+                    self.fail("UserErrorFsFreezeFailed",
+                              f"the freeze outlasted its limit of {freeze_limit} s; "
+                              "the watchdog thawed")
+            self.log(f"thawed after {freeze_ms} ms")
+        if host_error:
+            code = ("ExtensionSnapshotFailedNoNetwork" if host_error[0] == 0
+                    else "ExtensionOperationFailedForManagedDisks")
+            self.fail(code, f"host snapshot request failed: {host_error[1]}")
+        self.run_scripts("Post", cfg)  # a failed post-script is a warning at most
+        consistency = "FileSystemConsistent" if freeze else "CrashConsistent"
+        if cfg.pre and pre_ok:
+            consistency = "ApplicationConsistent"
+        self.log(f"snapshot {result.get('snapshotId')} done, {consistency}")
+        self.flush_log()
+        self.status("success", None, "snapshot taken", consistency=consistency,
+                    freezeMs=freeze_ms, snapshot=result)
+
+
+def main() -> None:
+    op = sys.argv[1] if len(sys.argv) > 1 else "enable"
+    if op in ("install", "uninstall", "disable"):
+        return
+    if op != "enable":
+        print(f"unknown operation {op}", file=sys.stderr)
+        sys.exit(2)
+    Extension().snapshot()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Sandbox machines: a network namespace plus a mount namespace with real disks.
+
+A machine's disks are raw images in the disk pool, attached as loop devices and
+mounted at /mnt/NAME inside the machine's own mount namespace; the guest's /etc,
+/var/lib and /var/log for Frostpoint are bind mounts of a per-machine folder. The
+guest init (agent supervisor) runs inside both namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.pool import DiskPool
+from frostpoint.fabric.system import run
+from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
+
+
+@dataclass
+class DiskSpec:
+    name: str
+    size_bytes: int
+    filesystem: str
+    image_path: Path
+
+    @property
+    def mountpoint(self) -> str:
+        return f"{DISK_ROOT}/{self.name}"
+
+
+@dataclass
+class MachineSpec:
+    name: str
+    slot: int
+    disks: list[DiskSpec] = field(default_factory=list)
+
+
+class Sandbox:
+    """Start, stop, exec and delete sandbox machines on this host."""
+
+    def __init__(self, data_dir: Path, pool: DiskPool, network: FabricNetwork) -> None:
+        self.data_dir = data_dir
+        self.pool = pool
+        self.network = network
+        self.ns_dir = data_dir / "run" / "mntns"
+
+    # -- paths ---------------------------------------------------------------
+    def guest_dir(self, machine: str) -> Path:
+        return self.data_dir / "machines" / machine
+
+    def guest_path(self, machine: str, guest_path: str) -> Path:
+        """Where a guest path under /etc/frostpoint, /var/lib/.., /var/log/.. lives."""
+        for prefix, sub in ((GUEST_ETC, "etc"), (GUEST_LIB, "lib"), (GUEST_LOG, "log")):
+            if guest_path == prefix or guest_path.startswith(prefix + "/"):
+                return self.guest_dir(machine) / sub / guest_path[len(prefix):].lstrip("/")
+        raise ValueError(f"{guest_path} is not a shared guest path")
+
+    def mntns_file(self, machine: str) -> Path:
+        return self.ns_dir / machine
+
+    # -- lifecycle -----------------------------------------------------------
+    def create_disks(self, spec: MachineSpec) -> None:
+        for disk in spec.disks:
+            disk.image_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(disk.image_path, "wb") as f:
+                f.truncate(disk.size_bytes)
+            if disk.filesystem == "xfs":
+                run(["mkfs.xfs", "-q", str(disk.image_path)])
+            else:
+                run(["mkfs.ext4", "-q", "-F", "-L", disk.name, str(disk.image_path)])
+        for sub in ("etc", "lib", "log"):
+            (self.guest_dir(spec.name) / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.guest_dir(spec.name) / "etc", 0o700)
+
+    def is_running(self, machine: str) -> bool:
+        return bool(self.network.pids_in(self.network.machine_ns(machine)))
+
+    def start(self, spec: MachineSpec, agent: bool = True) -> None:
+        self.network.attach_machine(spec.name, spec.slot)
+        self._make_mount_ns(spec)
+        if agent:
+            self._start_init(spec.name)
+
+    def _private_ns_dir(self) -> None:
+        # A mount namespace is kept alive by bind-mounting it onto a file, which needs
+        # a mount with private propagation under it.
+        self.ns_dir.mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(self.ns_dir):
+            run(["mount", "--bind", str(self.ns_dir), str(self.ns_dir)])
+        run(["mount", "--make-private", str(self.ns_dir)])
+
+    def _make_mount_ns(self, spec: MachineSpec) -> None:
+        self._private_ns_dir()
+        nsfile = self.mntns_file(spec.name)
+        if nsfile.exists() and os.path.ismount(nsfile):
+            return
+        nsfile.touch()
+        for d in (GUEST_ETC, GUEST_LIB, GUEST_LOG):
+            Path(d).mkdir(parents=True, exist_ok=True)  # empty mount points on the host
+        run(["unshare", f"--mount={nsfile}", "--propagation", "private", "true"])
+        script = [f"mount -t tmpfs -o mode=0755 frostpoint-mnt {DISK_ROOT}"]
+        for disk in spec.disks:
+            loop = self._attach_loop(disk.image_path)
+            script += [f"mkdir -p {disk.mountpoint}", f"mount {loop} {disk.mountpoint}"]
+        g = self.guest_dir(spec.name)
+        for sub, target in (("etc", GUEST_ETC), ("lib", GUEST_LIB), ("log", GUEST_LOG)):
+            (g / sub).mkdir(parents=True, exist_ok=True)
+            script.append(f"mount --bind {g / sub} {target}")
+        run(["nsenter", f"--mount={nsfile}", "--", "sh", "-ec", "; ".join(script)])
+
+    @staticmethod
+    def _attach_loop(image: Path) -> str:
+        existing = run(["losetup", "-j", str(image)], check=False).stdout.decode().strip()
+        if existing:
+            return existing.split(":", 1)[0]
+        return run(["losetup", "--find", "--show", str(image)]).stdout.decode().strip()
+
+    def _start_init(self, machine: str) -> None:
+        log = open(self.guest_dir(machine) / "log" / "init.log", "ab")
+        cmd = self.enter_cmd(machine) + [sys.executable, "-m", "frostpoint.agent.init"]
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, close_fds=True)
+        log.close()
+
+    def enter_cmd(self, machine: str) -> list[str]:
+        ns = self.network.machine_ns(machine)
+        return ["nsenter", f"--net=/run/netns/{ns}", f"--mount={self.mntns_file(machine)}",
+                "--"]
+
+    def exec(self, machine: str, argv: list[str], timeout: float = 300,
+             input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
+                              timeout=timeout, input=input)
+
+    def start_process(self, machine: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.enter_cmd(machine) + argv, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, spec: MachineSpec, release_network: bool = False) -> None:
+        """Power off: every process in the machine ends, disks are unmounted."""
+        ns = self.network.machine_ns(spec.name)
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            pids = self.network.pids_in(ns)
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while pids and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pids = self.network.pids_in(ns)
+            if not pids:
+                break
+        nsfile = self.mntns_file(spec.name)
+        if nsfile.exists() and os.path.ismount(nsfile):
+            # A frozen filesystem cannot be unmounted cleanly; thaw first, then unmount.
+            mounts = " ".join(d.mountpoint for d in spec.disks)
+            run(["nsenter", f"--mount={nsfile}", "--", "sh", "-c",
+                 f"for m in {mounts}; do fsfreeze -u $m 2>/dev/null; umount $m; done; true"],
+                check=False)
+            run(["umount", str(nsfile)], check=False)
+        nsfile.unlink(missing_ok=True)
+        for disk in spec.disks:
+            self._detach_loops(disk.image_path)
+        if release_network:
+            self.network.detach_machine(spec.name)
+
+    @staticmethod
+    def _detach_loops(image: Path) -> None:
+        out = run(["losetup", "-j", str(image)], check=False).stdout.decode()
+        for line in out.splitlines():
+            run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+
+    def delete(self, spec: MachineSpec) -> None:
+        self.stop(spec, release_network=True)
+        for disk in spec.disks:
+            disk.image_path.unlink(missing_ok=True)
+        run(["rm", "-rf", str(self.guest_dir(spec.name)),
+             str(self.pool.root / "disks" / spec.name)], check=False)

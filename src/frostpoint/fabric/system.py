@@ -1,0 +1,55 @@
+"""Running host commands and entering namespaces, with errors that say what failed."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import subprocess
+from collections.abc import Sequence
+
+from frostpoint.errors.catalog import FrostpointError
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(list(cmd), input=input, capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise FrostpointError(
+            "BackUpOperationFailed", f"host command failed: {' '.join(cmd)}",
+            {"returncode": proc.returncode,
+             "stderr": proc.stderr.decode(errors="replace")[-2000:]})
+    return proc
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def bind_in_netns(netns: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket that lives in another network namespace.
+
+    setns() moves only the calling thread; a socket keeps the namespace it was made
+    in, so the service can serve the fabric address without a helper process.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+    return sock

@@ -1,0 +1,22 @@
+"""Facts shared by the fabric and the guest: ports, addresses, guest paths.
+
+These are the documented protocol (docs/protocol.md), not an implementation detail
+of either side.
+"""
+
+FABRIC_SUBNET = "10.213.0"  # inside Frostpoint's own fabric namespace; never routed out
+FABRIC_ADDRESS = f"{FABRIC_SUBNET}.1"
+PREFIX_LEN = 24
+WIRE_PORT = 80  # goal state, status, heartbeat
+HOST_PORT = 32526  # extension packages, snapshot requests
+
+# Paths as the guest sees them (bind-mounted per machine in its mount namespace).
+GUEST_ETC = "/etc/frostpoint"
+GUEST_LIB = "/var/lib/frostpoint-agent"
+GUEST_LOG = "/var/log/frostpoint"
+AGENT_CONFIG = f"{GUEST_ETC}/agent.conf"
+SCRIPT_CONFIG = f"{GUEST_ETC}/vmbackup.json"
+DISK_ROOT = "/mnt"  # disk NAME is mounted at /mnt/NAME
+
+SNAPSHOT_EXTENSION = "Frostpoint.Backup.Snapshot"
+MIN_AGENT_VERSION = "0.1.0"

@@ -1,0 +1,254 @@
+"""The management REST API (OpenAPI at /docs). Every error is a catalog entry."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from frostpoint import __version__
+from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
+from frostpoint.service.services import Services
+from frostpoint.service.jobs import ACTIVE, describe_job
+from frostpoint.service.models import Job
+
+STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
+          "UserErrorBackupOperationInProgress": 409}
+
+
+class DiskIn(BaseModel):
+    name: str = "data"
+    size: str = "256M"
+    filesystem: str = "ext4"
+
+
+class MachineIn(BaseModel):
+    name: str
+    disks: list[DiskIn] = Field(default_factory=lambda: [DiskIn()])
+    region: str = "local"
+    agent: bool = True
+
+
+class ExecIn(BaseModel):
+    argv: list[str]
+    timeout: float = 300
+
+
+class VaultIn(BaseModel):
+    name: str
+    location: str | None = None
+
+
+class PolicyIn(BaseModel):
+    name: str
+    schedule_time: str = "22:00"
+    instant_rp_days: int = 2
+    vault_retention_days: int = 30
+
+
+class ProtectIn(BaseModel):
+    machine: str
+    vault: str
+    policy: str
+
+
+class BackupIn(BaseModel):
+    machine: str
+    retain_days: int | None = None
+
+
+class LockIn(BaseModel):
+    name: str
+    resource_group: str
+    kind: str = "CanNotDelete"
+
+
+class RestoreIn(BaseModel):
+    restore_point: str
+    source: str = "auto"  # auto | instant | vault
+    to: str | None = None
+    name: str | None = None
+    path: str | None = None
+    disk: str | None = None
+
+
+def create_app(svc: Services) -> FastAPI:
+    app = FastAPI(title="Frostpoint backup service", version=__version__)
+
+    def auth(authorization: str = Header(default="")) -> None:
+        token = authorization.removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(token, svc.rt.api_token):
+            raise FrostpointError("Unauthorized", "missing or wrong API token")
+
+    @app.exception_handler(FrostpointError)
+    async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
+        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_req: Request, e: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": error_dict("InvalidInput", str(e.detail))},
+                            status_code=e.status_code)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "instance": svc.rt.instance}
+
+    r: list[Any] = [Depends(auth)]
+
+    @app.get("/errors", dependencies=r)
+    def errors() -> list[dict[str, Any]]:
+        return [error_dict(c) for c in CATALOG]
+
+    # machines
+    @app.post("/machines", dependencies=r)
+    def create_machine(body: MachineIn) -> dict[str, Any]:
+        return svc.machines.create(body.name, [d.model_dump() for d in body.disks],
+                                   body.region, body.agent)
+
+    @app.get("/machines", dependencies=r)
+    def list_machines() -> list[dict[str, Any]]:
+        return svc.list_machines()
+
+    @app.get("/machines/{name}", dependencies=r)
+    def show_machine(name: str) -> dict[str, Any]:
+        return svc.machines.show(name)
+
+    @app.post("/machines/{name}/start", dependencies=r)
+    def start_machine(name: str) -> dict[str, Any]:
+        return svc.machines.start(name)
+
+    @app.post("/machines/{name}/stop", dependencies=r)
+    def stop_machine(name: str) -> dict[str, Any]:
+        return svc.machines.stop(name)
+
+    @app.post("/machines/{name}/deallocate", dependencies=r)
+    def deallocate_machine(name: str) -> dict[str, Any]:
+        return svc.machines.stop(name, deallocate=True)
+
+    @app.delete("/machines/{name}", dependencies=r)
+    def delete_machine(name: str) -> dict[str, Any]:
+        svc.delete_machine(name)
+        return {"deleted": name}
+
+    @app.post("/machines/{name}/exec", dependencies=r)
+    def exec_machine(name: str, body: ExecIn) -> dict[str, Any]:
+        return svc.machines.exec(name, body.argv, body.timeout)
+
+    @app.delete("/machines/{name}/extensions/{ext}", dependencies=r)
+    def remove_extension(name: str, ext: str) -> dict[str, Any]:
+        svc.machines.remove_extension(name, ext)
+        return svc.machines.show(name)
+
+    # vaults, policies, protection
+    @app.post("/vaults", dependencies=r)
+    def create_vault(body: VaultIn) -> dict[str, Any]:
+        return svc.protection.create_vault(body.name, body.location)
+
+    @app.get("/vaults", dependencies=r)
+    def list_vaults() -> list[dict[str, Any]]:
+        return svc.protection.list_vaults()
+
+    @app.post("/policies", dependencies=r)
+    def create_policy(body: PolicyIn) -> dict[str, Any]:
+        return svc.protection.create_policy(body.name, body.schedule_time,
+                                            body.instant_rp_days, body.vault_retention_days)
+
+    @app.get("/policies", dependencies=r)
+    def list_policies() -> list[dict[str, Any]]:
+        return svc.protection.list_policies()
+
+    @app.post("/protection/enable", dependencies=r)
+    def protect_enable(body: ProtectIn) -> dict[str, Any]:
+        return svc.protection.enable(body.machine, body.vault, body.policy)
+
+    @app.post("/protection/{machine}/stop", dependencies=r)
+    def protect_stop(machine: str, delete_data: bool = False) -> dict[str, Any]:
+        return svc.stop_protection(machine, delete_data)
+
+    @app.post("/protection/{machine}/resume", dependencies=r)
+    def protect_resume(machine: str) -> dict[str, Any]:
+        return svc.protection.set_state(machine, "resume")
+
+    @app.get("/protection/{machine}", dependencies=r)
+    def protect_show(machine: str) -> dict[str, Any]:
+        return svc.protection.describe_protection(machine)
+
+    # backups and jobs
+    @app.post("/backups", dependencies=r)
+    def backup_now(body: BackupIn) -> dict[str, Any]:
+        return svc.backups.start(body.machine, "OnDemand", body.retain_days)
+
+    @app.get("/jobs", dependencies=r)
+    def list_jobs(machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        with svc.rt.sessions() as s:
+            q = select(Job).order_by(Job.started_at.desc()).limit(limit)
+            if machine:
+                q = q.where(Job.machine_name == machine)
+            return [describe_job(j) for j in s.scalars(q)]
+
+    @app.get("/jobs/{job_id}", dependencies=r)
+    def show_job(job_id: str) -> dict[str, Any]:
+        with svc.rt.sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise FrostpointError("NotFound", f"no job {job_id}")
+            return describe_job(job)
+
+    @app.post("/jobs/{job_id}/cancel", dependencies=r)
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        with svc.rt.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise FrostpointError("NotFound", f"no job {job_id}")
+            if job.status in ACTIVE:
+                job.cancel_requested = True
+                job.status = "Cancelling"
+        return show_job(job_id)
+
+    # restore points and restores
+    @app.get("/restore-points", dependencies=r)
+    def list_rps(machine: str | None = None) -> list[dict[str, Any]]:
+        return svc.restores.list_restore_points(machine)
+
+    @app.post("/restores/disks", dependencies=r)
+    def restore_disks(body: RestoreIn) -> dict[str, Any]:
+        if not body.to:
+            raise FrostpointError("InvalidInput", "--to FOLDER is required")
+        return svc.restores.restore_disks(body.restore_point, body.to, body.source)
+
+    @app.post("/restores/vm", dependencies=r)
+    def restore_vm(body: RestoreIn) -> dict[str, Any]:
+        if not body.name:
+            raise FrostpointError("InvalidInput", "--name NEW_MACHINE is required")
+        return svc.restores.restore_vm(body.restore_point, body.name, body.source)
+
+    @app.post("/restores/files", dependencies=r)
+    def restore_files(body: RestoreIn) -> dict[str, Any]:
+        if not body.path or not body.to:
+            raise FrostpointError("InvalidInput", "--path and --to are required")
+        return svc.restores.restore_files(body.restore_point, body.path, body.to, body.disk,
+                                          body.source)
+
+    # locks and resource groups
+    @app.post("/locks", dependencies=r)
+    def create_lock(body: LockIn) -> dict[str, Any]:
+        return svc.protection.create_lock(body.name, body.resource_group, body.kind)
+
+    @app.get("/locks", dependencies=r)
+    def list_locks() -> list[dict[str, Any]]:
+        return svc.protection.list_locks()
+
+    @app.delete("/locks/{name}", dependencies=r)
+    def delete_lock(name: str) -> dict[str, Any]:
+        svc.protection.delete_lock(name)
+        return {"deleted": name}
+
+    @app.get("/resource-groups", dependencies=r)
+    def list_rgs() -> list[dict[str, Any]]:
+        return svc.protection.list_resource_groups()
+
+    return app

@@ -1,0 +1,277 @@
+"""The backup flow: checks, Take Snapshot, instant restore point, Transfer data to vault."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.service.jobs import JobRunner, describe_job
+from frostpoint.service.machines import Machines
+from frostpoint.service.models import (Job, Lock, Machine, Policy, ProtectedItem,
+                                       RestorePoint, RestorePointCollection, SubTask, utcnow)
+from frostpoint.service.protection import Protection
+from frostpoint.service.runtime import Runtime
+
+MAX_INSTANT_RPS = 18
+MAX_DISK = 32 << 40
+MAX_ENCRYPTED_DISK = 4 << 40
+SNAPSHOT, TRANSFER = "Take Snapshot", "Transfer data to vault"
+
+
+class Backups:
+    def __init__(self, rt: Runtime, machines: Machines, protection: Protection) -> None:
+        self.rt = rt
+        self.machines = machines
+        self.protection = protection
+        self.runner = JobRunner(rt)
+
+    # -- starting ------------------------------------------------------------------
+    def start(self, machine: str, trigger: str = "OnDemand",
+              retain_days: int | None = None) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            m = Machines.get(s, machine)
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            if item is None or item.protection_state in ("ProtectionStopped",
+                                                         "ProtectionPaused"):
+                state = item.protection_state if item else "NotProtected"
+                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                                      f"machine {machine} is {state}",
+                                      {"protection_state": state})
+            mid = m.id
+        job = Job(operation="Backup", machine_id=mid, machine_name=machine, trigger=trigger,
+                  active_slot=mid, owner=self.rt.owner, heartbeat_at=utcnow(),
+                  params={"retain_days": retain_days})
+        job.subtasks = [SubTask(seq=0, name=SNAPSHOT), SubTask(seq=1, name=TRANSFER)]
+        try:
+            with self.rt.sessions.begin() as s:
+                s.add(job)
+        except IntegrityError:
+            with self.rt.sessions() as s:
+                running = s.scalar(select(Job.id).where(Job.active_slot == mid))
+            raise FrostpointError("UserErrorBackupOperationInProgress",
+                                  f"a backup of {machine} is already running",
+                                  {"running_job": running}) from None
+        self.runner.run(job.id, self._run, machine, self._on_end)
+        with self.rt.sessions() as s:
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+
+    def _on_end(self, job_id: str, status: str) -> None:
+        with self.rt.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.machine_id is None:
+                return
+            item = s.scalar(select(ProtectedItem)
+                            .where(ProtectedItem.machine_id == job.machine_id))
+            if item is None:
+                return
+            item.last_backup_at = utcnow()
+            item.last_backup_status = status
+            if status in ("Completed", "CompletedWithWarnings"):
+                item.protection_state = "Protected"
+
+    # -- the job body --------------------------------------------------------------
+    def _run(self, job_id: str) -> tuple[str, list[Any]]:
+        warnings: list[Any] = []
+        with self.rt.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None and job.machine_id is not None
+            m = s.get(Machine, job.machine_id)
+            assert m is not None
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            assert item is not None
+            policy = s.get(Policy, item.policy_id)
+            assert policy is not None
+            rpc = s.scalar(select(RestorePointCollection)
+                           .where(RestorePointCollection.machine_id == m.id))
+            machine = m.name
+            vault_id, instant_days = item.vault_id, policy.instant_rp_days
+            vault_days = job.params.get("retain_days") or policy.vault_retention_days
+            self._precheck(m)
+            online = m.power_state == "Running" and m.agent_installed
+            disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in m.disks]
+            images = [(d.name, Path(d.image_path)) for d in m.disks]
+            disk_info = [{"name": d.name, "size_bytes": d.size_bytes,
+                          "filesystem": d.filesystem, "mountpoint": d.mountpoint}
+                         for d in m.disks]
+            machine_id = m.id
+        assert rpc is not None
+        self.cleanup_machine(machine_id, before_backup=True)
+
+        # Take Snapshot
+        self.runner.subtask(job_id, SNAPSHOT, "InProgress")
+        if online:
+            status = self._snapshot_by_extension(job_id, machine_id, machine, disks)
+            consistency = status.get("consistency", "CrashConsistent")
+            freeze_ms = status.get("freezeMs")
+            warnings += status.get("warnings", [])
+            snap = status.get("snapshot") or {}
+        else:
+            snap = self.machines.snapshot_disks(machine, job_id, images)
+            consistency, freeze_ms = "CrashConsistent", None
+        if self.runner.cancelled(job_id):
+            shutil.rmtree(snap.get("dir", ""), ignore_errors=True)
+            raise FrostpointError("JobCancelled")
+        now = utcnow()
+        rp = RestorePoint(machine_id=machine_id, machine_name=machine,
+                          collection_id=rpc.id, job_id=job_id, consistency=consistency,
+                          tier="Snapshot", snapshot_dir=snap.get("dir"),
+                          instant_expires_at=now + timedelta(days=instant_days),
+                          disks=disk_info, freeze_ms=freeze_ms)
+        with self.rt.sessions.begin() as s:
+            s.add(rp)
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.details = {**job.details, "restore_point": rp.id, "consistency": consistency,
+                           "freeze_ms": freeze_ms}
+        self.runner.subtask(job_id, SNAPSHOT, "Completed", restore_point=rp.id)
+
+        # Transfer data to vault
+        self.runner.subtask(job_id, TRANSFER, "InProgress")
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] > 0.5 or done == total:
+                last[0] = time.monotonic()
+                self.runner.subtask(job_id, TRANSFER, "InProgress", bytes_done=done,
+                                    bytes_total=total)
+
+        try:
+            store = self.protection.store(vault_id)
+            stats = store.backup(rp.id, {d: Path(snap["dir"]) / f"{d}.img" for d, _ in images},
+                                 labels={"machine": machine, "job": job_id},
+                                 progress=progress,
+                                 should_cancel=lambda: self.runner.cancelled(job_id))
+        except FrostpointError as e:
+            if e.code == "JobCancelled":
+                self.runner.subtask(job_id, TRANSFER, "Cancelled")
+                return "Cancelled", warnings
+            self.runner.subtask(job_id, TRANSFER, "Failed")
+            warnings.append(e.to_dict(machine))
+            return "CompletedWithWarnings", warnings
+        except Exception as e:  # noqa: BLE001 - the snapshot stands; the transfer failed
+            self.runner.subtask(job_id, TRANSFER, "Failed")
+            warnings.append(FrostpointError("BackUpOperationFailed",
+                                            f"transfer to vault failed: {e}").to_dict(machine))
+            return "CompletedWithWarnings", warnings
+        with self.rt.sessions.begin() as s:
+            r = s.get(RestorePoint, rp.id)
+            assert r is not None
+            r.tier, r.vault_id = "Snapshot and Vault", vault_id
+            r.vault_expires_at = utcnow() + timedelta(days=int(vault_days))
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.details = {**job.details, "transfer": {
+                k: getattr(stats, k) for k in ("bytes_read", "bytes_total", "chunks_new",
+                                               "chunks_reused", "bytes_stored", "duration_s")
+                if hasattr(stats, k)}}
+        self.runner.subtask(job_id, TRANSFER, "Completed")
+        return ("CompletedWithWarnings" if warnings else "Completed"), warnings
+
+    def _precheck(self, m: Machine) -> None:
+        if m.provisioning_state in ("Creating", "Deleting"):
+            raise FrostpointError("UserErrorVmNotInDesirableState",
+                                  f"machine {m.name} is {m.provisioning_state}")
+        failed = [e.name for e in m.extensions if e.provisioning_state == "Failed"
+                  and e.name != SNAPSHOT_EXTENSION]
+        if m.provisioning_state == "Failed" and failed:
+            raise FrostpointError("UserErrorVmProvisioningStateFailed",
+                                  f"extensions in failed state: {', '.join(failed)}",
+                                  {"failed_extensions": failed})
+        for d in m.disks:
+            limit = MAX_ENCRYPTED_DISK if d.encrypted else MAX_DISK
+            if d.size_bytes > limit:
+                raise FrostpointError("UserErrorUnsupportedDiskSize",
+                                      f"disk {d.name} is {d.size_bytes} bytes (limit {limit})")
+
+    def _snapshot_by_extension(self, job_id: str, machine_id: str, machine: str,
+                               disks: list[dict[str, str]]) -> dict[str, Any]:
+        t = self.rt.timeouts
+        with self.rt.sessions() as s:
+            m = s.get(Machine, machine_id)
+            assert m is not None
+            beat = m.last_heartbeat
+        if beat is None or (utcnow() - beat).total_seconds() > t.heartbeat_stale:
+            raise FrostpointError(
+                "UserErrorGuestAgentStatusUnavailable",
+                f"no heartbeat from the agent of {machine} "
+                + (f"for {(utcnow() - beat).total_seconds():.0f} s" if beat else "ever"),
+                {"last_heartbeat": beat.isoformat() + "Z" if beat else None})
+        seq = self.machines.set_extension(machine_id, {
+            "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
+            "hostCallTimeoutSeconds": t.host_call})
+        deadline = time.monotonic() + t.extension_wait
+        seen_transitioning = False
+        while time.monotonic() < deadline:
+            if self.runner.cancelled(job_id):
+                raise FrostpointError("JobCancelled")
+            with self.rt.sessions() as s:
+                m = s.get(Machine, machine_id)
+                assert m is not None
+                ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION), None)
+                st = dict(ext.status) if ext and ext.sequence == seq else {}
+                beat = m.last_heartbeat
+            if st.get("status") == "success":
+                return st
+            if st.get("status") == "error":
+                code = st.get("code") or "ExtensionOperationFailedForManagedDisks"
+                raise FrostpointError(code, st.get("message") or "extension failed",
+                                      {"extension_status": st})
+            if st.get("status") == "transitioning" and not seen_transitioning:
+                seen_transitioning = True
+                self.runner.subtask(job_id, SNAPSHOT, "InProgress", extension="transitioning")
+            if beat and (utcnow() - beat).total_seconds() > t.heartbeat_stale:
+                raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
+                                      f"the agent of {machine} stopped heartbeating")
+            time.sleep(0.1)
+        raise FrostpointError("GuestAgentSnapshotTaskStatusError",
+                              f"no status for the snapshot task within "
+                              f"{t.extension_wait:.0f} s", {"sequence": seq})
+
+    # -- restore point cleanup -------------------------------------------------------
+    def cleanup_machine(self, machine_id: str, before_backup: bool = False) -> dict[str, Any]:
+        """Drop expired instant restore points unless a lock stops it; enforce the 18."""
+        now = utcnow()
+        removed, blocked = [], []
+        with self.rt.sessions.begin() as s:
+            rpc = s.scalar(select(RestorePointCollection)
+                           .where(RestorePointCollection.machine_id == machine_id))
+            if rpc is None:
+                return {"removed": [], "blocked": []}
+            locks = list(s.scalars(select(Lock)
+                                   .where(Lock.resource_group_id == rpc.resource_group_id)))
+            instant = list(s.scalars(select(RestorePoint).where(
+                RestorePoint.machine_id == machine_id,
+                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault")))
+                .order_by(RestorePoint.created_at)))
+            for rp in instant:
+                if rp.instant_expires_at > now:
+                    continue
+                if locks:
+                    blocked.append(rp.id)
+                    continue
+                if rp.snapshot_dir:
+                    shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                removed.append(rp.id)
+                if rp.tier == "Snapshot and Vault":
+                    rp.tier, rp.snapshot_dir = "Vault", None
+                else:
+                    s.delete(rp)
+            live = len(instant) - len(removed)
+            machine = s.get(Machine, machine_id)
+            name = machine.name if machine else machine_id
+        if before_backup and live >= MAX_INSTANT_RPS:
+            raise FrostpointError(
+                "UserErrorRpCollectionLimitReached",
+                f"{name} has {live} instant restore points"
+                + (f" and lock(s) {', '.join(lk.name for lk in locks)} stop the cleanup"
+                   if locks else " and none has expired"),
+                {"instant_restore_points": live, "locks": [lk.name for lk in locks]})
+        return {"removed": removed, "blocked": blocked}

@@ -1,0 +1,298 @@
+"""Machines as the service sees them: lifecycle, goal state, agent reports, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from frostpoint.agent.config import render as render_agent_config
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric.packages import Package, build_snapshot_package
+from frostpoint.fabric.pool import reflink
+from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
+from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
+from frostpoint.service.runtime import Runtime
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
+MAX_SLOT = 240
+
+
+def parse_size(text: str) -> int:
+    m = SIZE_RE.match(text.strip().upper())
+    if not m:
+        raise FrostpointError("InvalidInput", f"bad size {text!r}: use e.g. 256M or 2G")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def machine_spec(m: Machine) -> MachineSpec:
+    return MachineSpec(m.name, m.slot, [DiskSpec(d.name, d.size_bytes, d.filesystem,
+                                                 Path(d.image_path)) for d in m.disks])
+
+
+class Machines:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.package: Package = build_snapshot_package(rt.data_dir / "packages")
+        self._token_cache: dict[str, tuple[str, float]] = {}
+
+    # -- lookups -----------------------------------------------------------------
+    @staticmethod
+    def get(s: Session, name: str) -> Machine:
+        m = s.scalar(select(Machine).where(Machine.name == name))
+        if m is None:
+            raise FrostpointError("NotFound", f"no machine named {name!r}")
+        return m
+
+    # -- lifecycle ---------------------------------------------------------------
+    def create(self, name: str, disks: list[dict[str, Any]], region: str = "local",
+               agent: bool = True) -> dict[str, Any]:
+        if not NAME_RE.match(name):
+            raise FrostpointError("InvalidInput",
+                                  "machine names are 1-20 of a-z, 0-9, '-', starting a-z")
+        specs = []
+        for i, d in enumerate(disks):
+            fs = d.get("filesystem", "ext4")
+            if fs not in ("ext4", "xfs"):
+                raise FrostpointError("InvalidInput", f"filesystem {fs} is not ext4 or xfs")
+            size = parse_size(str(d.get("size", "256M")))
+            if size < (16 << 20) or (fs == "xfs" and size < (300 << 20)):
+                raise FrostpointError("InvalidInput",
+                                      f"disk {d['name']} is too small for {fs}")
+            if not NAME_RE.match(d["name"]):
+                raise FrostpointError("InvalidInput", f"bad disk name {d['name']!r}")
+            specs.append((i, d["name"], size, fs))
+        token = secrets.token_urlsafe(32)
+        with self.rt.sessions.begin() as s:
+            if s.scalar(select(Machine).where(Machine.name == name)):
+                raise FrostpointError("Conflict", f"machine {name} already exists")
+            used = set(s.scalars(select(Machine.slot)))
+            slot = next((n for n in range(1, MAX_SLOT) if n not in used), None)
+            if slot is None:
+                raise FrostpointError("Conflict", "no free machine slot on this host")
+            m = Machine(name=name, region=region, slot=slot,
+                        address=self.rt.network.machine_address(slot),
+                        agent_token_hash=token_hash(token), agent_installed=agent,
+                        provisioning_state="Creating", power_state="Stopped")
+            for lun, dname, size, fs in specs:
+                m.disks.append(Disk(name=dname, lun=lun, size_bytes=size, filesystem=fs,
+                                    image_path=str(self.rt.pool.disk_path(name, dname)),
+                                    mountpoint=f"/mnt/{dname}"))
+            s.add(m)
+        spec = machine_spec(m)
+        try:
+            self.rt.sandbox.create_disks(spec)
+            etc = self.rt.sandbox.guest_dir(name) / "etc"
+            (etc / "agent.token").write_text(token)
+            (etc / "agent.token").chmod(0o600)
+            (etc / "agent.conf").write_text(render_agent_config({}))
+            self.rt.sandbox.start(spec, agent=agent)
+        except Exception as e:
+            with self.rt.sessions.begin() as s:
+                self.get(s, name).provisioning_state = "Failed"
+            raise FrostpointError("UserErrorCrpReportedUserError",
+                                  f"could not create machine {name}: {e}") from e
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            m.provisioning_state, m.power_state = "Succeeded", "Running"
+        return self.show(name)
+
+    def start(self, name: str) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            m = self.get(s, name)
+            spec, agent = machine_spec(m), m.agent_installed
+        if not self.rt.sandbox.is_running(name):
+            self.rt.sandbox.start(spec, agent=agent)
+        with self.rt.sessions.begin() as s:
+            self.get(s, name).power_state = "Running"
+        return self.show(name)
+
+    def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            spec = machine_spec(self.get(s, name))
+        self.rt.sandbox.stop(spec, release_network=deallocate)
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            m.power_state = "Deallocated" if deallocate else "Stopped"
+            m.agent_status = "Unknown"
+        return self.show(name)
+
+    def delete(self, name: str) -> None:
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            m.provisioning_state = "Deleting"
+            spec = machine_spec(m)
+        self.rt.sandbox.delete(spec)
+        with self.rt.sessions.begin() as s:
+            s.delete(self.get(s, name))
+
+    def exec(self, name: str, argv: list[str], timeout: float = 300) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            m = self.get(s, name)
+            if m.power_state != "Running":
+                raise FrostpointError("UserErrorVmNotInDesirableState",
+                                      f"machine {name} is {m.power_state}")
+        p = self.rt.sandbox.exec(name, argv, timeout=timeout)
+        return {"returncode": p.returncode, "stdout": p.stdout.decode(errors="replace"),
+                "stderr": p.stderr.decode(errors="replace")}
+
+    def show(self, name: str) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            return self.describe(self.get(s, name))
+
+    def describe(self, m: Machine) -> dict[str, Any]:
+        age = None
+        if m.last_heartbeat:
+            age = (utcnow() - m.last_heartbeat).total_seconds()
+        agent = m.agent_status
+        if age is not None and age > self.rt.timeouts.heartbeat_stale:
+            agent = "NotReady"
+        return {
+            "name": m.name, "id": m.id, "region": m.region, "address": m.address,
+            "provisioning_state": m.provisioning_state, "power_state": m.power_state,
+            "agent": {"installed": m.agent_installed, "status": agent,
+                      "version": m.agent_version, "last_heartbeat_age_s": age,
+                      **m.agent_info},
+            "disks": [{"name": d.name, "size_bytes": d.size_bytes, "filesystem": d.filesystem,
+                       "mountpoint": d.mountpoint, "encrypted": d.encrypted} for d in m.disks],
+            "extensions": [{"name": e.name, "version": e.version,
+                            "provisioning_state": e.provisioning_state,
+                            "sequence": e.sequence, "status": e.status} for e in m.extensions],
+        }
+
+    # -- goal state and the agent's reports (MachineBackend) ----------------------
+    def machine_for_token(self, token: str) -> str | None:
+        h = token_hash(token)
+        hit = self._token_cache.get(h)
+        if hit and time.monotonic() - hit[1] < 30:
+            return hit[0]
+        with self.rt.sessions() as s:
+            mid = s.scalar(select(Machine.id).where(Machine.agent_token_hash == h))
+        if mid:
+            self._token_cache[h] = (mid, time.monotonic())
+        return mid
+
+    def goal_state(self, machine_id: str) -> tuple[str, dict[str, Any]]:
+        with self.rt.sessions() as s:
+            m = s.get(Machine, machine_id)
+            if m is None:
+                return '"gone"', {"incarnation": 0, "extensions": []}
+            exts = [{"name": e.name, "version": e.version, "sequence": e.sequence,
+                     "settings": e.settings, "state": "enabled",
+                     "package_path": self.package.url_path, "sha256": self.package.sha256}
+                    for e in m.extensions]
+            return f'"{m.goal_state_incarnation}"', {
+                "incarnation": m.goal_state_incarnation, "machine": m.name,
+                "extensions": exts}
+
+    def goal_state_version(self, machine_id: str) -> int:
+        return self.rt.notifier.version(machine_id)
+
+    def record_heartbeat(self, machine_id: str, body: dict[str, Any]) -> None:
+        with self.rt.sessions.begin() as s:
+            m = s.get(Machine, machine_id)
+            if m is None:
+                return
+            m.last_heartbeat = utcnow()
+            m.agent_status = str(body.get("status", "Ready"))
+            m.agent_version = str(body.get("version", ""))
+            m.agent_info = {k: body[k] for k in ("os", "kernel", "python", "reboot_required",
+                                                 "extensions_enabled") if k in body}
+
+    def record_status(self, machine_id: str, body: dict[str, Any]) -> None:
+        with self.rt.sessions.begin() as s:
+            m = s.get(Machine, machine_id)
+            if m is None:
+                return
+            for st in body.get("extensions", []):
+                ext = next((e for e in m.extensions if e.name == st.get("name")), None)
+                if ext is None or int(st.get("sequence", -1)) != ext.sequence:
+                    continue  # a report for an older sequence number
+                ext.status = st
+                ext.updated_at = utcnow()
+                ext.provisioning_state = {"success": "Succeeded", "error": "Failed"}.get(
+                    st.get("status"), "Updating")
+            failed = any(e.provisioning_state == "Failed" for e in m.extensions)
+            if m.provisioning_state in ("Succeeded", "Failed", "Updating"):
+                m.provisioning_state = "Failed" if failed else "Succeeded"
+
+    def package_file(self, name: str, version: str) -> str | None:
+        if (name, version) == (self.package.name, self.package.version):
+            return str(self.package.path)
+        return None
+
+    def set_extension(self, machine_id: str, settings: dict[str, Any]) -> int:
+        """Put the snapshot extension in the goal state with new settings; returns seq."""
+        with self.rt.sessions.begin() as s:
+            m = s.get(Machine, machine_id)
+            assert m is not None
+            ext = next((e for e in m.extensions if e.name == self.package.name), None)
+            if ext is None:
+                ext = Extension(name=self.package.name, version=self.package.version,
+                                sequence=0)
+                m.extensions.append(ext)
+            ext.version = self.package.version
+            ext.sequence += 1
+            ext.settings = settings
+            ext.status = {}
+            ext.provisioning_state = "Updating"
+            m.goal_state_incarnation += 1
+            seq = ext.sequence
+        self.rt.notifier.bump(machine_id)
+        return seq
+
+    def remove_extension(self, name: str, ext_name: str) -> None:
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            ext = next((e for e in m.extensions if e.name == ext_name), None)
+            if ext is None:
+                raise FrostpointError("NotFound", f"no extension {ext_name} on {name}")
+            m.extensions.remove(ext)
+            m.goal_state_incarnation += 1
+            if m.provisioning_state == "Failed" and not any(
+                    e.provisioning_state == "Failed" for e in m.extensions):
+                m.provisioning_state = "Succeeded"
+            mid = m.id
+        self.rt.notifier.bump(mid)
+
+    def take_snapshot(self, machine_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Reflink every disk of the machine into the job's snapshot folder."""
+        with self.rt.sessions() as s:
+            job = s.get(Job, str(body.get("taskId", "")))
+            m = s.get(Machine, machine_id)
+            if job is None or m is None or job.machine_id != machine_id:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      "no snapshot task of this machine has that id")
+            if job.status != "InProgress" or job.cancel_requested:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      f"the backup job is {job.status}")
+            disks = [(d.name, Path(d.image_path)) for d in m.disks]
+            name = m.name
+        result = self.snapshot_disks(name, job.id, disks)
+        with self.rt.sessions.begin() as s:
+            job = s.get(Job, job.id)
+            assert job is not None
+            job.details = {**job.details, "snapshot": {**result, "frozen": body.get("frozen")}}
+        return result
+
+    def snapshot_disks(self, machine: str, snapshot_id: str,
+                       disks: list[tuple[str, Path]]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        target = self.rt.pool.snapshot_dir(machine, snapshot_id)
+        target.mkdir(parents=True, exist_ok=True)
+        for dname, image in disks:
+            reflink(image, target / f"{dname}.img")
+        return {"snapshotId": snapshot_id, "dir": str(target),
+                "disks": [d for d, _ in disks],
+                "durationMs": round((time.monotonic() - t0) * 1000, 2)}

@@ -1,0 +1,196 @@
+"""The backup service's state: the tables behind the REST API.
+
+Schema changes go through Alembic (service/migrations); never create_all in production.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def utcnow() -> datetime:
+    # Naive UTC everywhere: SQLite drops time zones, so one convention for all backends.
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON,
+                           datetime: DateTime()}
+
+
+class Vault(Base):
+    __tablename__ = "vaults"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    backend: Mapped[str] = mapped_column(String(32), default="local")
+    location: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    schedule_time: Mapped[str] = mapped_column(String(5), default="22:00")  # HH:MM UTC
+    instant_rp_days: Mapped[int] = mapped_column(Integer, default=2)
+    vault_retention_days: Mapped[int] = mapped_column(Integer, default=30)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ResourceGroup(Base):
+    __tablename__ = "resource_groups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    region: Mapped[str] = mapped_column(String(64))
+    locks: Mapped[list[Lock]] = relationship(back_populates="resource_group")
+
+
+class Lock(Base):
+    __tablename__ = "locks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # CanNotDelete | ReadOnly
+    resource_group_id: Mapped[str] = mapped_column(ForeignKey("resource_groups.id"))
+    resource_group: Mapped[ResourceGroup] = relationship(back_populates="locks")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    region: Mapped[str] = mapped_column(String(64), default="local")
+    slot: Mapped[int] = mapped_column(Integer, unique=True)  # address and link names
+    address: Mapped[str] = mapped_column(String(64))
+    provisioning_state: Mapped[str] = mapped_column(String(16), default="Creating")
+    power_state: Mapped[str] = mapped_column(String(16), default="Stopped")
+    agent_token_hash: Mapped[str] = mapped_column(String(64))
+    agent_installed: Mapped[bool] = mapped_column(default=True)
+    agent_status: Mapped[str] = mapped_column(String(16), default="Unknown")
+    agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    agent_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(nullable=True)
+    goal_state_incarnation: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disks: Mapped[list[Disk]] = relationship(back_populates="machine",
+                                             order_by="Disk.lun", cascade="all, delete-orphan")
+    extensions: Mapped[list[Extension]] = relationship(back_populates="machine",
+                                                       cascade="all, delete-orphan")
+
+
+class Disk(Base):
+    __tablename__ = "disks"
+    __table_args__ = (UniqueConstraint("machine_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    machine: Mapped[Machine] = relationship(back_populates="disks")
+    name: Mapped[str] = mapped_column(String(64))
+    lun: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    filesystem: Mapped[str] = mapped_column(String(16), default="ext4")
+    image_path: Mapped[str] = mapped_column(String(1024))
+    mountpoint: Mapped[str] = mapped_column(String(256))
+    encrypted: Mapped[bool] = mapped_column(default=False)
+
+
+class Extension(Base):
+    __tablename__ = "extensions"
+    __table_args__ = (UniqueConstraint("machine_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    machine: Mapped[Machine] = relationship(back_populates="extensions")
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32))
+    provisioning_state: Mapped[str] = mapped_column(String(16), default="Creating")
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[dict[str, Any]] = mapped_column(default=dict)  # last reported
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProtectedItem(Base):
+    __tablename__ = "protected_items"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), unique=True)
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id"))
+    policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id"))
+    protection_state: Mapped[str] = mapped_column(String(24), default="IRPending")
+    last_scheduled_date: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    last_backup_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_backup_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RestorePointCollection(Base):
+    __tablename__ = "restore_point_collections"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"))
+    resource_group_id: Mapped[str] = mapped_column(ForeignKey("resource_groups.id"))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    operation: Mapped[str] = mapped_column(String(32))  # Backup | Restore
+    machine_id: Mapped[str | None] = mapped_column(ForeignKey("machines.id"), nullable=True)
+    machine_name: Mapped[str] = mapped_column(String(64))
+    # Set to the machine id while a backup runs; the unique constraint is what makes
+    # "one backup of a machine at a time" hold across threads and service replicas.
+    active_slot: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+    trigger: Mapped[str] = mapped_column(String(16), default="OnDemand")
+    status: Mapped[str] = mapped_column(String(24), default="InProgress")
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    warnings: Mapped[list[Any]] = mapped_column(default=list)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    subtasks: Mapped[list[SubTask]] = relationship(back_populates="job", order_by="SubTask.seq",
+                                                   cascade="all, delete-orphan")
+
+
+class SubTask(Base):
+    __tablename__ = "subtasks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    job: Mapped[Job] = relationship(back_populates="subtasks")
+    seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24), default="NotStarted")
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RestorePoint(Base):
+    __tablename__ = "restore_points"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # Kept after the machine is deleted: a vault copy outlives its machine.
+    machine_id: Mapped[str | None] = mapped_column(ForeignKey("machines.id"), nullable=True)
+    machine_name: Mapped[str] = mapped_column(String(64))
+    collection_id: Mapped[str | None] = mapped_column(
+        ForeignKey("restore_point_collections.id"), nullable=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    vault_id: Mapped[str | None] = mapped_column(ForeignKey("vaults.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    consistency: Mapped[str] = mapped_column(String(32))
+    # "Snapshot" (instant only), "Snapshot and Vault", "Vault" (instant part expired)
+    tier: Mapped[str] = mapped_column(String(24), default="Snapshot")
+    snapshot_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    instant_expires_at: Mapped[datetime] = mapped_column()
+    vault_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    disks: Mapped[list[Any]] = mapped_column(default=list)  # [{name, size, fs, mountpoint}]
+    freeze_ms: Mapped[float | None] = mapped_column(nullable=True)

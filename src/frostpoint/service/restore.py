@@ -1,0 +1,180 @@
+"""Restores: disks to a folder, a new machine, or files, from the pool or the vault."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric.pool import reflink
+from frostpoint.fabric.system import run
+from frostpoint.service.jobs import JobRunner, describe_job
+from frostpoint.service.machines import Machines
+from frostpoint.service.models import Job, RestorePoint, SubTask, utcnow
+from frostpoint.service.protection import Protection
+from frostpoint.service.runtime import Runtime
+
+RESTORE = "Restore"
+
+
+class Restores:
+    def __init__(self, rt: Runtime, machines: Machines, protection: Protection) -> None:
+        self.rt = rt
+        self.machines = machines
+        self.protection = protection
+        self.runner = JobRunner(rt)
+
+    def list_restore_points(self, machine: str | None = None) -> list[dict[str, Any]]:
+        with self.rt.sessions() as s:
+            q = select(RestorePoint).order_by(RestorePoint.created_at)
+            if machine:
+                q = q.where(RestorePoint.machine_name == machine)
+            return [self.describe(rp) for rp in s.scalars(q)]
+
+    @staticmethod
+    def describe(rp: RestorePoint) -> dict[str, Any]:
+        return {"id": rp.id, "machine": rp.machine_name, "job": rp.job_id,
+                "created_at": rp.created_at.isoformat() + "Z", "consistency": rp.consistency,
+                "tier": rp.tier, "freeze_ms": rp.freeze_ms, "disks": rp.disks,
+                "instant_expires_at": rp.instant_expires_at.isoformat() + "Z",
+                "vault_expires_at": rp.vault_expires_at.isoformat() + "Z"
+                if rp.vault_expires_at else None}
+
+    def _rp(self, rp_id: str) -> RestorePoint:
+        with self.rt.sessions() as s:
+            rp = s.get(RestorePoint, rp_id)
+            if rp is None:
+                raise FrostpointError("NotFound", f"no restore point {rp_id}")
+            return rp
+
+    def _source(self, rp: RestorePoint, source: str) -> str:
+        instant = rp.tier != "Vault" and rp.snapshot_dir and Path(rp.snapshot_dir).exists()
+        in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
+        if source == "instant" and not instant:
+            raise FrostpointError("UserErrorInstantRpNotFound",
+                                  f"the snapshot of restore point {rp.id} no longer exists")
+        if source == "vault" and not in_vault:
+            raise FrostpointError("NotFound", f"restore point {rp.id} is not in a vault yet")
+        if source == "auto":
+            if not (instant or in_vault):
+                raise FrostpointError("UserErrorInstantRpNotFound",
+                                      f"restore point {rp.id} has neither snapshot nor vault copy")
+            return "instant" if instant else "vault"
+        return source
+
+    def materialize(self, rp: RestorePoint, disk: str, target: Path, source: str,
+                    progress: Any = None) -> None:
+        if disk not in [d["name"] for d in rp.disks]:
+            raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {disk}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source == "instant":
+            snap = Path(str(rp.snapshot_dir)) / f"{disk}.img"
+            try:
+                reflink(snap, target)  # instant when both are in the pool
+            except OSError:
+                subprocess.run(["cp", "--sparse=always", str(snap), str(target)], check=True)
+        else:
+            assert rp.vault_id
+            self.protection.store(rp.vault_id).restore_disk(rp.id, disk, target,
+                                                            progress=progress)
+
+    # -- restore jobs ---------------------------------------------------------------
+    def _job(self, kind: str, rp: RestorePoint, params: dict[str, Any]) -> Job:
+        job = Job(operation=f"Restore{kind}", machine_id=None, machine_name=rp.machine_name,
+                  owner=self.rt.owner, heartbeat_at=utcnow(),
+                  params={"restore_point": rp.id, **params})
+        job.subtasks = [SubTask(seq=0, name=RESTORE)]
+        with self.rt.sessions.begin() as s:
+            s.add(job)
+        return job
+
+    def _progress(self, job_id: str) -> Any:
+        def cb(done: int, total: int) -> None:
+            self.runner.subtask(job_id, RESTORE, "InProgress", bytes_done=done,
+                                bytes_total=total)
+        return cb
+
+    def _start(self, kind: str, rp_id: str, params: dict[str, Any], body: Any) -> dict[str, Any]:
+        rp = self._rp(rp_id)
+        source = self._source(rp, params.get("source", "auto"))
+        job = self._job(kind, rp, {**params, "source": source})
+
+        def run_body(job_id: str) -> tuple[str, list[Any]]:
+            self.runner.subtask(job_id, RESTORE, "InProgress")
+            result = body(job_id, rp, source)
+            with self.rt.sessions.begin() as s:
+                j = s.get(Job, job_id)
+                assert j is not None
+                j.details = {**j.details, **result}
+            self.runner.subtask(job_id, RESTORE, "Completed")
+            return "Completed", []
+
+        self.runner.run(job.id, run_body, rp.machine_name)
+        with self.rt.sessions() as s:
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+
+    def restore_disks(self, rp_id: str, to: str, source: str = "auto",
+                      disks: list[str] | None = None) -> dict[str, Any]:
+        def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
+            out = []
+            for d in rp.disks:
+                if disks and d["name"] not in disks:
+                    continue
+                target = Path(to) / f"{d['name']}.img"
+                self.materialize(rp, d["name"], target, src, self._progress(job_id))
+                out.append(str(target))
+            return {"restored": out}
+        return self._start("Disks", rp_id, {"to": to, "source": source}, body)
+
+    def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
+        def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
+            self.machines.create(name, [{"name": d["name"], "size": str(d["size_bytes"]),
+                                         "filesystem": d["filesystem"]} for d in rp.disks])
+            self.machines.stop(name)
+            with self.rt.sessions() as s:
+                m = Machines.get(s, name)
+                images = {d.name: Path(d.image_path) for d in m.disks}
+            for dname, image in images.items():
+                tmp = image.with_name(image.name + ".restore")
+                self.materialize(rp, dname, tmp, src, self._progress(job_id))
+                os.replace(tmp, image)
+            self.machines.start(name)
+            return {"machine": name}
+        return self._start("Vm", rp_id, {"name": name, "source": source}, body)
+
+    def restore_files(self, rp_id: str, path: str, to: str, disk: str | None = None,
+                      source: str = "auto") -> dict[str, Any]:
+        def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
+            dname = disk or rp.disks[0]["name"]
+            fs = next(d["filesystem"] for d in rp.disks if d["name"] == dname)
+            work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.pool.root))
+            image, mnt = work / f"{dname}.img", work / "mnt"
+            mnt.mkdir()
+            self.materialize(rp, dname, image, src, self._progress(job_id))
+            opts = "ro,noload" if fs == "ext4" else "ro,norecovery"
+            try:
+                run(["mount", "-o", f"loop,{opts}", str(image), str(mnt)])
+                try:
+                    inner = (mnt / path.lstrip("/")).resolve()
+                    if not str(inner).startswith(str(mnt)) or not inner.exists():
+                        raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
+                    dest = Path(to)
+                    dest.mkdir(parents=True, exist_ok=True)
+                    target = dest / inner.name
+                    if inner.is_dir():
+                        shutil.copytree(inner, target, symlinks=True, dirs_exist_ok=True)
+                    else:
+                        shutil.copy2(inner, target)
+                finally:
+                    run(["umount", str(mnt)], check=False)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            return {"restored": str(target), "disk": dname}
+        return self._start("Files", rp_id, {"path": path, "to": to, "disk": disk,
+                                            "source": source}, body)

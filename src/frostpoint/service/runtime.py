@@ -1,0 +1,102 @@
+"""What a running service holds: settings, database, fabric parts, notifications."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.pool import DiskPool
+from frostpoint.fabric.sandbox import Sandbox
+from frostpoint.service.db import make_engine, migrate, session_factory
+
+DEFAULT_DATA_DIR = Path("/var/lib/frostpoint")
+DEFAULT_LISTEN = "127.0.0.1:8420"
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+@dataclass
+class Timeouts:
+    """Strict order: host call < freeze limit < extension wait < job deadline."""
+
+    host_call: float = field(default_factory=lambda: _env_float("FROSTPOINT_HOST_CALL_S", 10))
+    freeze_limit: float = field(default_factory=lambda: _env_float("FROSTPOINT_FREEZE_S", 30))
+    extension_wait: float = field(
+        default_factory=lambda: _env_float("FROSTPOINT_EXTENSION_WAIT_S", 300))
+    job_deadline: float = field(default_factory=lambda: _env_float("FROSTPOINT_JOB_S", 6 * 3600))
+    heartbeat_stale: float = field(
+        default_factory=lambda: _env_float("FROSTPOINT_HEARTBEAT_STALE_S", 60))
+    job_heartbeat_stale: float = field(
+        default_factory=lambda: _env_float("FROSTPOINT_JOB_STALE_S", 20))
+
+
+def instance_id(data_dir: Path) -> str:
+    """Short id naming this service's namespaces, so tests can run several services."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
+
+
+def ensure_api_token(data_dir: Path) -> str:
+    path = data_dir / "api-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
+
+
+class Notifier:
+    """Wakes long polls when a machine's goal state changes (in this process)."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, int] = {}
+        self.cond = threading.Condition()
+
+    def bump(self, machine_id: str) -> None:
+        with self.cond:
+            self.versions[machine_id] = self.versions.get(machine_id, 0) + 1
+            self.cond.notify_all()
+
+    def version(self, machine_id: str) -> int:
+        return self.versions.get(machine_id, 0)
+
+
+class Runtime:
+    def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        self.instance = instance_id(data_dir)
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.engine = make_engine(db_url or f"sqlite:///{data_dir / 'frostpoint.db'}")
+        migrate(self.engine)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.api_token = ensure_api_token(data_dir)
+        self.timeouts = Timeouts()
+        self.pool = DiskPool(data_dir)
+        self.network = FabricNetwork(self.instance)
+        self.sandbox = Sandbox(data_dir, self.pool, self.network)
+        self.notifier = Notifier()
+        self.keys_dir = data_dir / "keys"
+
+    def start_fabric(self) -> None:
+        self.pool.ensure()
+        self.network.ensure_fabric()
+
+    def vault_key(self, vault_id: str, create: bool = False) -> bytes:
+        self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.keys_dir / f"{vault_id}.key"
+        if create and not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return path.read_bytes()

@@ -1,0 +1,136 @@
+"""The service's parts wired together, plus the background loops (scheduler, cleanup)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from typing import Any
+
+from sqlalchemy import select
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.backup import Backups
+from frostpoint.service.jobs import ACTIVE
+from frostpoint.service.machines import Machines
+from frostpoint.service.models import (Job, Machine, Policy, ProtectedItem, RestorePoint,
+                                       RestorePointCollection, utcnow)
+from frostpoint.service.protection import Protection
+from frostpoint.service.restore import Restores
+from frostpoint.service.runtime import Runtime
+
+log = logging.getLogger("frostpoint.service")
+
+
+class Services:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.machines = Machines(rt)
+        self.protection = Protection(rt)
+        self.backups = Backups(rt, self.machines, self.protection)
+        self.restores = Restores(rt, self.machines, self.protection)
+        self.stopping = threading.Event()
+
+    def list_machines(self) -> list[dict[str, Any]]:
+        with self.rt.sessions() as s:
+            return [self.machines.describe(m)
+                    for m in s.scalars(select(Machine).order_by(Machine.name))]
+
+    def delete_machine(self, name: str) -> None:
+        """Delete a machine; its restore points in a vault stay listed and restorable."""
+        with self.rt.sessions.begin() as s:
+            m = Machines.get(s, name)
+            if s.scalar(select(Job.id).where(Job.active_slot == m.id)):
+                raise FrostpointError("UserErrorBackupOperationInProgress",
+                                      f"a backup of {name} is running; cancel it first")
+            for rp in s.scalars(select(RestorePoint).where(RestorePoint.machine_id == m.id)):
+                if rp.snapshot_dir:
+                    shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                if rp.vault_id:
+                    rp.tier, rp.snapshot_dir = "Vault", None
+                    rp.machine_id, rp.collection_id = None, None
+                else:
+                    s.delete(rp)
+            for j in s.scalars(select(Job).where(Job.machine_id == m.id)):
+                j.machine_id = None
+            for obj in s.scalars(select(ProtectedItem).where(ProtectedItem.machine_id == m.id)):
+                s.delete(obj)
+            for obj in s.scalars(select(RestorePointCollection)
+                                 .where(RestorePointCollection.machine_id == m.id)):
+                s.delete(obj)
+        self.machines.delete(name)
+
+    def stop_protection(self, machine: str, delete_data: bool = False) -> dict[str, Any]:
+        if delete_data:
+            raise FrostpointError("InvalidInput",
+                                  "stop with delete data is not available yet; "
+                                  "stop with retain data, then delete restore points")
+        return self.protection.set_state(machine, "ProtectionStopped")
+
+    # -- background loops ------------------------------------------------------------
+    def start_background(self) -> None:
+        for target in (self._reaper_loop, self._scheduler_loop, self._cleanup_loop):
+            threading.Thread(target=target, daemon=True, name=target.__name__).start()
+
+    def _reaper_loop(self) -> None:
+        while not self.stopping.wait(2):
+            try:
+                for job_id in self.backups.runner.reap_orphans():
+                    log.warning("job %s failed: its service stopped", job_id)
+            except Exception:  # noqa: BLE001 - a loop must outlive one bad round
+                log.exception("reaper")
+
+    def _scheduler_loop(self) -> None:
+        while not self.stopping.wait(15):
+            try:
+                self.run_schedule()
+            except Exception:  # noqa: BLE001
+                log.exception("scheduler")
+
+    def run_schedule(self) -> list[str]:
+        now = utcnow()
+        today, hhmm = now.strftime("%Y-%m-%d"), now.strftime("%H:%M")
+        due = []
+        with self.rt.sessions.begin() as s:
+            rows = s.execute(select(ProtectedItem, Policy, Machine)
+                             .join(Policy, Policy.id == ProtectedItem.policy_id)
+                             .join(Machine, Machine.id == ProtectedItem.machine_id))
+            for item, policy, machine in rows:
+                if item.protection_state not in ("IRPending", "Protected", "ProtectionError"):
+                    continue
+                if hhmm >= policy.schedule_time and item.last_scheduled_date != today:
+                    item.last_scheduled_date = today
+                    due.append(machine.name)
+        for name in due:
+            try:
+                self.backups.start(name, trigger="Scheduled")
+            except FrostpointError as e:
+                log.warning("scheduled backup of %s not started: %s", name, e)
+        return due
+
+    def _cleanup_loop(self) -> None:
+        while not self.stopping.wait(60):
+            try:
+                self.cleanup_all()
+            except Exception:  # noqa: BLE001
+                log.exception("cleanup")
+
+    def cleanup_all(self) -> None:
+        with self.rt.sessions() as s:
+            ids = list(s.scalars(select(Machine.id)))
+        for mid in ids:
+            with self.rt.sessions() as s:
+                busy = s.scalar(select(Job.id).where(Job.machine_id == mid,
+                                                     Job.status.in_(ACTIVE)))
+            if not busy:
+                self.backups.cleanup_machine(mid)
+        self.expire_vault_restore_points()
+
+    def expire_vault_restore_points(self) -> None:
+        now = utcnow()
+        with self.rt.sessions.begin() as s:
+            for rp in s.scalars(select(RestorePoint).where(RestorePoint.tier == "Vault",
+                                                           RestorePoint.vault_expires_at < now)):
+                if rp.vault_id:
+                    self.protection.store(rp.vault_id).delete_restore_point(rp.id)
+                s.delete(rp)

@@ -1,0 +1,163 @@
+"""On-storage layout of a vault (see docs/vault-format.md). Pure encode/decode, no I/O."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from frostpoint.errors.catalog import FrostpointError
+
+FORMAT_NAME = "frostpoint-vault"
+FORMAT_VERSION = 1
+BLOCK_SIZE = 4 * 1024 * 1024
+DEFAULT_PACK_TARGET = 32 * 1024 * 1024
+CHUNK_ID_SIZE = 32
+
+CONFIG = "config"
+PACKS = "packs/"
+INDEX = "index/"
+MANIFESTS = "manifests/"
+
+KEYCHECK_PLAINTEXT = b"frostpoint-vault keycheck v1"
+
+_INDEX_MAGIC = b"FPIX\x01"
+_INDEX_REC = struct.Struct("<32sQI")  # chunk id, offset in pack, sealed length
+_PACK_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_RP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# --- object names -------------------------------------------------------------------
+
+def pack_name(pack_id: str) -> str:
+    # Fan out by the first byte so no directory / listing page gets huge.
+    return f"{PACKS}{pack_id[:2]}/{pack_id}"
+
+
+def index_name(pack_id: str) -> str:
+    return f"{INDEX}{pack_id}"
+
+
+def manifest_name(rp_id: str) -> str:
+    return f"{MANIFESTS}{rp_id}"
+
+
+def is_pack_id(s: str) -> bool:
+    return bool(_PACK_ID_RE.match(s))
+
+
+def check_rp_id(rp_id: str) -> None:
+    if not isinstance(rp_id, str) or not _RP_ID_RE.match(rp_id):
+        raise FrostpointError(
+            "InvalidInput",
+            f"invalid restore point id {rp_id!r}: use 1-128 of A-Z a-z 0-9 . _ - "
+            "(not starting with a punctuation character)")
+
+
+# --- AAD: binds each sealed object to its role and name, so objects cannot be swapped.
+
+def chunk_aad(chunk_id: bytes) -> bytes:
+    return chunk_id  # 32 bytes; every other AAD is longer and starts with b"frostpoint:"
+
+
+def index_aad(pack_id: str) -> bytes:
+    return f"frostpoint:index:{pack_id}".encode()
+
+
+def manifest_aad(rp_id: str) -> bytes:
+    return f"frostpoint:manifest:{rp_id}".encode()
+
+
+def keycheck_aad(vault_id: str) -> bytes:
+    return f"frostpoint:keycheck:{vault_id}".encode()
+
+
+# --- config ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VaultConfig:
+    vault_id: str
+    block_size: int
+    pack_target_size: int
+    created: str
+    keycheck: bytes
+    version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": FORMAT_NAME,
+            "version": self.version,
+            "vault_id": self.vault_id,
+            "block_size": self.block_size,
+            "pack_target_size": self.pack_target_size,
+            "created": self.created,
+            "keycheck": base64.b64encode(self.keycheck).decode(),
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> VaultConfig:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != FORMAT_NAME:
+                raise ValueError("not a frostpoint vault config")
+            version = int(doc["version"])
+            cfg = cls(
+                vault_id=str(doc["vault_id"]),
+                block_size=int(doc["block_size"]),
+                pack_target_size=int(doc["pack_target_size"]),
+                created=str(doc["created"]),
+                keycheck=base64.b64decode(doc["keycheck"], validate=True),
+                version=version,
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise FrostpointError("InvalidInput", f"vault config is not valid: {e}") from None
+        if version != FORMAT_VERSION:
+            raise FrostpointError(
+                "InvalidInput", f"vault format version {version} is not supported "
+                f"(this Frostpoint reads version {FORMAT_VERSION})")
+        if cfg.block_size <= 0 or cfg.pack_target_size <= 0:
+            raise FrostpointError("InvalidInput", "vault config has invalid sizes")
+        return cfg
+
+
+# --- index ------------------------------------------------------------------------------
+
+IndexEntry = tuple[bytes, int, int]  # chunk id, offset, length
+
+
+def encode_index(entries: list[IndexEntry]) -> bytes:
+    out = bytearray(_INDEX_MAGIC)
+    for cid, off, length in entries:
+        out += _INDEX_REC.pack(cid, off, length)
+    return bytes(out)
+
+
+def decode_index(data: bytes) -> list[IndexEntry]:
+    body = memoryview(data)[len(_INDEX_MAGIC):]
+    if data[:len(_INDEX_MAGIC)] != _INDEX_MAGIC or len(body) % _INDEX_REC.size:
+        raise FrostpointError("VaultDataCorrupt", "index has an unknown layout")
+    return list(_INDEX_REC.iter_unpack(body))
+
+
+# --- manifest ---------------------------------------------------------------------------
+
+def encode_manifest(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode_manifest(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+            raise ValueError("unknown manifest version")
+        for d in doc["disks"].values():
+            size, bs, blocks = int(d["size"]), int(d["block_size"]), d["blocks"]
+            if bs <= 0 or len(blocks) != -(-size // bs):
+                raise ValueError("block list does not match disk size")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FrostpointError("VaultDataCorrupt", f"manifest is not valid: {e}") from None
+    return doc

@@ -1,0 +1,564 @@
+"""The vault: deduplicated, encrypted, crash-safe storage of disk images.
+
+Commit order is the whole crash-safety story (docs/vault-format.md):
+pack -> its index -> (all packs of a backup) -> manifest. Each step is an atomic put,
+and each step only becomes visible to readers through the next one, so a crash at any
+moment leaves either a complete restore point or none.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault import format as fmt
+from frostpoint.vault.backend import Backend
+from frostpoint.vault.crypto import VaultKeys
+
+Progress = Callable[[int, int], None]
+
+# Hash+seal pool size; blake3, zstd and AES-GCM release the GIL, so threads scale.
+DEFAULT_THREADS = max(2, min(8, os.cpu_count() or 2))
+RESTORE_THREADS = 4
+VERIFY_THREADS = 4
+
+
+@dataclass
+class BackupStats:
+    bytes_read: int = 0       # bytes read from the disk images
+    bytes_total: int = 0      # sum of disk sizes
+    blocks_total: int = 0
+    zero_blocks: int = 0      # all-zero blocks: recorded as null, never stored
+    chunks_new: int = 0       # chunks sealed and written by this backup
+    chunks_reused: int = 0    # non-zero blocks whose chunk was already stored (dedup)
+    bytes_stored: int = 0     # sealed chunk bytes written to packs
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One place a chunk is used: restore point, disk, byte offset of the block."""
+
+    restore_point: str
+    disk: str
+    offset: int
+
+
+@dataclass
+class ChunkProblem:
+    chunk_id: str              # hex
+    pack: str | None           # pack id hex, None if the chunk is in no index
+    reason: str
+    refs: list[ChunkRef] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    restore_points: int = 0
+    chunks_checked: int = 0
+    damaged: list[ChunkProblem] = field(default_factory=list)   # present but bad
+    missing: list[ChunkProblem] = field(default_factory=list)   # referenced, not there
+    damaged_manifests: list[str] = field(default_factory=list)  # restore point ids
+    damaged_indexes: list[str] = field(default_factory=list)    # pack ids
+
+    @property
+    def ok(self) -> bool:
+        return not (self.damaged or self.missing or self.damaged_manifests
+                    or self.damaged_indexes)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _pack_id_of(pack_obj: str) -> str:
+    return pack_obj.rsplit("/", 1)[-1]
+
+
+def _cancelled() -> FrostpointError:
+    return FrostpointError("JobCancelled", "the backup was cancelled; no restore point "
+                           "was created")
+
+
+class _PackWriter:
+    """Accumulates sealed chunks of one backup into packs; flushes pack, then index."""
+
+    def __init__(self, vault: Vault, stats: BackupStats) -> None:
+        self._vault = vault
+        self._stats = stats
+        self._new_pack()
+
+    def _new_pack(self) -> None:
+        self.pack_id = secrets.token_hex(16)
+        self.parts: list[bytes] = []
+        self.entries: list[fmt.IndexEntry] = []
+        self.size = 0
+        # Chunks in the unflushed pack: known for dedup within this backup, but not
+        # yet in the vault index (which only holds chunks whose pack+index are durable).
+        self.pending: dict[bytes, None] = {}
+
+    def knows(self, cid: bytes) -> bool:
+        return cid in self._vault._index or cid in self.pending
+
+    def add(self, cid: bytes, sealed: bytes | None) -> None:
+        if self.knows(cid):
+            self._stats.chunks_reused += 1
+            return
+        if sealed is None:  # cannot happen: a chunk once known stays known
+            raise RuntimeError(f"chunk {cid.hex()} vanished from the index")
+        if self.size and self.size + len(sealed) > self._vault.config.pack_target_size:
+            self.flush()
+        self.entries.append((cid, self.size, len(sealed)))
+        self.parts.append(sealed)
+        self.pending[cid] = None
+        self.size += len(sealed)
+        self._stats.chunks_new += 1
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        v = self._vault
+        pack_obj = fmt.pack_name(self.pack_id)
+        data = b"".join(self.parts)
+        self.parts = []
+        # 1. the pack, durable. Until its index exists nobody will read it.
+        v.backend.put(pack_obj, data)
+        # 2. its index: from now on later backups dedup against these chunks.
+        index_blob = v._keys.seal(fmt.encode_index(self.entries),
+                                  fmt.index_aad(self.pack_id))
+        v.backend.put(fmt.index_name(self.pack_id), index_blob)
+        # Index before pending is cleared, so a concurrent `knows` never misses.
+        for cid, off, length in self.entries:
+            v._index.setdefault(cid, (pack_obj, off, length))
+        self._stats.bytes_stored += len(data)
+        self._new_pack()
+
+
+class Vault:
+    """A vault on a Backend. Use Vault.create / Vault.open.
+
+    One backup at a time per Vault object (serialized by a lock); restores and verify
+    may run alongside. The chunk index is loaded at open; chunks written by another
+    process after that are not deduplicated against (harmless: stored again).
+    """
+
+    def __init__(self, backend: Backend, keys: VaultKeys, config: fmt.VaultConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._keys = keys
+        # chunk id -> (pack object name, offset, sealed length). Bytes keys and tuples
+        # that share one pack-name string per pack keep this small (~150 B/chunk).
+        self._index: dict[bytes, tuple[str, int, int]] = {}
+        self.damaged_indexes: list[str] = []
+        self.threads = DEFAULT_THREADS
+        self._backup_lock = threading.Lock()
+
+    # --- create / open ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, backend: Backend, master_key: bytes, *,
+               pack_target_size: int = fmt.DEFAULT_PACK_TARGET) -> Vault:
+        keys = VaultKeys(master_key)
+        if backend.exists(fmt.CONFIG):
+            raise FrostpointError("Conflict", f"a vault already exists at {backend!r}")
+        if pack_target_size <= 0:
+            raise FrostpointError("InvalidInput", "pack_target_size must be positive")
+        vault_id = secrets.token_hex(16)
+        config = fmt.VaultConfig(
+            vault_id=vault_id,
+            block_size=fmt.BLOCK_SIZE,
+            pack_target_size=pack_target_size,
+            created=_now(),
+            keycheck=keys.seal(fmt.KEYCHECK_PLAINTEXT, fmt.keycheck_aad(vault_id)),
+        )
+        backend.put(fmt.CONFIG, config.to_bytes())
+        return cls(backend, keys, config)
+
+    @classmethod
+    def open(cls, backend: Backend, master_key: bytes) -> Vault:
+        keys = VaultKeys(master_key)
+        try:
+            raw = backend.get(fmt.CONFIG)
+        except FileNotFoundError:
+            raise FrostpointError("NotFound", f"no vault at {backend!r}") from None
+        config = fmt.VaultConfig.from_bytes(raw)
+        try:
+            ok = keys.open_sealed(config.keycheck, fmt.keycheck_aad(config.vault_id))
+        except FrostpointError:
+            ok = b""
+        if ok != fmt.KEYCHECK_PLAINTEXT:
+            raise FrostpointError("InvalidInput", "wrong vault key",
+                                  {"vault_id": config.vault_id})
+        vault = cls(backend, keys, config)
+        vault._load_index()
+        return vault
+
+    def _load_index(self) -> None:
+        pack_ids = [n[len(fmt.INDEX):] for n in self.backend.list(fmt.INDEX)]
+        pack_ids = [p for p in pack_ids if fmt.is_pack_id(p)]
+
+        def load(pack_id: str) -> tuple[str, list[fmt.IndexEntry] | None]:
+            try:
+                blob = self.backend.get(fmt.index_name(pack_id))
+                return pack_id, fmt.decode_index(
+                    self._keys.open_sealed(blob, fmt.index_aad(pack_id)))
+            except FileNotFoundError:
+                return pack_id, []  # deleted since the listing (a GC)
+            except FrostpointError:
+                return pack_id, None
+
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            for pack_id, entries in pool.map(load, pack_ids):
+                if entries is None:
+                    # Not fatal: its chunks are stored again by later backups; verify
+                    # reports it, and restore points using them report missing chunks.
+                    self.damaged_indexes.append(pack_id)
+                    continue
+                pack_obj = fmt.pack_name(pack_id)
+                for cid, off, length in entries:
+                    self._index.setdefault(cid, (pack_obj, off, length))
+
+    @property
+    def vault_id(self) -> str:
+        return self.config.vault_id
+
+    def locate_chunk(self, chunk_id: str) -> tuple[str, int, int] | None:
+        """(pack id, offset, sealed length) of a chunk (hex id), or None if not stored."""
+        loc = self._index.get(bytes.fromhex(chunk_id))
+        return None if loc is None else (_pack_id_of(loc[0]), loc[1], loc[2])
+
+    # --- restore points -----------------------------------------------------------
+
+    def list_restore_points(self) -> list[str]:
+        names = (n[len(fmt.MANIFESTS):] for n in self.backend.list(fmt.MANIFESTS))
+        return sorted(n for n in names if "/" not in n)
+
+    def read_manifest(self, rp_id: str) -> dict[str, Any]:
+        fmt.check_rp_id(rp_id)
+        try:
+            blob = self.backend.get(fmt.manifest_name(rp_id))
+        except FileNotFoundError:
+            raise FrostpointError("NotFound", f"restore point {rp_id} does not exist",
+                                  {"restore_point": rp_id}) from None
+        try:
+            doc = fmt.decode_manifest(
+                self._keys.open_sealed(blob, fmt.manifest_aad(rp_id)))
+        except FrostpointError as e:
+            raise FrostpointError(
+                "VaultDataCorrupt", f"manifest of restore point {rp_id} is damaged: "
+                f"{e.detail}", {"restore_point": rp_id}) from None
+        if doc.get("id") != rp_id:
+            raise FrostpointError("VaultDataCorrupt",
+                                  f"manifest of restore point {rp_id} names another id",
+                                  {"restore_point": rp_id})
+        return doc
+
+    def delete_restore_point(self, rp_id: str) -> None:
+        """Delete the manifest only; unreferenced chunks are reclaimed by a later GC."""
+        fmt.check_rp_id(rp_id)
+        name = fmt.manifest_name(rp_id)
+        if not self.backend.exists(name):
+            raise FrostpointError("NotFound", f"restore point {rp_id} does not exist",
+                                  {"restore_point": rp_id})
+        self.backend.delete(name)
+
+    # --- backup -------------------------------------------------------------------
+
+    def backup(self, rp_id: str, disks: Mapping[str, Path],
+               labels: dict[str, str] | None = None,
+               progress: Progress | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> BackupStats:
+        fmt.check_rp_id(rp_id)
+        if not disks:
+            raise FrostpointError("InvalidInput", "a backup needs at least one disk")
+        for name in disks:
+            if not isinstance(name, str) or not name:
+                raise FrostpointError("InvalidInput", f"invalid disk name {name!r}")
+        labels = dict(labels or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise FrostpointError("InvalidInput", "labels must map strings to strings")
+
+        with self._backup_lock:
+            if self.backend.exists(fmt.manifest_name(rp_id)):
+                raise FrostpointError("Conflict", f"restore point {rp_id} already exists",
+                                      {"restore_point": rp_id})
+            t0 = time.monotonic()
+            stats = BackupStats()
+            fds: dict[str, int] = {}
+            pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vault-seal")
+            try:
+                sizes: dict[str, int] = {}
+                for name, path in disks.items():
+                    try:
+                        fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        raise FrostpointError(
+                            "NotFound", f"disk {name}: image {path} does not exist",
+                            {"disk": name}) from None
+                    sizes[name] = os.lseek(fds[name], 0, os.SEEK_END)  # works for devices
+                stats.bytes_total = sum(sizes.values())
+                writer = _PackWriter(self, stats)
+                manifest_disks: dict[str, Any] = {}
+                for name in disks:
+                    blocks = self._backup_disk(pool, writer, stats, name, fds[name],
+                                               sizes[name], progress, should_cancel)
+                    manifest_disks[name] = {"size": sizes[name],
+                                            "block_size": self.config.block_size,
+                                            "blocks": blocks}
+                writer.flush()
+            finally:
+                # On error/cancel: drop queued work, wait for running workers.
+                pool.shutdown(wait=True, cancel_futures=True)
+                for fd in fds.values():
+                    os.close(fd)
+
+            if should_cancel is not None and should_cancel():
+                raise _cancelled()
+            doc = {
+                "version": fmt.FORMAT_VERSION,
+                "id": rp_id,
+                "vault_id": self.vault_id,
+                "created": _now(),
+                "labels": labels,
+                "disks": manifest_disks,
+            }
+            # 3. the manifest, last: the restore point exists from this put on.
+            self.backend.put(fmt.manifest_name(rp_id),
+                             self._keys.seal(fmt.encode_manifest(doc),
+                                             fmt.manifest_aad(rp_id)))
+            stats.duration_s = time.monotonic() - t0
+            return stats
+
+    def _prepare(self, writer: _PackWriter, data: bytes) -> tuple[bytes, bytes | None]:
+        # Runs in the pool. Skip sealing for chunks already stored; a duplicate that
+        # races in flight is sealed twice and dropped by writer.add (rare, harmless).
+        cid = self._keys.chunk_id(data)
+        if writer.knows(cid):
+            return cid, None
+        return cid, self._keys.seal(data, fmt.chunk_aad(cid))
+
+    def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
+                     stats: BackupStats, name: str, fd: int, size: int,
+                     progress: Progress | None,
+                     should_cancel: Callable[[], bool] | None) -> list[str | None]:
+        bs = self.config.block_size
+        zero = bytes(bs)  # compared with ==, a memcmp
+        nblocks = -(-size // bs)
+        blocks: list[str | None] = [None] * nblocks
+        stats.blocks_total += nblocks
+        # Bounded look-ahead: at most `limit` blocks (plus their sealed form) in memory,
+        # whatever the disk size. Results are consumed in order, so packs are laid out
+        # in disk order.
+        limit = 2 * self.threads
+        inflight: deque[tuple[int, int, Future[tuple[bytes, bytes | None]] | None]] = deque()
+
+        def drain_one() -> None:
+            i, n, fut = inflight.popleft()
+            if fut is not None:
+                cid, sealed = fut.result()
+                writer.add(cid, sealed)
+                blocks[i] = cid.hex()
+            stats.bytes_read += n
+            if progress is not None:
+                progress(stats.bytes_read, stats.bytes_total)
+
+        for i in range(nblocks):
+            if should_cancel is not None and should_cancel():
+                raise _cancelled()
+            off = i * bs
+            n = min(bs, size - off)
+            data = os.pread(fd, n, off)
+            if len(data) != n:
+                raise FrostpointError("BackUpOperationFailed",
+                                      f"disk {name} shrank while it was read", {"disk": name})
+            if data == (zero if n == bs else zero[:n]):
+                stats.zero_blocks += 1
+                inflight.append((i, n, None))
+            else:
+                inflight.append((i, n, pool.submit(self._prepare, writer, data)))
+            del data
+            while len(inflight) > limit:
+                drain_one()
+        while inflight:
+            drain_one()
+        return blocks
+
+    # --- restore ------------------------------------------------------------------
+
+    def _read_chunk(self, cid: bytes, where: dict[str, Any]) -> bytes:
+        """Fetch, decrypt and re-hash one chunk; any problem -> VaultDataCorrupt."""
+        h = cid.hex()
+        loc = self._index.get(cid)
+        if loc is None:
+            raise FrostpointError("VaultDataCorrupt", f"chunk {h} is missing from the vault",
+                                  {"chunk": h, **where})
+        pack_obj, off, length = loc
+        pack_id = _pack_id_of(pack_obj)
+        details = {"chunk": h, "pack": pack_id, **where}
+        try:
+            blob = self.backend.get_range(pack_obj, off, length)
+        except FileNotFoundError:
+            raise FrostpointError("VaultDataCorrupt", f"pack {pack_id} of chunk {h} is missing",
+                                  details) from None
+        return self._check_chunk(cid, pack_id, blob, details)
+
+    def _check_chunk(self, cid: bytes, pack_id: str, blob: bytes,
+                     details: dict[str, Any]) -> bytes:
+        h = cid.hex()
+        try:
+            plain = self._keys.open_sealed(blob, fmt.chunk_aad(cid))
+        except FrostpointError:
+            raise FrostpointError(
+                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} failed authentication",
+                details) from None
+        if self._keys.chunk_id(plain) != cid:
+            raise FrostpointError(
+                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} does not match its id",
+                details)
+        return plain
+
+    def restore_disk(self, rp_id: str, disk_name: str, target: Path,
+                     progress: Progress | None = None) -> None:
+        doc = self.read_manifest(rp_id)
+        disk = doc["disks"].get(disk_name)
+        if disk is None:
+            raise FrostpointError(
+                "NotFound", f"restore point {rp_id} has no disk {disk_name}",
+                {"restore_point": rp_id, "disk": disk_name, "disks": sorted(doc["disks"])})
+        size, bs, blocks = int(disk["size"]), int(disk["block_size"]), disk["blocks"]
+        target = Path(target)
+        # Written under another name, renamed when complete: a failed restore never
+        # leaves a file that looks like a finished one.
+        partial = target.with_name(target.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        pool = ThreadPoolExecutor(RESTORE_THREADS, thread_name_prefix="vault-restore")
+        try:
+            os.ftruncate(fd, size)  # holes everywhere; zero blocks are never written
+
+            def fetch(cid: bytes, off: int, n: int) -> None:
+                plain = self._read_chunk(
+                    cid, {"restore_point": rp_id, "disk": disk_name, "offset": off})
+                if len(plain) != n:
+                    raise FrostpointError(
+                        "VaultDataCorrupt", f"chunk {cid.hex()} has length {len(plain)}, "
+                        f"block at {off} needs {n}", {"chunk": cid.hex(), "offset": off})
+                os.pwrite(fd, plain, off)
+
+            done = 0
+            inflight: deque[tuple[int, Future[None]]] = deque()
+            for i, h in enumerate(blocks):
+                off = i * bs
+                n = min(bs, size - off)
+                if h is None:
+                    done += n
+                    if progress is not None:
+                        progress(done, size)
+                    continue
+                inflight.append((n, pool.submit(fetch, bytes.fromhex(h), off, n)))
+                while len(inflight) > 2 * RESTORE_THREADS or (
+                        inflight and inflight[0][1].done()):
+                    n0, fut = inflight.popleft()
+                    fut.result()
+                    done += n0
+                    if progress is not None:
+                        progress(done, size)
+            while inflight:
+                n0, fut = inflight.popleft()
+                fut.result()
+                done += n0
+                if progress is not None:
+                    progress(done, size)
+            os.fsync(fd)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            os.close(fd)
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+            raise
+        pool.shutdown(wait=True)
+        os.close(fd)
+        os.replace(partial, target)
+        dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # --- verify -------------------------------------------------------------------
+
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Read every manifest and every chunk they reference; decrypt and re-hash.
+
+        progress(chunks_done, chunks_total). Never raises for damaged data: reports it.
+        """
+        report = VerifyReport(damaged_indexes=list(self.damaged_indexes))
+        # chunk id -> places it is used (compact tuples; ChunkRef only for problems)
+        refs: dict[bytes, list[tuple[str, str, int]]] = {}
+        for rp in self.list_restore_points():
+            try:
+                doc = self.read_manifest(rp)
+            except FrostpointError as e:
+                if e.code == "VaultDataCorrupt":
+                    report.damaged_manifests.append(rp)
+                continue  # NotFound: deleted meanwhile; InvalidInput: foreign name
+            report.restore_points += 1
+            for disk_name, disk in doc["disks"].items():
+                bs = int(disk["block_size"])
+                for i, h in enumerate(disk["blocks"]):
+                    if h is not None:
+                        refs.setdefault(bytes.fromhex(h), []).append((rp, disk_name, i * bs))
+
+        def problem(cid: bytes, pack: str | None, reason: str) -> ChunkProblem:
+            return ChunkProblem(cid.hex(), pack, reason,
+                                [ChunkRef(*r) for r in refs[cid]])
+
+        by_pack: dict[str, list[bytes]] = {}
+        for cid in refs:
+            loc = self._index.get(cid)
+            if loc is None:
+                report.missing.append(problem(cid, None, "chunk is in no index"))
+            else:
+                by_pack.setdefault(loc[0], []).append(cid)
+
+        def check_pack(pack_obj: str) -> tuple[list[ChunkProblem], list[ChunkProblem]]:
+            damaged: list[ChunkProblem] = []
+            missing: list[ChunkProblem] = []
+            pack_id = _pack_id_of(pack_obj)
+            try:
+                data = self.backend.get(pack_obj)  # one GET per pack, not per chunk
+            except FileNotFoundError:
+                return [], [problem(c, pack_id, "pack is missing") for c in by_pack[pack_obj]]
+            for cid in by_pack[pack_obj]:
+                _, off, length = self._index[cid]
+                try:
+                    self._check_chunk(cid, pack_id, data[off:off + length], {})
+                except FrostpointError as e:
+                    damaged.append(problem(cid, pack_id, e.detail))
+            return damaged, missing
+
+        total = len(refs)
+        done = len(report.missing)
+        with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="vault-verify") as pool:
+            for pack_obj, (damaged, missing) in zip(
+                    by_pack, pool.map(check_pack, by_pack), strict=True):
+                report.damaged += damaged
+                report.missing += missing
+                done += len(by_pack[pack_obj])
+                if progress is not None:
+                    progress(done, total)
+        report.chunks_checked = total
+        report.damaged.sort(key=lambda p: p.chunk_id)
+        report.missing.sort(key=lambda p: p.chunk_id)
+        return report
