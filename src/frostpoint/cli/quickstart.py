@@ -187,9 +187,7 @@ def run_quickstart(quiet: bool = False) -> dict[str, Any]:
 
 def run_down() -> dict[str, Any]:
     """Remove the demo machine; stop the service and release the fabric if we own it."""
-    from frostpoint.fabric.network import FabricNetwork
-    from frostpoint.fabric.pool import DiskPool
-    from frostpoint.service.runtime import instance_id
+    from frostpoint.fabric.teardown import teardown_host
     removed = []
     try:
         c = Client()
@@ -201,11 +199,7 @@ def run_down() -> dict[str, Any]:
     subprocess.run(["pkill", "-f", f"frostpoint.cli.main server --data-dir {data_dir()}"],
                    check=False)
     time.sleep(1)
-    d = data_dir()
-    if (d / "run" / "mntns").exists():
-        subprocess.run(["umount", "-l", str(d / "run" / "mntns")], check=False)
-    FabricNetwork(instance_id(d)).teardown()
-    DiskPool(d).teardown()
+    teardown_host(data_dir())
     os.sync()
     return {"ok": True, "removed_machines": removed,
             "summary": f"removed {', '.join(removed) or 'nothing'}; service stopped"}

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from frostpoint.fabric.system import run
+from frostpoint.fabric.system import is_mountpoint, run
 
 FICLONE = 0x40049409
 DEFAULT_POOL_SIZE = 64 << 30  # sparse: costs only what is written
@@ -45,7 +45,7 @@ class DiskPool:
 
     def ensure(self) -> None:
         """Make the pool usable: the data dir itself if it reflinks, else an XFS file."""
-        if os.path.ismount(self.root) or (not self.image.exists() and can_reflink(self.root)):
+        if is_mountpoint(self.root) or (not self.image.exists() and can_reflink(self.root)):
             self._dirs()
             return
         if not self.image.exists():
@@ -63,7 +63,7 @@ class DiskPool:
         (self.root / "snapshots").mkdir(parents=True, exist_ok=True)
 
     def teardown(self) -> None:
-        if self.image.exists() and os.path.ismount(self.root):
+        if is_mountpoint(self.root):
             run(["umount", str(self.root)])  # loop mounts auto-clear their device
 
     def disk_path(self, machine: str, disk: str) -> Path:

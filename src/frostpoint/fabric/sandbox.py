@@ -18,7 +18,7 @@ from pathlib import Path
 
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
-from frostpoint.fabric.system import run
+from frostpoint.fabric.system import is_mountpoint, run
 from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
 
 
@@ -91,14 +91,14 @@ class Sandbox:
         # A mount namespace is kept alive by bind-mounting it onto a file, which needs
         # a mount with private propagation under it.
         self.ns_dir.mkdir(parents=True, exist_ok=True)
-        if not os.path.ismount(self.ns_dir):
+        if not is_mountpoint(self.ns_dir):
             run(["mount", "--bind", str(self.ns_dir), str(self.ns_dir)])
         run(["mount", "--make-private", str(self.ns_dir)])
 
     def _make_mount_ns(self, spec: MachineSpec) -> None:
         self._private_ns_dir()
         nsfile = self.mntns_file(spec.name)
-        if nsfile.exists() and os.path.ismount(nsfile):
+        if nsfile.exists() and is_mountpoint(nsfile):
             return
         nsfile.touch()
         for d in (GUEST_ETC, GUEST_LIB, GUEST_LOG):
@@ -107,7 +107,9 @@ class Sandbox:
         script = [f"mount -t tmpfs -o mode=0755 frostpoint-mnt {DISK_ROOT}"]
         for disk in spec.disks:
             loop = self._attach_loop(disk.image_path)
-            script += [f"mkdir -p {disk.mountpoint}", f"mount {loop} {disk.mountpoint}"]
+            # nouuid: a restored copy of an XFS disk shares its UUID with the original.
+            opts = "-o nouuid " if disk.filesystem == "xfs" else ""
+            script += [f"mkdir -p {disk.mountpoint}", f"mount {opts}{loop} {disk.mountpoint}"]
         g = self.guest_dir(spec.name)
         for sub, target in (("etc", GUEST_ETC), ("lib", GUEST_LIB), ("log", GUEST_LOG)):
             (g / sub).mkdir(parents=True, exist_ok=True)
@@ -159,7 +161,7 @@ class Sandbox:
             if not pids:
                 break
         nsfile = self.mntns_file(spec.name)
-        if nsfile.exists() and os.path.ismount(nsfile):
+        if nsfile.exists() and is_mountpoint(nsfile):
             # A frozen filesystem cannot be unmounted cleanly; thaw first, then unmount.
             mounts = " ".join(d.mountpoint for d in spec.disks)
             run(["nsenter", f"--mount={nsfile}", "--", "sh", "-c",

@@ -25,6 +25,17 @@ def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,
     return proc
 
 
+def is_mountpoint(path: str | os.PathLike[str]) -> bool:
+    """True if something is mounted at path (bind mounts too, unlike os.path.ismount)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == target:
+                return True
+    return False
+
+
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()

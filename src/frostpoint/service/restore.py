@@ -157,7 +157,7 @@ class Restores:
             image, mnt = work / f"{dname}.img", work / "mnt"
             mnt.mkdir()
             self.materialize(rp, dname, image, src, self._progress(job_id))
-            opts = "ro,noload" if fs == "ext4" else "ro,norecovery"
+            opts = "ro,noload" if fs == "ext4" else "ro,norecovery,nouuid"
             try:
                 run(["mount", "-o", f"loop,{opts}", str(image), str(mnt)])
                 try:

@@ -1,0 +1,49 @@
+"""Release everything a service's fabric holds on this host: processes in its
+namespaces, mount namespaces, loop devices, namespaces, the pool mount.
+
+Used by `frostpoint quickstart --down` and by tests, so nothing is left behind even
+when machines were not deleted one by one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.pool import DiskPool
+from frostpoint.fabric.system import is_mountpoint, run
+from frostpoint.service.runtime import instance_id
+
+
+def teardown_host(data_dir: Path) -> None:
+    net = FabricNetwork(instance_id(data_dir))
+    nsroot = Path("/run/netns")
+    names = [p.name for p in nsroot.glob(f"fp{net.instance}-*")] if nsroot.exists() else []
+    for sig in (signal.SIGKILL,):
+        for ns in names:
+            for pid in net.pids_in(ns):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+    time.sleep(0.2)
+    ns_dir = data_dir / "run" / "mntns"
+    if ns_dir.exists():
+        for f in ns_dir.iterdir():
+            while is_mountpoint(f):
+                if run(["umount", str(f)], check=False).returncode != 0:
+                    break
+        while is_mountpoint(ns_dir):
+            if run(["umount", str(ns_dir)], check=False).returncode != 0:
+                break
+    pool = DiskPool(data_dir)
+    out = run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.decode()
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1].startswith(str(pool.root) + "/"):
+            run(["losetup", "-d", parts[0]], check=False)
+    net.teardown()
+    pool.teardown()

@@ -1,0 +1,176 @@
+"""Test fixtures: a real `frostpoint server` process on a temporary data directory.
+
+Sandbox machines need root (namespaces, loop devices, mounts). CI on this kind of
+machine runs as root; elsewhere those tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from frostpoint.cli.client import ApiError, Client
+
+ROOT_REASON = "needs root: sandbox machines use namespaces, loop devices and mounts"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+
+# Short limits so that failure paths finish in seconds, in the documented order.
+TEST_ENV = {
+    "FROSTPOINT_HEARTBEAT_STALE_S": "15",
+    "FROSTPOINT_EXTENSION_WAIT_S": "60",
+    "FROSTPOINT_FREEZE_S": "30",
+    "FROSTPOINT_HOST_CALL_S": "10",
+    "FROSTPOINT_JOB_STALE_S": "6",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """One running service with its data directory, and helpers to drive it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, **TEST_ENV, "FROSTPOINT_DATA_DIR": str(data_dir),
+                    "FROSTPOINT_URL": self.url}
+
+    def start(self) -> None:
+        log = open(self.data_dir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "frostpoint.cli.main", "server", "--data-dir",
+             str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + self.log_tail())
+            try:
+                Client(self.url, "x").get("/health")
+                return
+            except ApiError:
+                time.sleep(0.2)
+        raise RuntimeError("server did not start:\n" + self.log_tail())
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self) -> str:
+        p = self.data_dir / "server.log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+    @property
+    def client(self) -> Client:
+        return Client(self.url, (self.data_dir / "api-token").read_text().strip())
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([sys.executable, "-m", "frostpoint.cli.main", *args], env=self.env,
+                           capture_output=True, text=True, timeout=600)
+        if check and p.returncode != 0:
+            raise AssertionError(f"frostpoint {' '.join(args)} failed ({p.returncode}):\n"
+                                 f"{p.stdout}\n{p.stderr}")
+        return p
+
+    def cli_json(self, *args: str, check: bool = True) -> Any:
+        return json.loads(self.cli(*args, "--json", check=check).stdout)
+
+    def exec(self, machine: str, script: str, check: bool = True) -> str:
+        r = self.client.post(f"/machines/{machine}/exec", {"argv": ["sh", "-c", script]})
+        if check and r["returncode"] != 0:
+            raise AssertionError(f"in {machine}: {script}\n{r['stderr']}")
+        return str(r["stdout"])
+
+    def guest_file(self, machine: str, sub: str) -> Path:
+        """Host path of the machine's /etc/frostpoint (etc), /var/lib/.. (lib), /var/log/.."""
+        return self.data_dir / "machines" / machine / sub
+
+    def wait_agent_ready(self, machine: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.client.get(f"/machines/{machine}")["agent"]["status"] == "Ready":
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"agent of {machine} never Ready")
+
+    def wait_job(self, job_id: str, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            j = self.client.get(f"/jobs/{job_id}")
+            if j["status"] in ("Completed", "CompletedWithWarnings", "Failed", "Cancelled"):
+                return j
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} still {j['status']} after {timeout} s")
+
+    def protected_machine(self, name: str, disks: list[dict[str, str]] | None = None) -> None:
+        c = self.client
+        c.post("/machines", {"name": name, "disks": disks or [{"name": "data",
+                                                                "size": "128M"}]})
+        if not any(v["name"] == "v1" for v in c.get("/vaults")):
+            c.post("/vaults", {"name": "v1"})
+            c.post("/policies", {"name": "p1"})
+        c.post("/protection/enable", {"machine": name, "vault": "v1", "policy": "p1"})
+        self.wait_agent_ready(name)
+
+    def backup(self, machine: str, timeout: float = 180) -> dict[str, Any]:
+        j = self.client.post("/backups", {"machine": machine})
+        return self.wait_job(j["id"], timeout)
+
+    def teardown(self) -> None:
+        try:
+            c = self.client
+            for m in c.get("/machines"):
+                c.delete(f"/machines/{m['name']}")
+        except Exception:  # noqa: BLE001 - teardown must go on
+            pass
+        self.stop()
+        from frostpoint.fabric.teardown import teardown_host
+        teardown_host(self.data_dir)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_REASON)
+    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2)")
+    svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-")))
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.teardown()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
