@@ -74,7 +74,7 @@ class ExtensionHandler:
     def _handle_safely(self, ext: dict[str, Any]) -> None:
         try:
             self._handle(ext)
-        except Exception as e:  # noqa: BLE001 - every failure must reach the service
+        except Exception as e:
             log.exception("extension %s failed", ext.get("name"))
             self.report([self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
                                       f"agent could not run the extension: {e}")])

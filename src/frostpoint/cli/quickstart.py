@@ -43,8 +43,10 @@ cat > /etc/frostpoint/scripts/pre.sh <<'EOF'
 #!/bin/sh
 # Quiesce the app: checkpoint the WAL into the database file, record checksums.
 set -e
-python3 -c "import sqlite3; sqlite3.connect('/mnt/data/app/orders.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')"
-cd /mnt/data && find docs app -type f ! -name '*-wal' ! -name '*-shm' | sort | xargs sha256sum > /mnt/data/.checksums
+python3 -c "import sqlite3; sqlite3.connect('/mnt/data/app/orders.db') \
+  .execute('PRAGMA wal_checkpoint(TRUNCATE)')"
+cd /mnt/data && find docs app -type f ! -name '*-wal' ! -name '*-shm' | sort \
+  | xargs sha256sum > /mnt/data/.checksums
 sync
 EOF
 cat > /etc/frostpoint/scripts/post.sh <<'EOF'

@@ -7,7 +7,6 @@ files share extents where nothing changed (what changed-block tracking reads).
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 from pathlib import Path
 

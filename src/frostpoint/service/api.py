@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from frostpoint import __version__
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
-from frostpoint.service.services import Services
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
+from frostpoint.service.services import Services
 
 STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
           "UserErrorBackupOperationInProgress": 409}

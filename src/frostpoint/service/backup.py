@@ -15,8 +15,17 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.machines import Machines
-from frostpoint.service.models import (Job, Lock, Machine, Policy, ProtectedItem,
-                                       RestorePoint, RestorePointCollection, SubTask, utcnow)
+from frostpoint.service.models import (
+    Job,
+    Lock,
+    Machine,
+    Policy,
+    ProtectedItem,
+    RestorePoint,
+    RestorePointCollection,
+    SubTask,
+    utcnow,
+)
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 

@@ -6,7 +6,7 @@ Schema changes go through Alembic (service/migrations); never create_all in prod
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
@@ -19,7 +19,7 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     # Naive UTC everywhere: SQLite drops time zones, so one convention for all backends.
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):

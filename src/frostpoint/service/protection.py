@@ -10,8 +10,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.service.models import (Lock, Machine, Policy, ProtectedItem, ResourceGroup,
-                                       RestorePoint, RestorePointCollection, Vault)
+from frostpoint.service.models import (
+    Lock,
+    Machine,
+    Policy,
+    ProtectedItem,
+    ResourceGroup,
+    RestorePoint,
+    RestorePointCollection,
+    Vault,
+)
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault.backend import LocalBackend
 from frostpoint.vault.store import Vault as VaultStore

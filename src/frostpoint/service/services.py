@@ -13,8 +13,15 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import Machines
-from frostpoint.service.models import (Job, Machine, Policy, ProtectedItem, RestorePoint,
-                                       RestorePointCollection, utcnow)
+from frostpoint.service.models import (
+    Job,
+    Machine,
+    Policy,
+    ProtectedItem,
+    RestorePoint,
+    RestorePointCollection,
+    utcnow,
+)
 from frostpoint.service.protection import Protection
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
@@ -77,14 +84,14 @@ class Services:
             try:
                 for job_id in self.backups.runner.reap_orphans():
                     log.warning("job %s failed: its service stopped", job_id)
-            except Exception:  # noqa: BLE001 - a loop must outlive one bad round
+            except Exception:
                 log.exception("reaper")
 
     def _scheduler_loop(self) -> None:
         while not self.stopping.wait(15):
             try:
                 self.run_schedule()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("scheduler")
 
     def run_schedule(self) -> list[str]:
@@ -112,7 +119,7 @@ class Services:
         while not self.stopping.wait(60):
             try:
                 self.cleanup_all()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("cleanup")
 
     def cleanup_all(self) -> None:

@@ -1,0 +1,29 @@
+# The two commands of the README, and their helpers. Each installs what it needs.
+SHELL := /bin/bash
+VENV := .venv
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+
+.PHONY: setup quickstart down test lint clean
+
+$(STAMP): pyproject.toml scripts/install-system-packages
+	scripts/install-system-packages
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/frostpoint quickstart
+
+down: setup
+	$(VENV)/bin/frostpoint quickstart --down
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+test: setup lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider -rs
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
