@@ -87,7 +87,7 @@ class Sandbox:
         if agent:
             self._start_init(spec.name)
 
-    def _private_ns_dir(self) -> None:
+    def prepare(self) -> None:
         # A mount namespace is kept alive by bind-mounting it onto a file, which needs
         # a mount with private propagation under it.
         self.ns_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ class Sandbox:
         run(["mount", "--make-private", str(self.ns_dir)])
 
     def _make_mount_ns(self, spec: MachineSpec) -> None:
-        self._private_ns_dir()
+        self.prepare()
         nsfile = self.mntns_file(spec.name)
         if nsfile.exists() and is_mountpoint(nsfile):
             return

@@ -91,6 +91,7 @@ class Runtime:
     def start_fabric(self) -> None:
         self.pool.ensure()
         self.network.ensure_fabric()
+        self.sandbox.prepare()
 
     def vault_key(self, vault_id: str, create: bool = False) -> bytes:
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)

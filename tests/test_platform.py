@@ -1,0 +1,158 @@
+"""Machines, identity, the scheduler and the CLI's contract, on a real service."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from conftest import Service, needs_root
+
+pytestmark = needs_root
+
+
+def _host_state() -> str:
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    mounts = open("/proc/self/mountinfo").read()
+    nets = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return loops + mounts + nets
+
+
+def test_machine_lifecycle_leaves_nothing_behind(service: Service) -> None:
+    m = "life"
+    before = _host_state()
+    service.cli_json("vm", "create", m, "--disk", "data:64M:ext4", "--disk", "db:320M:xfs")
+    shown = service.cli_json("vm", "show", m)
+    assert shown["provisioning_state"] == "Succeeded" and shown["power_state"] == "Running"
+    # The guest sees its disks as real filesystems and has its own network.
+    mounts = service.exec(m, "grep ' /mnt/' /proc/mounts")
+    assert " /mnt/data ext4 " in mounts and " /mnt/db xfs " in mounts
+    assert shown["address"] in service.exec(m, "ip -4 addr show eth0")
+    service.wait_agent_ready(m)
+    assert service.cli_json("vm", "show", m)["agent"]["version"]
+
+    stopped = service.cli_json("vm", "stop", m)
+    assert stopped["power_state"] == "Stopped"
+    assert f"fp{_instance(service)}-m-{m}" in _host_state()  # network kept while stopped
+    p = service.cli("vm", "exec", m, "--", "true", check=False)
+    assert p.returncode == 1 and "UserErrorVmNotInDesirableState" in p.stderr
+    assert service.cli_json("vm", "deallocate", m)["power_state"] == "Deallocated"
+    assert service.cli_json("vm", "start", m)["power_state"] == "Running"
+    assert service.exec(m, "cat /proc/mounts | grep -c /mnt/").strip() == "3"
+    service.cli_json("vm", "delete", m)
+    after = _host_state()
+    assert f"disks/{m}/" not in after and f"-m-{m}" not in after
+    assert set(after.split("\n")) - set(before.split("\n")) == set(), "something leaked"
+
+
+def _instance(service: Service) -> str:
+    from frostpoint.service.runtime import instance_id
+    return instance_id(service.data_dir)
+
+
+def test_identity_tokens(service: Service) -> None:
+    token_file = service.data_dir / "api-token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    r = httpx.get(f"{service.url}/machines")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "Unauthorized"
+    for name in ("ida", "idb"):
+        service.client.post("/machines", {"name": name, "disks": [{"name": "data",
+                                                                    "size": "32M"}]})
+    # Inside machine ida: its own token reads its own goal state; no token, or
+    # another's guess, is refused.
+    wire = "http://10.213.0.1:80/machine/goalstate"
+    own = service.exec("ida", f"curl -s -H \"Authorization: Bearer $(cat "
+                              f"/etc/frostpoint/agent.token)\" {wire}")
+    assert json.loads(own)["machine"] == "ida"
+    code = service.exec("ida", f"curl -s -o /dev/null -w '%{{http_code}}' {wire}")
+    assert code == "401"
+    code = service.exec("ida", "curl -s -o /dev/null -w '%{http_code}' "
+                               f"-H 'Authorization: Bearer guessed' {wire}")
+    assert code == "401"
+    other = (service.guest_file("idb", "etc") / "agent.token").read_text()
+    assert other not in service.exec("ida", "cat /etc/frostpoint/agent.token")
+    assert stat.S_IMODE(os.stat(service.guest_file("ida", "etc") / "agent.token")
+                        .st_mode) == 0o600
+    # The management API is not reachable from a machine: it stays on loopback.
+    code = service.exec("ida", f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' "
+                               f"http://127.0.0.1:{service.port}/health", check=False)
+    assert code == "000"
+    for name in ("ida", "idb"):
+        service.client.delete(f"/machines/{name}")
+
+
+def test_scheduled_backup_runs_at_the_policy_time(service: Service) -> None:
+    m = "sched"
+    c = service.client
+    c.post("/machines", {"name": m, "disks": [{"name": "data", "size": "32M"}]})
+    c.post("/vaults", {"name": "vs"})
+    due = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
+    if due > datetime.now(UTC).strftime("%H:%M"):  # just after midnight
+        due = "00:00"
+    c.post("/policies", {"name": "every-day-now", "schedule_time": due})
+    c.post("/protection/enable", {"machine": m, "vault": "vs", "policy": "every-day-now"})
+    service.wait_agent_ready(m)
+    deadline = time.monotonic() + 40
+    jobs: list[dict] = []
+    while time.monotonic() < deadline and not jobs:
+        jobs = [j for j in c.get("/jobs", params={"machine": m}) if j["trigger"] == "Scheduled"]
+        time.sleep(1)
+    assert jobs, "the scheduler did not start the daily backup"
+    assert service.wait_job(jobs[0]["id"])["status"] == "Completed"
+    # Once a day: no second scheduled job on the same day.
+    time.sleep(16)
+    assert len([j for j in c.get("/jobs", params={"machine": m})
+                if j["trigger"] == "Scheduled"]) == 1
+    assert c.get(f"/protection/{m}")["protection_state"] == "Protected"
+
+
+def test_stopped_machine_is_backed_up_crash_consistent(service: Service) -> None:
+    m = "sched"
+    service.exec(m, "echo before-stop > /mnt/data/f.txt")
+    service.cli_json("vm", "stop", m)
+    job = service.backup(m)
+    assert job["status"] == "Completed", job
+    assert job["details"]["consistency"] == "CrashConsistent"
+    service.cli_json("vm", "start", m)
+
+
+def test_protection_stop_and_resume(service: Service) -> None:
+    m = "sched"
+    assert service.cli_json("protect", "stop", m)["protection_state"] == "ProtectionStopped"
+    p = service.cli("backup", "now", m, "--json", check=False)
+    assert p.returncode == 1
+    assert json.loads(p.stdout)["error"]["code"] == "UserErrorBcmDatasourceNotPresent"
+    assert service.cli_json("protect", "resume", m)["protection_state"] == "Protected"
+    service.wait_agent_ready(m)
+    out = service.cli_json("backup", "now", m, "--wait")
+    assert out["status"] == "Completed"
+
+
+def test_every_listed_command_answers_json(service: Service) -> None:
+    for args in (["vm", "list"], ["vault", "list"], ["policy", "list"], ["job", "list"],
+                 ["rp", "list"], ["lock", "list"], ["errors"]):
+        data = service.cli_json(*args)
+        assert isinstance(data, list), args
+    bad = service.cli("vm", "show", "nope", "--json", check=False)
+    assert bad.returncode == 1
+    err = json.loads(bad.stdout)["error"]
+    assert err["code"] == "NotFound" and err["actions"]
+    # Human output names the code and the fix.
+    human = service.cli("vm", "show", "nope", check=False)
+    assert "NotFound" in human.stderr and "fix:" in human.stderr
+
+
+def test_locks_on_the_restore_point_resource_group(service: Service) -> None:
+    rgs = service.client.get("/resource-groups")
+    assert [rg["name"] for rg in rgs] == ["FrostpointRG_local_1"]
+    service.cli_json("lock", "create", "keep", "--resource-group", "FrostpointRG_local_1")
+    assert service.cli_json("lock", "list")[0]["kind"] == "CanNotDelete"
+    bad = service.cli("lock", "create", "x", "--resource-group", "FrostpointRG_local_1",
+                      "--kind", "Bogus", "--json", check=False)
+    assert json.loads(bad.stdout)["error"]["code"] == "InvalidInput"
+    service.cli_json("lock", "delete", "keep")
+    assert service.cli_json("lock", "list") == []
