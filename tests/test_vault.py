@@ -115,7 +115,9 @@ def test_round_trip_is_identical_and_sparse(tmp_path: Path, vault: Vault, vault_
     stats = vault.backup("rp1", {"disk0": img}, labels={"vm": "web01"},
                          progress=lambda d, t: seen.append((d, t)))
 
-    assert stats.bytes_total == stats.bytes_read == SIZE
+    assert stats.bytes_total == stats.bytes_scanned == SIZE
+    assert stats.bytes_read == SIZE - BS   # the hole is never read
+    assert stats.blocks_hole == 1
     assert stats.blocks_total == 6
     assert stats.zero_blocks == 2
     assert stats.chunks_new == 3          # rand, text, short text

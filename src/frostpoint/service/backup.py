@@ -157,7 +157,8 @@ class Backups:
             stats = store.backup(rp.id, {d: Path(snap["dir"]) / f"{d}.img" for d, _ in images},
                                  labels={"machine": machine, "job": job_id},
                                  progress=progress,
-                                 should_cancel=lambda: self.runner.cancelled(job_id))
+                                 should_cancel=lambda: self.runner.cancelled(job_id),
+                                 previous=self._previous_snapshot(machine_id, vault_id, rp.id))
         except FrostpointError as e:
             if e.code == "JobCancelled":
                 self.runner.subtask(job_id, TRANSFER, "Cancelled")
@@ -178,11 +179,25 @@ class Backups:
             job = s.get(Job, job_id)
             assert job is not None
             job.details = {**job.details, "transfer": {
-                k: getattr(stats, k) for k in ("bytes_read", "bytes_total", "chunks_new",
-                                               "chunks_reused", "bytes_stored", "duration_s")
-                if hasattr(stats, k)}}
+                k: getattr(stats, k) for k in (
+                    "bytes_read", "bytes_total", "chunks_new", "chunks_reused", "bytes_stored",
+                    "blocks_unchanged", "blocks_hole", "duration_s", "cbt")}}
         self.runner.subtask(job_id, TRANSFER, "Completed")
         return ("CompletedWithWarnings" if warnings else "Completed"), warnings
+
+    def _previous_snapshot(self, machine_id: str, vault_id: str,
+                           exclude: str) -> dict[str, tuple[Path, str]] | None:
+        """The newest restore point in this vault whose snapshot is still in the pool:
+        changed-block tracking compares against it."""
+        with self.rt.sessions() as s:
+            prev = s.scalars(select(RestorePoint).where(
+                RestorePoint.machine_id == machine_id, RestorePoint.vault_id == vault_id,
+                RestorePoint.tier == "Snapshot and Vault", RestorePoint.id != exclude)
+                .order_by(RestorePoint.created_at.desc())).first()
+            if prev is None or not prev.snapshot_dir:
+                return None
+            return {d["name"]: (Path(prev.snapshot_dir) / f"{d['name']}.img", prev.id)
+                    for d in prev.disks}
 
     def _precheck(self, m: Machine) -> None:
         if m.provisioning_state in ("Creating", "Deleting"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault import extents
 from frostpoint.vault import format as fmt
 from frostpoint.vault.backend import Backend
 from frostpoint.vault.crypto import VaultKeys
@@ -36,13 +37,17 @@ VERIFY_THREADS = 4
 @dataclass
 class BackupStats:
     bytes_read: int = 0       # bytes read from the disk images
+    bytes_scanned: int = 0    # bytes covered so far (read, or known without reading)
     bytes_total: int = 0      # sum of disk sizes
     blocks_total: int = 0
     zero_blocks: int = 0      # all-zero blocks: recorded as null, never stored
     chunks_new: int = 0       # chunks sealed and written by this backup
     chunks_reused: int = 0    # non-zero blocks whose chunk was already stored (dedup)
     bytes_stored: int = 0     # sealed chunk bytes written to packs
+    blocks_unchanged: int = 0  # same extents as the previous snapshot: not read
+    blocks_hole: int = 0      # holes in the image: not read
     duration_s: float = 0.0
+    cbt: dict[str, str] = field(default_factory=dict)  # disk -> how blocks were chosen
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,14 @@ class Vault:
     def backup(self, rp_id: str, disks: Mapping[str, Path],
                labels: dict[str, str] | None = None,
                progress: Progress | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> BackupStats:
+               should_cancel: Callable[[], bool] | None = None,
+               previous: Mapping[str, tuple[Path, str]] | None = None) -> BackupStats:
+        """Back up disk images as restore point rp_id.
+
+        previous maps a disk to (its previous snapshot image, that snapshot's restore
+        point in this vault): blocks whose extents both images share are not read, and
+        reuse the previous manifest's chunk (changed-block tracking).
+        """
         fmt.check_rp_id(rp_id)
         if not disks:
             raise FrostpointError("InvalidInput", "a backup needs at least one disk")
@@ -310,8 +322,9 @@ class Vault:
                 writer = _PackWriter(self, stats)
                 manifest_disks: dict[str, Any] = {}
                 for name in disks:
+                    prev = self._previous_blocks(name, sizes[name], previous, stats)
                     blocks = self._backup_disk(pool, writer, stats, name, fds[name],
-                                               sizes[name], progress, should_cancel)
+                                               sizes[name], progress, should_cancel, prev)
                     manifest_disks[name] = {"size": sizes[name],
                                             "block_size": self.config.block_size,
                                             "blocks": blocks}
@@ -347,45 +360,94 @@ class Vault:
             return cid, None
         return cid, self._keys.seal(data, fmt.chunk_aad(cid))
 
+    def _previous_blocks(self, name: str, size: int,
+                         previous: Mapping[str, tuple[Path, str]] | None,
+                         stats: BackupStats) -> tuple[int, list[str | None]] | None:
+        """The previous snapshot (open fd) and its manifest's blocks, if trustworthy."""
+        if not previous or name not in previous:
+            return None
+        path, prev_rp = previous[name]
+        try:
+            disk = self.read_manifest(prev_rp)["disks"].get(name)
+        except FrostpointError as e:
+            stats.cbt[name] = f"full read (previous restore point unusable: {e.code})"
+            return None
+        if disk is None or int(disk["size"]) != size or int(
+                disk["block_size"]) != self.config.block_size:
+            stats.cbt[name] = "full read (previous restore point has another layout)"
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            stats.cbt[name] = f"full read (previous snapshot gone: {e.strerror})"
+            return None
+        return fd, list(disk["blocks"])
+
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
                      progress: Progress | None,
-                     should_cancel: Callable[[], bool] | None) -> list[str | None]:
+                     should_cancel: Callable[[], bool] | None,
+                     prev: tuple[int, list[str | None]] | None = None) -> list[str | None]:
         bs = self.config.block_size
         zero = bytes(bs)  # compared with ==, a memcmp
         nblocks = -(-size // bs)
         blocks: list[str | None] = [None] * nblocks
         stats.blocks_total += nblocks
+        try:
+            plan, note = extents.plan(fd, size, bs, prev[0] if prev else None)
+        finally:
+            if prev:
+                os.close(prev[0])
+        stats.cbt.setdefault(name, note)
+        prev_blocks = prev[1] if prev else []
         # Bounded look-ahead: at most `limit` blocks (plus their sealed form) in memory,
         # whatever the disk size. Results are consumed in order, so packs are laid out
         # in disk order.
         limit = 2 * self.threads
-        inflight: deque[tuple[int, int, Future[tuple[bytes, bytes | None]] | None]] = deque()
+        inflight: deque[tuple[int, int, int, Future[tuple[bytes, bytes | None]] | None]] = (
+            deque())
 
         def drain_one() -> None:
-            i, n, fut = inflight.popleft()
+            i, n, read, fut = inflight.popleft()
             if fut is not None:
                 cid, sealed = fut.result()
                 writer.add(cid, sealed)
                 blocks[i] = cid.hex()
-            stats.bytes_read += n
+            stats.bytes_read += read
+            stats.bytes_scanned += n
             if progress is not None:
-                progress(stats.bytes_read, stats.bytes_total)
+                progress(stats.bytes_scanned, stats.bytes_total)
 
         for i in range(nblocks):
             if should_cancel is not None and should_cancel():
                 raise _cancelled()
             off = i * bs
             n = min(bs, size - off)
+            if plan[i] is extents.Block.HOLE:
+                stats.blocks_hole += 1
+                stats.zero_blocks += 1
+                inflight.append((i, n, 0, None))
+                continue
+            if plan[i] is extents.Block.SAME:
+                h = prev_blocks[i]
+                if h is None or bytes.fromhex(h) in self._index:
+                    stats.blocks_unchanged += 1
+                    if h is None:
+                        stats.zero_blocks += 1
+                    else:
+                        stats.chunks_reused += 1
+                    blocks[i] = h
+                    inflight.append((i, n, 0, None))
+                    continue
             data = os.pread(fd, n, off)
             if len(data) != n:
                 raise FrostpointError("BackUpOperationFailed",
                                       f"disk {name} shrank while it was read", {"disk": name})
             if data == (zero if n == bs else zero[:n]):
                 stats.zero_blocks += 1
-                inflight.append((i, n, None))
+                inflight.append((i, n, n, None))
             else:
-                inflight.append((i, n, pool.submit(self._prepare, writer, data)))
+                inflight.append((i, n, n, pool.submit(self._prepare, writer, data)))
             del data
             while len(inflight) > limit:
                 drain_one()
