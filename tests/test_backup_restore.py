@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from conftest import Service, needs_root, sha256_file
 
 pytestmark = needs_root

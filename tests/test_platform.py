@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+
 from conftest import Service, needs_root
 
 pytestmark = needs_root

@@ -492,3 +492,51 @@ def test_damaged_index_is_reported_and_healed_by_next_backup(
     out = tmp_path / "out.img"
     v2.restore_disk("rp2", "disk0", out)
     assert sha256(out) == sha256(img)
+
+
+def test_twenty_random_kills_never_leave_a_half_restore_point(
+        tmp_path: Path, vault_dir: Path, key: bytes, big_image: Path) -> None:
+    """kill -9 a backup at 20 random moments in a row, on one vault: after each, verify
+    is clean and only finished restore points are listed; then a backup reuses what
+    the killed ones uploaded."""
+    rng = random.Random(20)
+    Vault.create(LocalBackend(vault_dir), key, pack_target_size=4 * 1024 * 1024)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    finished: set[str] = set()
+    for trial in range(20):
+        rp = f"trial{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), rp,
+             str(big_image)], stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout is not None
+        stop_at = rng.randrange(0, 17 * BS)  # past the end: may finish, manifest race
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            for line in proc.stdout:
+                if line.strip() == "done" or int(line) >= stop_at:
+                    break
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            proc.stdout.close()
+        backend = LocalBackend(vault_dir)
+        for name in backend.list("index/"):
+            p = name.split("/")[1]
+            assert backend.exists(f"packs/{p[:2]}/{p}"), f"trial {trial}: index without pack"
+        v = Vault.open(backend, key)
+        listed = set(v.list_restore_points())
+        assert listed - finished <= {rp}, f"trial {trial}: unexpected {listed - finished}"
+        if rp in listed:
+            finished.add(rp)
+        report = v.verify()
+        assert report.ok, f"trial {trial}: {report}"
+    v = Vault.open(LocalBackend(vault_dir), key)
+    indexed = len(v._index)
+    stats = v.backup("after", {"disk0": big_image})
+    assert stats.chunks_reused == min(indexed, 16), "what killed backups uploaded is reused"
+    out = tmp_path / "after.img"
+    v.restore_disk("after", "disk0", out)
+    assert sha256(out) == sha256(big_image)
+    for rp in finished:
+        v.restore_disk(rp, "disk0", out)
+        assert sha256(out) == sha256(big_image)
