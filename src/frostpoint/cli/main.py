@@ -220,6 +220,39 @@ def vault_list(as_json: bool = JSON) -> None:
          lambda d: table(d, ["name", "backend", "location", "restore_points"]))
 
 
+@vault.command("verify")
+@api
+def vault_verify(name: str,
+                 sample: float = typer.Option(100.0, help="Percent of chunks to re-read."),
+                 as_json: bool = JSON) -> None:
+    """Re-read and re-hash the vault; name each damaged chunk and what it affects."""
+    r = Client().post(f"/vaults/{name}/verify", params={"sample": sample})
+
+    def human(d: dict[str, Any]) -> None:
+        state = "[green]OK[/]" if d["ok"] else "[red]DAMAGED[/]"
+        console.print(f"vault {name}: {state}, {d['chunks_checked']} chunks checked "
+                      f"({d['sample_percent']}%) in {d['restore_points']} restore points")
+        for p in d["problems"]:
+            console.print(f"  [red]{p['kind']}[/] chunk {p['chunk']} (pack {p['pack']}): "
+                          f"{p['reason']}")
+            for a in p["affects"]:
+                console.print(f"    restore point {a['restore_point']} "
+                              f"({a.get('machine', '?')}) disk {a['disk']} "
+                              f"at {a['offset']}: files {a.get('files')}")
+    emit(r, as_json, human)
+    if not r["ok"]:
+        raise typer.Exit(1)
+
+
+@vault.command("gc")
+@api
+def vault_gc(name: str,
+             grace_hours: float = typer.Option(24.0, help="Safety margin before deletion."),
+             as_json: bool = JSON) -> None:
+    """Reclaim packs no restore point uses (mark now, delete after the margin)."""
+    emit(Client().post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours}), as_json)
+
+
 @policy.command("create")
 @api
 def policy_create(name: str, time: str = typer.Option("22:00", help="Daily, HH:MM UTC."),

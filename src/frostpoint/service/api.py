@@ -152,6 +152,14 @@ def create_app(svc: Services) -> FastAPI:
     def list_vaults() -> list[dict[str, Any]]:
         return svc.protection.list_vaults()
 
+    @app.post("/vaults/{name}/verify", dependencies=r)
+    def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:
+        return svc.vault_checks.verify(name, sample)
+
+    @app.post("/vaults/{name}/gc", dependencies=r)
+    def gc_vault(name: str, grace_hours: float = 24.0) -> dict[str, Any]:
+        return svc.vault_checks.gc(name, grace_hours)
+
     @app.post("/policies", dependencies=r)
     def create_policy(body: PolicyIn) -> dict[str, Any]:
         return svc.protection.create_policy(body.name, body.schedule_time,

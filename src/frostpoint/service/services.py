@@ -25,6 +25,7 @@ from frostpoint.service.models import (
 from frostpoint.service.protection import Protection
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.vault_checks import VaultChecks
 
 log = logging.getLogger("frostpoint.service")
 
@@ -36,6 +37,7 @@ class Services:
         self.protection = Protection(rt)
         self.backups = Backups(rt, self.machines, self.protection)
         self.restores = Restores(rt, self.machines, self.protection)
+        self.vault_checks = VaultChecks(rt, self.protection)
         self.stopping = threading.Event()
 
     def list_machines(self) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ moment leaves either a complete restore point or none.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import threading
 import time
@@ -232,6 +233,16 @@ class Vault:
                 pack_obj = fmt.pack_name(pack_id)
                 for cid, off, length in entries:
                     self._index.setdefault(cid, (pack_obj, off, length))
+
+    def read_index(self, pack_id: str) -> list[fmt.IndexEntry]:
+        """The index of one pack; FileNotFoundError if it has none."""
+        blob = self.backend.get(fmt.index_name(pack_id))
+        return fmt.decode_index(self._keys.open_sealed(blob, fmt.index_aad(pack_id)))
+
+    def gc(self, grace_seconds: float = 24 * 3600.0) -> Any:
+        """Mark and sweep unreferenced packs (see vault/gc.py); returns a GcReport."""
+        from frostpoint.vault.gc import collect
+        return collect(self, grace_seconds)
 
     @property
     def vault_id(self) -> str:
@@ -560,10 +571,12 @@ class Vault:
 
     # --- verify -------------------------------------------------------------------
 
-    def verify(self, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, progress: Progress | None = None, sample: float = 100.0) -> VerifyReport:
         """Read every manifest and every chunk they reference; decrypt and re-hash.
 
-        progress(chunks_done, chunks_total). Never raises for damaged data: reports it.
+        sample: the percentage of chunks to re-read (chosen at random); manifests and
+        indexes are always all read. progress(chunks_done, chunks_total). Never raises
+        for damaged data: reports it.
         """
         report = VerifyReport(damaged_indexes=list(self.damaged_indexes))
         # chunk id -> places it is used (compact tuples; ChunkRef only for problems)
@@ -586,6 +599,9 @@ class Vault:
             return ChunkProblem(cid.hex(), pack, reason,
                                 [ChunkRef(*r) for r in refs[cid]])
 
+        if sample < 100.0:
+            rng = random.Random()
+            refs = {c: r for c, r in refs.items() if rng.random() * 100.0 < sample}
         by_pack: dict[str, list[bytes]] = {}
         for cid in refs:
             loc = self._index.get(cid)
