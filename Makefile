@@ -27,3 +27,9 @@ test: setup lint
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Benchmark against borg and restic (installs them with apt-get if missing); as root.
+# Figures and how to read them: docs/benchmarks.md. Results JSON: bench/results/.
+.PHONY: bench
+bench: setup
+	$(VENV)/bin/python bench/run.py

@@ -113,6 +113,33 @@ class Agent:
         self.goal_state_loop()
 
 
+USAGE = "usage: frostpoint-agent run|version|doctor [--json]|collect-logs [FILE]|restart|thaw"
+
+
+def _restart() -> None:
+    """Stop the running agent; the supervisor starts a new one (it may have given up:
+    then start a new supervisor)."""
+    import os
+    import signal
+    import subprocess
+    mine = os.getpid()
+    sup = Path(GUEST_LIB) / "supervisor.json"
+    gave_up = sup.exists() and "gave_up" in json.loads(sup.read_text())
+    for pattern in (["frostpoint.agent.init"] if gave_up else []) + ["frostpoint.agent.main run"]:
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
+                             check=False).stdout
+        for pid in (int(p) for p in out.split()):
+            if pid != mine:
+                os.kill(pid, signal.SIGTERM)
+    if gave_up or not subprocess.run(["pgrep", "-f", "frostpoint.agent.init"],
+                                     capture_output=True, check=False).stdout:
+        sup.unlink(missing_ok=True)
+        log = open(Path(GUEST_LOG) / "init.log", "ab")
+        subprocess.Popen([sys.executable, "-m", "frostpoint.agent.init"], stdout=log,
+                         stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    print("agent restarted")
+
+
 def main() -> None:
     args = sys.argv[1:] or ["run"]
     cfg = AgentConfig.load()
@@ -121,8 +148,27 @@ def main() -> None:
         Agent(cfg).run()
     elif args[0] == "version":
         print(__version__)
+    elif args[0] == "doctor":
+        from frostpoint.agent.doctor import run_doctor
+        findings = run_doctor()
+        if "--json" in args:
+            print(json.dumps(findings, indent=2))
+        else:
+            for f in findings:
+                print(f"[{f['status']:>4}] {f['check']}: {f['message']}"
+                      + (f"  ({f['code']})" if f["code"] else ""))
+                for fix in f["fix"]:
+                    print(f"         fix: {fix}")
+        sys.exit(1 if any(f["status"] == "fail" for f in findings) else 0)
+    elif args[0] == "collect-logs":
+        from frostpoint.agent.doctor import collect_logs
+        print(collect_logs(args[1] if len(args) > 1 else None))
+    elif args[0] == "restart":
+        _restart()
+    elif args[0] == "thaw":
+        print("thawed:", thaw_leftovers() or "nothing")
     else:
-        print(f"usage: frostpoint-agent run|version (got {args[0]!r})", file=sys.stderr)
+        print(f"{USAGE} (got {args[0]!r})", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,0 +1,436 @@
+"""Frostpoint benchmark: full, incremental and restore against borg and restic.
+
+    make bench                      # or, as root:  .venv/bin/python bench/run.py [--strict]
+
+Builds a reproducible dataset inside a sandbox machine (2 GiB ext4 disk, ~430 MB used),
+backs it up with Frostpoint (full), changes ~1 %, backs it up again (incremental),
+restores it from the vault; then runs borg (zstd,3, repokey) and restic on the very
+snapshot images Frostpoint transferred. Prints a table and, last, three ratio lines.
+Results as JSON in bench/results/. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from frostpoint import __version__ as FROSTPOINT_VERSION  # noqa: N812
+from frostpoint.vault.format import BLOCK_SIZE
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from service import MemoryProbe, Service  # noqa: E402
+
+from tools import ensure_installed, timed  # noqa: E402
+
+MACHINE, DISK, DISK_SIZE = "bench", "data", "2G"
+VAULT, POLICY = "bench-vault", "bench-policy"
+PASSWORD = "frostpoint-bench"  # borg and restic repositories: throwaway
+TARGETS = {"full_vs_borg": 0.5, "incremental_vs_borg": 0.15, "restore_vs_restic": 1.0,
+           "transfer_peak_rss_mb": 300.0, "incremental_read_vs_changed": 3.0}
+MB = 1_000_000
+err = Console(stderr=True, highlight=False)
+T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    err.print(f"[dim]{time.monotonic() - T0:7.1f}s[/] {msg}")
+
+
+# -- helpers -----------------------------------------------------------------------
+def drop_caches() -> bool:
+    """sync; echo 3 > /proc/sys/vm/drop_caches — before every timed step, all tools."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError as e:
+        say(f"[yellow]cannot drop the page cache ({e}); timings are warm-cache[/]")
+        return False
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def du(path: Path) -> int:
+    """Bytes allocated on disk under path."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def allocated(path: Path) -> int:
+    """Bytes of a sparse file that hold data (SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos, total = os.fstat(fd).st_size, 0, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            total += end - start
+            pos = end
+        return total
+    finally:
+        os.close(fd)
+
+
+def image_diff(a: Path, b: Path, block: int = BLOCK_SIZE, page: int = 4096) -> dict[str, int]:
+    """What really changed between two snapshots of the disk: 4 KiB pages that differ
+    (filesystem blocks, metadata and journal included), and the vault blocks holding
+    them, i.e. what a perfect changed-block tracker would have to read."""
+    pages = blocks = 0
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if not x and not y:
+                break
+            if x == y:
+                continue
+            blocks += 1
+            for off in range(0, max(len(x), len(y)), page):
+                if x[off:off + page] != y[off:off + page]:
+                    pages += 1
+    return {"changed_bytes": pages * page, "changed_pages": pages,
+            "changed_vault_blocks": blocks, "changed_vault_block_bytes": blocks * block}
+
+
+def when(ts: str | None) -> datetime | None:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")) if ts else None
+
+
+def subtask_s(job: dict[str, Any], name: str) -> float | None:
+    t = next((t for t in job["subtasks"] if t["name"] == name), None)
+    if not t or not t["started_at"] or not t["ended_at"]:
+        return None
+    return (when(t["ended_at"]) - when(t["started_at"])).total_seconds()  # type: ignore[operator]
+
+
+def machine_info(work: Path) -> dict[str, Any]:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next(int(ln.split()[1]) * 1024 for ln in
+               Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", str(work)],
+                        capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_bytes": mem,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "os": Path("/etc/os-release").read_text().split("PRETTY_NAME=")[1]
+            .splitlines()[0].strip('"') if Path("/etc/os-release").exists() else "?",
+            "work_dir": str(work), "work_fs": fs}
+
+
+# -- the Frostpoint part -----------------------------------------------------------
+def fp_backup(svc: Service, label: str) -> dict[str, Any]:
+    cache = drop_caches()
+    say(f"frostpoint: {label} backup")
+    with MemoryProbe(svc.pid) as mem:
+        job = svc.client.post("/backups", {"machine": MACHINE})
+        job = svc.wait_job(job["id"])
+    d = job.get("details") or {}
+    if job["status"] != "Completed" or "transfer" not in d:
+        raise RuntimeError(f"{label} backup ended {job['status']}: "
+                           f"{json.dumps(job.get('error') or job.get('warnings'))[:2000]}")
+    tr = d["transfer"]
+    snap = svc.data_dir / "pool" / "snapshots" / MACHINE / job["id"] / f"{DISK}.img"
+    if not snap.exists():
+        snap = Path(d.get("snapshot", {}).get("dir", "")) / f"{DISK}.img"
+    out = {"job_id": job["id"], "restore_point": d["restore_point"], "snapshot": str(snap),
+           "job_s": job["duration_s"], "transfer_s": tr["duration_s"],
+           "transfer_subtask_s": subtask_s(job, "Transfer data to vault"),
+           "snapshot_subtask_s": subtask_s(job, "Take Snapshot"),
+           "freeze_ms": d.get("freeze_ms"), "consistency": d.get("consistency"),
+           "transfer": tr, "memory": mem.summary(), "cache_dropped": cache}
+    say(f"  job {out['job_s']:.1f} s, transfer {tr['duration_s']:.1f} s, "
+        f"read {tr['bytes_read'] / MB:.0f} MB, peak RSS {mem.peak / MB:.0f} MB")
+    return out
+
+
+def fp_restore(svc: Service, rp: str, to: Path) -> dict[str, Any]:
+    cache = drop_caches()
+    say("frostpoint: restore disks from the vault")
+    with MemoryProbe(svc.pid) as mem:
+        t0 = time.monotonic()
+        job = svc.client.post("/restores/disks", {"restore_point": rp, "to": str(to),
+                                                  "source": "vault"})
+        job = svc.wait_job(job["id"])
+        wall = time.monotonic() - t0
+    if job["status"] != "Completed":
+        raise RuntimeError(f"restore ended {job['status']}: {json.dumps(job.get('error'))}")
+    out = {"job_id": job["id"], "job_s": job["duration_s"],
+           "restore_subtask_s": subtask_s(job, "Restore"), "client_wall_s": wall,
+           "image": str(to / f"{DISK}.img"), "memory": mem.summary(), "cache_dropped": cache}
+    say(f"  job {out['job_s']:.1f} s, peak RSS {mem.peak / MB:.0f} MB")
+    return out
+
+
+# -- borg and restic ----------------------------------------------------------------
+def run_borg(work: Path, first: Path, second: Path) -> dict[str, Any]:
+    repo = work / "borg-repo"
+    env = {**os.environ, "BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": str(work / "borg-home"),
+           "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+    logs = work / "logs"
+    timed(["borg", "init", "--encryption=repokey", str(repo)], env, logs / "borg-init")
+    out: dict[str, Any] = {}
+    for label, name, img in (("full", "full", first), ("incremental", "incr", second)):
+        drop_caches()
+        say(f"borg: create {label}")
+        t = timed(["borg", "create", "--json", "--compression", "zstd,3",
+                   f"{repo}::{name}", str(img)], env, logs / f"borg-{name}")
+        stats = json.loads(t.stdout).get("archive", {}).get("stats", {})
+        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "stats": stats}
+        say(f"  {t.seconds:.1f} s")
+    out["repo_bytes"] = du(repo)
+    return out
+
+
+def run_restic(work: Path, first: Path, second: Path) -> dict[str, Any]:
+    repo = work / "restic-repo"
+    env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo),
+           "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    logs = work / "logs"
+    timed(["restic", "init"], env, logs / "restic-init")
+    cfg = subprocess.run(["restic", "cat", "config"], env=env, capture_output=True, text=True)
+    out: dict[str, Any] = {"repo_version": json.loads(cfg.stdout).get("version")
+                           if cfg.returncode == 0 else None}
+    for label, img in (("full", first), ("incremental", second)):
+        drop_caches()
+        say(f"restic: backup {label}")
+        t = timed(["restic", "backup", "--json", str(img)], env, logs / f"restic-{label}")
+        summary = next((json.loads(ln) for ln in reversed(t.stdout.splitlines())
+                        if '"message_type":"summary"' in ln), {})
+        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "summary": summary}
+        say(f"  {t.seconds:.1f} s")
+    target = work / "restore-restic"
+    drop_caches()
+    say("restic: restore latest")
+    t = timed(["restic", "restore", "latest", "--target", str(target)], env,
+              logs / "restic-restore")
+    t1 = time.monotonic()
+    os.sync()  # Frostpoint's restore fsyncs the image before the job ends; so do we
+    sync_s = time.monotonic() - t1
+    out["restore"] = {"s": t.seconds + sync_s, "command_s": t.seconds, "sync_s": sync_s,
+                      "max_rss": t.max_rss,
+                      "image": str(target / str(second).lstrip("/"))}
+    say(f"  {t.seconds:.1f} s + sync {sync_s:.1f} s")
+    out["repo_bytes"] = du(repo)
+    return out
+
+
+# -- report -------------------------------------------------------------------------
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+def report(r: dict[str, Any], out: Console) -> None:
+    fp, borg, restic = r["frostpoint"], r["borg"], r["restic"]
+    rt = r["ratios"]
+
+    def s(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    t = Table(title=f"Frostpoint {FROSTPOINT_VERSION} vs {r['tools']['borg']} / "
+              f"restic {r['tools']['restic'].split()[1]} — 2 GiB ext4 disk, "
+              f"{r['dataset']['fs_used_bytes'] / MB:.0f} MB used, "
+              f"{r['machine']['cpus']} CPUs")
+    for col in ("step", "frostpoint transfer s", "frostpoint job s", "borg s", "restic s",
+                "bytes read", "ratio"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    for label, key, rkey in (("full backup", "full", "full_vs_borg"),
+                             ("incremental backup", "incremental", "incremental_vs_borg")):
+        t.add_row(label, s(fp[key]["transfer_s"]), s(fp[key]["job_s"]), s(borg[key]["s"]),
+                  s(restic[key]["s"]), f"{fp[key]['transfer']['bytes_read'] / MB:.1f} MB",
+                  f"{rt[rkey]:.3f} vs borg")
+    t.add_row("restore (from vault)", s(fp["restore"]["restore_subtask_s"]),
+              s(fp["restore"]["job_s"]), "—", s(restic["restore"]["s"]), "—",
+              f"{rt['restore_vs_restic']:.3f} vs restic")
+    out.print(t)
+
+    c = r["change"]
+    t2 = Table(title="targets (issue)")
+    for col in ("what", "measured", "target", "met"):
+        t2.add_column(col, justify="left" if col == "what" else "right")
+    for key, name, unit in (
+            ("full_vs_borg", "full: frostpoint transfer / borg create", ""),
+            ("incremental_vs_borg", "incremental: frostpoint transfer / borg create", ""),
+            ("restore_vs_restic", "restore: frostpoint restore job / restic restore", ""),
+            ("transfer_peak_rss_mb", "peak RSS of the service during a transfer", " MB"),
+            ("incremental_read_vs_changed", "incremental: bytes read / bytes changed", "x")):
+        ok = r["targets_met"][key]
+        t2.add_row(name, f"{r['checks'][key]:.3f}{unit}", f"<= {TARGETS[key]}{unit}",
+                   "[green]yes[/]" if ok else "[red]no[/]")
+    out.print(t2)
+    out.print(
+        f"change: {c['bytes_written'] / MB:.1f} MB written by the change script; "
+        f"{c['changed_bytes'] / MB:.1f} MB of 4 KiB pages differ between the snapshots, in "
+        f"{c['changed_vault_blocks']} of the vault's 4 MiB blocks "
+        f"({c['changed_vault_block_bytes'] / MB:.0f} MB: the least a block-level "
+        f"incremental can read); frostpoint read "
+        f"{fp['incremental']['transfer']['bytes_read'] / MB:.1f} MB")
+    out.print(f"stored: frostpoint vault {r['storage']['frostpoint_vault_bytes'] / MB:.0f} MB, "
+              f"borg {r['storage']['borg_repo_bytes'] / MB:.0f} MB, "
+              f"restic {r['storage']['restic_repo_bytes'] / MB:.0f} MB; "
+              f"restores verified: {r['verified']}")
+
+
+# -- main -------------------------------------------------------------------------
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--work-dir", default=os.environ.get("FROSTPOINT_BENCH_DIR", "/var/tmp"),
+                    help="where the temporary data dir and repositories go (a disk, not "
+                         "tmpfs; default /var/tmp or $FROSTPOINT_BENCH_DIR)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (sandbox machines, loop devices, drop_caches)",
+              file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run `make setup`", file=sys.stderr)
+            return 2
+    tools = ensure_installed()
+    say(f"tools: {tools['borg']}, {tools['restic']}")
+
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fp-bench-", dir=args.work_dir))
+    (work / "logs").mkdir()
+    data_dir = work / "fp"
+    data_dir.mkdir()
+    svc = Service(data_dir)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        say(f"work dir {work}; starting frostpoint server")
+        svc.start()
+        c = svc.client
+        c.post("/vaults", {"name": VAULT})
+        c.post("/policies", {"name": POLICY})
+        say(f"creating machine {MACHINE} with a {DISK_SIZE} ext4 disk")
+        c.post("/machines", {"name": MACHINE, "disks": [{"name": DISK, "size": DISK_SIZE,
+                                                         "filesystem": "ext4"}]})
+        svc.wait_agent_ready(MACHINE)
+        c.post("/protection/enable", {"machine": MACHINE, "vault": VAULT, "policy": POLICY})
+        svc.wait_agent_ready(MACHINE)
+
+        say("generating the dataset inside the machine (seeded)")
+        gen = [sys.executable, str(BENCH / "dataset.py")]
+        dataset = json.loads(svc.exec(MACHINE, [*gen, "generate", f"/mnt/{DISK}"]))
+        say(f"  {dataset['files']} files, {dataset['bytes_written'] / MB:.0f} MB; "
+            f"filesystem uses {dataset['fs_used_bytes'] / MB:.0f} MB")
+
+        full = fp_backup(svc, "full")
+        say("changing ~1 % of the disk inside the machine (seeded)")
+        change = json.loads(svc.exec(MACHINE, [*gen, "change", f"/mnt/{DISK}"]))
+        say(f"  {change['bytes_written'] / MB:.1f} MB written")
+        incr = fp_backup(svc, "incremental")
+        first, second = Path(full["snapshot"]), Path(incr["snapshot"])
+
+        say("comparing the two snapshot images (not timed)")
+        change.update(image_diff(first, second))
+        change["snapshot_allocated_bytes"] = allocated(second)
+        say(f"  {change['changed_bytes'] / MB:.1f} MB differ, in "
+            f"{change['changed_vault_blocks']} vault blocks")
+
+        restore = fp_restore(svc, incr["restore_point"], work / "restore-fp")
+        vault_bytes = du(data_dir / "vaults" / VAULT)
+        borg = run_borg(work, first, second)
+        restic = run_restic(work, first, second)
+
+        say("verifying the restored images against the snapshot (not timed)")
+        want = sha256(second)
+        verified = {"frostpoint": sha256(Path(restore["image"])) == want,
+                    "restic": sha256(Path(restic["restore"]["image"])) == want}
+        mem_peak = max(full["memory"]["peak_rss"], incr["memory"]["peak_rss"])
+        ratios = {
+            "full_vs_borg": ratio(full["transfer_s"], borg["full"]["s"]),
+            "incremental_vs_borg": ratio(incr["transfer_s"], borg["incremental"]["s"]),
+            "restore_vs_restic": ratio(restore["job_s"], restic["restore"]["s"]),
+        }
+        checks = {**ratios, "transfer_peak_rss_mb": mem_peak / MB,
+                  "incremental_read_vs_changed": ratio(incr["transfer"]["bytes_read"],
+                                                       change["changed_bytes"])}
+        results = {
+            "started": started, "frostpoint_version": FROSTPOINT_VERSION, "tools": tools,
+            "machine": machine_info(work), "dataset": dataset, "change": change,
+            "frostpoint": {"full": full, "incremental": incr, "restore": restore},
+            "borg": borg, "restic": restic, "ratios": ratios, "checks": checks,
+            "targets": TARGETS,
+            "targets_met": {k: checks[k] <= TARGETS[k] for k in TARGETS},
+            "storage": {"frostpoint_vault_bytes": vault_bytes,
+                        "borg_repo_bytes": borg["repo_bytes"],
+                        "restic_repo_bytes": restic["repo_bytes"]},
+            "verified": verified, "cache_dropped_before_each_step": full["cache_dropped"],
+        }
+    except BaseException as e:
+        say(f"[red]benchmark failed: {type(e).__name__}: {e}[/]")
+        tail = svc.log_tail()
+        if tail:
+            err.print("[dim]server log (tail):[/]\n" + tail[-2000:], markup=False)
+        say("cleaning up")
+        svc.teardown()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    say("cleaning up (machine, service, namespaces, loop devices, pool, temp dirs)")
+    svc.teardown()
+    shutil.rmtree(work, ignore_errors=True)
+
+    results_dir = BENCH / "results"
+    results_dir.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(results, indent=2, default=str) + "\n"
+    (results_dir / f"{stamp}.json").write_text(text)
+    (results_dir / "latest.json").write_text(text)
+
+    out = Console(width=max(Console().width, 130), highlight=False)
+    out.print(f"results: {results_dir / 'latest.json'} (and {stamp}.json)")
+    report(results, out)
+    if not all(verified.values()):
+        out.print(f"[red]a restored image differs from the snapshot: {verified}[/]")
+    sys.stdout.flush()
+    # The last three lines, exactly.
+    print(f"ratio full_vs_borg={ratios['full_vs_borg']:.3f}")
+    print(f"ratio incremental_vs_borg={ratios['incremental_vs_borg']:.3f}")
+    print(f"ratio restore_vs_restic={ratios['restore_vs_restic']:.3f}", flush=True)
+    if not all(verified.values()):
+        return 1
+    if args.strict and not all(results["targets_met"].values()):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

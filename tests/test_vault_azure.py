@@ -1,0 +1,549 @@
+"""The vault over Azure Blob Storage, against a real Azurite (tools/azurite).
+
+The Azurite fixture installs the pinned npm package on first use (`npm ci` in
+tools/azurite), starts `azurite-blob` on a free loopback port with a temporary data
+directory, and stops it after the module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault import ChunkRef, Vault
+from frostpoint.vault.azure import AzureBlobBackend
+
+BS = 4 * 1024 * 1024
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+AZURITE_DIR = ROOT / "tools" / "azurite"
+AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
+CONTAINER = "vaults"
+# Azurite's well-known development account (public, documented; loopback only).
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+           "KBHBeksoGMGw==")
+WORDS = ["vault", "chunk", "pack", "index", "manifest", "restore", "point", "disk", "block",
+         "zero", "sparse", "frostpoint", "backup", "the", "a", "of", "and", "to", "in", "is"]
+
+
+# --- Azurite -------------------------------------------------------------------------
+
+def _install_azurite() -> None:
+    """`npm ci` in tools/azurite unless already installed (a fresh clone installs it)."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.fail("node and npm are needed for the Azure tests (Azurite): install the "
+                    "Debian packages nodejs and npm")
+    # One installer at a time, should several test processes start together.
+    with open(Path(tempfile.gettempdir()) / "frostpoint-azurite-npm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if AZURITE_BIN.exists():
+            return
+        verb = "ci" if (AZURITE_DIR / "package-lock.json").exists() else "install"
+        cmd = [npm, verb, "--no-audit", "--no-fund", "--loglevel=error"]
+        try:
+            p = subprocess.run(cmd, cwd=AZURITE_DIR, capture_output=True, text=True,
+                               timeout=900, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`npm {verb}` in {AZURITE_DIR} took over 15 minutes: is the npm "
+                        "registry reachable?")
+        if p.returncode != 0 or not AZURITE_BIN.exists():
+            out = (p.stdout + p.stderr)[-3000:]
+            hint = ""
+            if any(s in out for s in ("ENOTFOUND", "ECONNREFUSED", "ETIMEDOUT", "EAI_AGAIN",
+                                      "ECONNRESET", "network")):
+                hint = "\nThe npm registry could not be reached; the Azure tests need it " \
+                       "once, to install Azurite."
+            pytest.fail(f"could not install Azurite: `npm {verb}` in {AZURITE_DIR} exited "
+                        f"{p.returncode}{hint}\n{out}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Azurite goes away even if pytest itself is killed with SIGKILL.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True  # 4xx for an unsigned request: the server is up
+    except OSError:
+        return False
+    return True
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: Azurite and nothing else
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def azurite() -> Iterator[str]:
+    """A running Azurite blob service; yields its connection string."""
+    _install_azurite()
+    workdir = Path(tempfile.mkdtemp(prefix="fp-azurite-"))
+    log_path = workdir / "azurite.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for _attempt in range(3):  # the free port may be taken before Azurite binds it
+            port = _free_port()
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                     "--location", str(workdir / "data"), "--silent",
+                     "--skipApiVersionCheck", "--loose"],
+                    cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True, preexec_fn=_die_with_parent)
+            url = f"http://127.0.0.1:{port}/{DEV_ACCOUNT}"
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline and not _answers(url):
+                time.sleep(0.1)
+            if proc.poll() is None and _answers(url):
+                break
+            _stop(proc)
+        else:
+            pytest.fail("Azurite did not start:\n" + log_path.read_text(errors="replace")[-3000:])
+        yield (f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};"
+               f"AccountKey={DEV_KEY};BlobEndpoint={url};")
+    finally:
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def text_block(seed: int, n: int = BS) -> bytes:
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < n:
+        out += (" ".join(rnd.choice(WORDS) for _ in range(12)) + ".\n").encode()
+    return bytes(out[:n])
+
+
+def rand_block(seed: int, n: int = BS) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def make_image(path: Path, size: int, blocks: dict[int, bytes]) -> Path:
+    """A sparse image: only the given blocks are written, the rest are holes."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for i, data in blocks.items():
+            f.seek(i * BS)
+            f.write(data)
+    return path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+SIZE = 5 * BS + 3_000_001
+
+
+def standard_image(path: Path) -> Path:
+    return make_image(path, SIZE, {
+        0: rand_block(1),
+        1: text_block(2),
+        # 2: hole
+        3: bytes(BS),                  # zeros actually written: still a zero block
+        4: rand_block(1),              # same content as block 0
+        5: text_block(5, 3_000_001),   # short last block
+    })
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def backend(azurite: str, prefix: str) -> AzureBlobBackend:
+    return AzureBlobBackend(azurite, CONTAINER, prefix)
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+# --- backend contract ----------------------------------------------------------------
+
+def test_backend_contract(backend: AzureBlobBackend, azurite: str, prefix: str) -> None:
+    b = backend
+    b.put("packs/ab/abcd", b"1")
+    b.put("packs/cd/cdef", b"22")
+    b.put("index/abcd", b"333")
+    b.put("packs/ab/abcd", b"4444")  # replace
+    b.put("empty", b"")
+    assert b.get("packs/ab/abcd") == b"4444"
+    assert b.get("empty") == b""
+    assert b.get_range("packs/ab/abcd", 1, 2) == b"44"
+    assert b.get_range("packs/ab/abcd", 2, 100) == b"44"   # short at the end
+    assert b.get_range("packs/ab/abcd", 4, 10) == b""      # at the end
+    assert b.get_range("packs/ab/abcd", 99, 10) == b""     # past the end
+    assert b.get_range("packs/ab/abcd", 0, 0) == b""
+    assert b.list("packs/") == ["packs/ab/abcd", "packs/cd/cdef"]
+    assert b.list("packs/c") == ["packs/cd/cdef"]
+    assert b.list("") == ["empty", "index/abcd", "packs/ab/abcd", "packs/cd/cdef"]
+    assert b.list("manifests/") == []
+    assert b.exists("index/abcd") and not b.exists("index/nope")
+    assert not b.exists("packs/ab")  # a "directory" is not an object
+
+    # hidden names written by someone else are not vault objects
+    raw = AzureBlobBackend(azurite, CONTAINER)
+    raw._container.upload_blob(f"{prefix}/index/.abcd.tmp", b"half")
+    raw._container.upload_blob(f"{prefix}/.trash/x", b"old")
+    assert b.list("index/") == ["index/abcd"]
+    assert ".trash/x" not in b.list("")
+
+    for missing in ("index/nope", "nope/deeper/still"):
+        with pytest.raises(FileNotFoundError):
+            b.get(missing)
+        with pytest.raises(FileNotFoundError):
+            b.get_range(missing, 0, 10)
+        with pytest.raises(FileNotFoundError):
+            b.get_range(missing, 0, 0)
+    with pytest.raises(ValueError):
+        b.get_range("index/abcd", -1, 1)
+    b.delete("index/abcd")
+    b.delete("index/abcd")  # idempotent
+    b.delete("never/was")
+    assert not b.exists("index/abcd")
+    assert b.list("index/") == []
+    for bad in ("", "/abs", "a/../b", "a//b", ".hidden", "a/./b", "a\\b"):
+        with pytest.raises(ValueError):
+            b.put(bad, b"x")
+
+
+def test_large_object_round_trips(backend: AzureBlobBackend) -> None:
+    # Bigger than one Put Blob (staged blocks committed at once); crosses blocks.
+    data = random.Random(7).randbytes(20 * 1024 * 1024 + 123)
+    backend.put("packs/00/big", data)
+    assert backend.get("packs/00/big") == data
+    off = 8 * 1024 * 1024 - 10
+    assert backend.get_range("packs/00/big", off, 5 * BS) == data[off:off + 5 * BS]
+    assert backend.get_range("packs/00/big", len(data) - 3, 100) == data[-3:]
+    # a smaller replacement is whole, with no leftover blocks of the old one
+    backend.put("packs/00/big", b"small")
+    assert backend.get("packs/00/big") == b"small"
+
+
+def test_prefix_isolation(azurite: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    a = AzureBlobBackend(azurite, CONTAINER, f"iso-{tag}/v1")
+    a10 = AzureBlobBackend(azurite, CONTAINER, f"iso-{tag}/v10/")  # "v1" is its prefix
+    a.put("config", b"a")
+    a10.put("config", b"a10")
+    a10.put("index/x", b"i")
+    assert a.get("config") == b"a" and a10.get("config") == b"a10"
+    assert a.list("") == ["config"]
+    assert a10.list("") == ["config", "index/x"]
+    assert not a.exists("index/x")
+    a.delete("config")
+    assert a10.get("config") == b"a10"
+    whole = AzureBlobBackend(azurite, CONTAINER, f"iso-{tag}")
+    assert whole.list("") == ["v10/config", "v10/index/x"]
+    with pytest.raises(ValueError):
+        AzureBlobBackend(azurite, CONTAINER, "a/../b")
+
+
+def test_two_vaults_share_a_container(tmp_path: Path, azurite: str, key: bytes) -> None:
+    tag = uuid.uuid4().hex[:8]
+    img1 = make_image(tmp_path / "1.img", 2 * BS, {0: rand_block(11), 1: text_block(12)})
+    img2 = make_image(tmp_path / "2.img", BS, {0: rand_block(13)})
+    v1 = Vault.create(AzureBlobBackend(azurite, CONTAINER, f"share-{tag}/one"), key)
+    v2 = Vault.create(AzureBlobBackend(azurite, CONTAINER, f"share-{tag}/two"), key)
+    v1.backup("rp", {"disk0": img1})
+    assert v2.backup("rp", {"disk0": img2}).chunks_new == 1  # no dedup across vaults
+    for v, img in ((v1, img1), (v2, img2)):
+        again = Vault.open(v.backend, key)
+        assert again.list_restore_points() == ["rp"]
+        out = tmp_path / f"{v.vault_id}.img"
+        again.restore_disk("rp", "disk0", out)
+        assert sha256(out) == sha256(img)
+        assert again.verify().ok
+
+
+def test_container_is_created(azurite: str) -> None:
+    name = f"new-{uuid.uuid4().hex[:10]}"
+    b = AzureBlobBackend(azurite, name, "p")
+    b.put("config", b"x")
+    assert AzureBlobBackend(azurite, name, "p").get("config") == b"x"  # exists: fine
+    with pytest.raises(ValueError):
+        AzureBlobBackend(azurite, "Bad_Name", "p")
+
+
+def test_from_url(azurite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FP_TEST_AZ", azurite)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    b = AzureBlobBackend.from_url(
+        f"azure://{CONTAINER}/url-{uuid.uuid4().hex[:8]}/vault?connection_string_env=FP_TEST_AZ")
+    b.put("config", b"c")
+    assert b.get("config") == b"c"
+    assert b.container == CONTAINER and b.prefix.endswith("/vault")
+    d = AzureBlobBackend.from_url(f"azure://{CONTAINER}")   # default variable, no prefix
+    assert d.prefix == "" and d.exists(f"{b.prefix}/config")
+    assert "azure://" in repr(b) and "AccountKey" not in repr(b)
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    for bad, words in [
+        (f"azure://{CONTAINER}/x", "AZURE_STORAGE_CONNECTION_STRING"),
+        (f"azure://{CONTAINER}/x?connection_string_env=NOPE_NOT_SET", "NOPE_NOT_SET"),
+        (f"azure://{CONTAINER}/x?account_key=secret", "unknown option"),
+        ("s3://bucket/x", "azure://CONTAINER"),
+        ("azure:///x", "azure://CONTAINER"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            AzureBlobBackend.from_url(bad)
+
+
+# --- the vault over Azure ------------------------------------------------------------
+
+def test_vault_round_trip_dedup_and_verify(tmp_path: Path, backend: AzureBlobBackend,
+                                           azurite: str, prefix: str, key: bytes) -> None:
+    Vault.create(backend, key)
+    img = standard_image(tmp_path / "disk0.img")
+    vault = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    stats = vault.backup("rp1", {"disk0": img}, labels={"vm": "web01"})
+    assert stats.bytes_total == stats.bytes_scanned == SIZE
+    assert stats.bytes_read == SIZE - BS   # the hole is never read
+    assert stats.zero_blocks == 2
+    assert stats.chunks_new == 3 and stats.chunks_reused == 1
+    assert BS < stats.bytes_stored < BS + BS // 2
+    assert len(backend.list("packs/")) == 1 and len(backend.list("index/")) == 1
+    assert backend.list("manifests/") == ["manifests/rp1"]
+
+    v2 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    assert v2.list_restore_points() == ["rp1"]
+    assert v2.read_manifest("rp1")["labels"] == {"vm": "web01"}
+    out = tmp_path / "restored.img"
+    v2.restore_disk("rp1", "disk0", out)
+    assert out.stat().st_size == SIZE
+    assert sha256(out) == sha256(img)
+
+    # change one block: the next backup stores one new chunk
+    old_sum = sha256(img)
+    with open(img, "r+b") as f:
+        f.seek(1 * BS)
+        f.write(text_block(99))
+    new_sum = sha256(img)
+    stats = v2.backup("rp2", {"disk0": img})
+    assert stats.chunks_new == 1 and stats.chunks_reused == 3
+    assert stats.bytes_stored < BS // 2
+
+    v3 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    assert v3.list_restore_points() == ["rp1", "rp2"]
+    for rp, want in (("rp1", old_sum), ("rp2", new_sum)):
+        o = tmp_path / f"{rp}.img"
+        v3.restore_disk(rp, "disk0", o)
+        assert sha256(o) == want
+    report = v3.verify()
+    assert report.ok, report
+    assert report.restore_points == 2 and report.chunks_checked == 4
+
+    v3.delete_restore_point("rp1")
+    assert v3.list_restore_points() == ["rp2"]
+    with pytest.raises(FrostpointError) as e:
+        Vault.create(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    assert e.value.code == "Conflict"
+    with pytest.raises(FrostpointError) as e:
+        Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), os.urandom(32))
+    assert e.value.code == "InvalidInput"
+    with pytest.raises(FrostpointError) as e:
+        Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix + "-none"), key)
+    assert e.value.code == "NotFound"
+
+
+def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, azurite: str,
+                                   prefix: str, key: bytes) -> None:
+    vault = Vault.create(backend, key)
+    img1 = make_image(tmp_path / "d1.img", 3 * BS, {0: rand_block(20), 2: text_block(21)})
+    img2 = make_image(tmp_path / "d2.img", 2 * BS, {0: rand_block(22)})
+    vault.backup("rp1", {"disk0": img1})
+    vault.backup("rp2", {"disk0": img2})
+
+    cid = vault.read_manifest("rp1")["disks"]["disk0"]["blocks"][0]
+    loc = vault.locate_chunk(cid)
+    assert loc is not None
+    pack_id, off, length = loc
+    name = f"packs/{pack_id[:2]}/{pack_id}"
+    data = bytearray(backend.get(name))          # download, flip, upload
+    data[off + length // 2] ^= 0x01
+    backend.put(name, bytes(data))
+
+    v2 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    report = v2.verify()
+    assert not report.ok and report.missing == []
+    assert [p.chunk_id for p in report.damaged] == [cid]
+    assert report.damaged[0].pack == pack_id
+    assert report.damaged[0].refs == [ChunkRef("rp1", "disk0", 0)]
+
+    out = tmp_path / "out.img"
+    with pytest.raises(FrostpointError) as e:
+        v2.restore_disk("rp1", "disk0", out)
+    assert e.value.code == "VaultDataCorrupt"
+    assert e.value.details["chunk"] == cid and e.value.details["pack"] == pack_id
+    assert not out.exists() and not (tmp_path / "out.img.partial").exists()
+    v2.restore_disk("rp2", "disk0", out)   # the undamaged restore point still restores
+    assert sha256(out) == sha256(img2)
+
+    backend.delete(name)                   # and a pack gone altogether
+    report = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key).verify()
+    assert [p.chunk_id for p in report.missing] == [cid]
+
+
+# --- crash safety --------------------------------------------------------------------
+
+CRASH_SCRIPT = """
+import sys
+from pathlib import Path
+from frostpoint.vault import Vault
+from frostpoint.vault.azure import AzureBlobBackend
+url, key, rp, img = sys.argv[1:5]
+v = Vault.open(AzureBlobBackend.from_url(url), bytes.fromhex(key))
+print("ready", flush=True)
+v.backup(rp, {"disk0": Path(img)}, progress=lambda d, t: print(d, flush=True))
+print("done", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    img = tmp_path_factory.mktemp("azcrash") / "big.img"
+    img.write_bytes(random.Random(64).randbytes(64 * 1024 * 1024))
+    return img
+
+
+def _assert_consistent(backend: AzureBlobBackend, key: bytes, img: Path,
+                       tmp_path: Path) -> list[str]:
+    for name in backend.list("index/"):   # an index never exists without its pack
+        p = name.split("/")[1]
+        assert backend.exists(f"packs/{p[:2]}/{p}"), f"index {p} without its pack"
+    v = Vault.open(backend, key)
+    assert v.damaged_indexes == []
+    report = v.verify()
+    assert report.ok, report
+    rps = v.list_restore_points()
+    for rp in rps:                        # every listed restore point is complete
+        out = tmp_path / f"check-{rp}.img"
+        v.restore_disk(rp, "disk0", out)
+        assert sha256(out) == sha256(img)
+        out.unlink()
+    return rps
+
+
+# Packs of 2 chunks (~8 MiB + 58 B) are over the single-put size, so each pack upload is
+# staged blocks + a commit: kills land between blocks, between a pack and its index, ...
+@pytest.mark.parametrize("kind,when,surely_unfinished", [
+    ("time", 0.3, False), ("time", 1.0, False),
+    ("progress", 3 * BS, True), ("progress", 9 * BS, True),
+    ("progress", 16 * BS, False),  # all blocks read: last pack, index or manifest
+])
+def test_kill_9_during_azure_backup_leaves_a_usable_vault(
+        tmp_path: Path, azurite: str, prefix: str, key: bytes, big_image: Path,
+        kind: str, when: float, surely_unfinished: bool) -> None:
+    backend = AzureBlobBackend(azurite, CONTAINER, prefix)
+    Vault.create(backend, key, pack_target_size=12 * 1024 * 1024)
+    img = big_image
+    env = {**os.environ, "PYTHONPATH": str(SRC), "FP_CRASH_AZ": azurite}
+    url = f"azure://{CONTAINER}/{prefix}?connection_string_env=FP_CRASH_AZ"
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, key.hex(), "rp1",
+                             str(img)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        if kind == "time":
+            time.sleep(when)
+        else:
+            for line in proc.stdout:
+                if line.strip() == "done" or int(line) >= when:
+                    break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+    rps = _assert_consistent(backend, key, img, tmp_path)
+    assert rps in ([], ["rp1"])
+    if surely_unfinished:
+        assert proc.returncode == -signal.SIGKILL and rps == []
+
+    v = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
+    stats = v.backup("after-crash", {"disk0": img})
+    assert stats.chunks_new + stats.chunks_reused == 16
+    out = tmp_path / "final.img"
+    v.restore_disk("after-crash", "disk0", out)
+    assert sha256(out) == sha256(img)
+    assert "after-crash" in _assert_consistent(backend, key, img, tmp_path)
+
+
+PUT_SCRIPT = """
+import sys
+from frostpoint.vault.azure import AzureBlobBackend
+b = AzureBlobBackend.from_url(sys.argv[1], max_concurrency=1)
+data = bytes([int(sys.argv[2])]) * (64 * 1024 * 1024)
+print("ready", flush=True)
+b.put("packs/00/target", data)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_killed_put_leaves_old_or_new_object(azurite: str, prefix: str,
+                                             delay: float) -> None:
+    backend = AzureBlobBackend(azurite, CONTAINER, prefix)
+    old = b"old contents"
+    backend.put("packs/00/target", old)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "FP_CRASH_AZ": azurite}
+    url = f"azure://{CONTAINER}/{prefix}?connection_string_env=FP_CRASH_AZ"
+    proc = subprocess.Popen([sys.executable, "-c", PUT_SCRIPT, url, "7"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+    got = backend.get("packs/00/target")
+    assert got == old or got == b"\x07" * (64 * 1024 * 1024)
+    assert backend.list("") == ["packs/00/target"]
