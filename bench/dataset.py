@@ -11,6 +11,7 @@ Python the machine has.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -63,8 +64,14 @@ def _log_uniform(rng: random.Random, lo: int, hi: int) -> int:
     return int(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+# Digest of every byte written, in order, with the file names: equal digests mean the
+# same dataset, whichever machine or run made it.
+DIGEST = hashlib.sha256()
+
+
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    DIGEST.update(path.name.encode() + data)
     with open(path, "wb") as f:
         f.write(data)
 
@@ -93,6 +100,7 @@ def generate(root: Path) -> dict[str, int]:
 
 
 def _pwrite(path: Path, data: bytes, offset: int) -> None:
+    DIGEST.update(f"{path.name}@{offset}".encode() + data)
     fd = os.open(path, os.O_WRONLY)
     try:
         os.pwrite(fd, data, offset)
@@ -126,8 +134,10 @@ def change(root: Path) -> dict[str, int]:
         w["in_place"] += 8192
         touched.add(p)
     for p in rng.sample(texts, 12):  # 12 logs grow by 200 KiB
+        data = text.make(200 * 1024)
+        DIGEST.update(f"{p.name}+".encode() + data)
         with open(p, "ab") as f:
-            f.write(text.make(200 * 1024))
+            f.write(data)
         w["appended"] += 200 * 1024
         touched.add(p)
     mid = [p for p in bins if 2 * MiB <= p.stat().st_size <= 6 * MiB] or bins
@@ -145,6 +155,7 @@ def change(root: Path) -> dict[str, int]:
         _write(root / "text" / "new" / f"n{k}.txt", text.make(400 * 1024))
         w["new"] += 400 * 1024
     for p in rng.sample([t for t in texts if t not in touched], 3):
+        DIGEST.update(f"{p.name}-".encode())
         p.unlink()
         w["deleted_files"] += 1
     w["files_touched"] = len(touched)
@@ -156,6 +167,7 @@ def change(root: Path) -> dict[str, int]:
 def main() -> None:
     cmd, root = sys.argv[1], Path(sys.argv[2])
     out = generate(root) if cmd == "generate" else change(root)
+    out["sha256"] = DIGEST.hexdigest()
     st = os.statvfs(root)
     out["fs_used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
     print(json.dumps(out))

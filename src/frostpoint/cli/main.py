@@ -30,7 +30,9 @@ for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "p
                   (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
                   (lock, "lock")):
     app.add_typer(sub, name=name)
+agent = typer.Typer(no_args_is_help=True, help="The guest agent of a machine.")
 vm.add_typer(ext, name="extension")
+vm.add_typer(agent, name="agent")
 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
@@ -203,6 +205,64 @@ def ext_list(machine: str, as_json: bool = JSON) -> None:
 @api
 def ext_remove(machine: str, name: str, as_json: bool = JSON) -> None:
     emit(Client().delete(f"/machines/{machine}/extensions/{name}"), as_json)
+
+
+@agent.command("restart")
+@api
+def agent_restart(machine: str, as_json: bool = JSON) -> None:
+    """Restart the guest agent (and its supervisor if it gave up)."""
+    emit(Client().post(f"/machines/{machine}/agent/restart"), as_json)
+
+
+@agent.command("install")
+@api
+def agent_install(machine: str, as_json: bool = JSON) -> None:
+    """Install and start the guest agent in a machine made without it."""
+    emit(Client().post(f"/machines/{machine}/agent/install"), as_json)
+
+
+@app.command()
+@api
+def doctor(machine: str, fix: bool = typer.Option(False, "--fix", help="Apply safe fixes."),
+           yes: bool = typer.Option(False, "--yes", help="Apply risky fixes without asking."),
+           as_json: bool = JSON) -> None:
+    """Walk the troubleshooting guide for MACHINE: find what will fail, and fix it."""
+    c = Client()
+    findings = c.get(f"/machines/{machine}/doctor")
+    applied: list[dict[str, Any]] = []
+    if fix:
+        for f in findings:
+            if f["status"] == "pass" or not f["remedy"]:
+                continue
+            if f["risky"] and not yes and (as_json or not sys.stdin.isatty() or not typer.confirm(
+                    f"{f['check']}: {f['message']}\n  apply: {'; '.join(f['fix'])}?")):
+                applied.append({"check": f["check"], "result": "skipped (risky)"})
+                continue
+            try:
+                applied.append({"check": f["check"], **c.post(
+                    f"/machines/{machine}/doctor/fix", {"check": f["check"]})})
+            except ApiError as e:
+                applied.append({"check": f["check"], "result": "failed", "error": e.error})
+        if applied:
+            findings = c.get(f"/machines/{machine}/doctor")
+    failed = any(f["status"] == "fail" for f in findings)
+
+    def human(data: dict[str, Any]) -> None:
+        colors = {"pass": "green", "warn": "yellow", "fail": "red"}
+        for f in data["findings"]:
+            code = f" [dim]({f['code']})[/]" if f["code"] and f["status"] != "pass" else ""
+            console.print(f"[{colors[f['status']]}]{f['status']:>4}[/] {f['check']}: "
+                          f"{f['message']}{code}")
+            if f["status"] != "pass":
+                for cmd in f["fix"]:
+                    console.print(f"       fix: [cyan]{cmd}[/]"
+                                  + (" [dim](risky)[/]" if f["risky"] else ""))
+        for a in data["applied"]:
+            console.print(f"applied: {a['check']}: {a.get('result')}")
+    emit({"machine": machine, "ok": not failed, "findings": findings, "applied": applied},
+         as_json, human)
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- vaults, policies, protection ------------------------------------------------------

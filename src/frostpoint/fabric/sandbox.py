@@ -85,7 +85,7 @@ class Sandbox:
         self.network.attach_machine(spec.name, spec.slot)
         self._make_mount_ns(spec)
         if agent:
-            self._start_init(spec.name)
+            self.start_init(spec.name)
 
     def prepare(self) -> None:
         # A mount namespace is kept alive by bind-mounting it onto a file, which needs
@@ -123,7 +123,7 @@ class Sandbox:
             return existing.split(":", 1)[0]
         return run(["losetup", "--find", "--show", str(image)]).stdout.decode().strip()
 
-    def _start_init(self, machine: str) -> None:
+    def start_init(self, machine: str) -> None:
         log = open(self.guest_dir(machine) / "log" / "init.log", "ab")
         cmd = self.enter_cmd(machine) + [sys.executable, "-m", "frostpoint.agent.init"]
         subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from frostpoint import __version__
+from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
@@ -31,6 +32,10 @@ class MachineIn(BaseModel):
     disks: list[DiskIn] = Field(default_factory=lambda: [DiskIn()])
     region: str = "local"
     agent: bool = True
+
+
+class FixIn(BaseModel):
+    check: str
 
 
 class ExecIn(BaseModel):
@@ -137,6 +142,26 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines/{name}/exec", dependencies=r)
     def exec_machine(name: str, body: ExecIn) -> dict[str, Any]:
         return svc.machines.exec(name, body.argv, body.timeout)
+
+    @app.post("/machines/{name}/agent/restart", dependencies=r)
+    def agent_restart(name: str) -> dict[str, Any]:
+        return svc.machines.agent_restart(name)
+
+    @app.post("/machines/{name}/agent/install", dependencies=r)
+    def agent_install(name: str) -> dict[str, Any]:
+        return svc.machines.agent_install(name)
+
+    @app.get("/machines/{name}/doctor", dependencies=r)
+    def doctor(name: str) -> list[dict[str, Any]]:
+        return as_dicts(Doctor(svc).examine(name))
+
+    @app.post("/machines/{name}/doctor/fix", dependencies=r)
+    def doctor_fix(name: str, body: FixIn) -> dict[str, Any]:
+        doc = Doctor(svc)
+        found = [f for f in doc.examine(name) if f.check == body.check and f.remedy]
+        if not found:
+            raise FrostpointError("NotFound", f"no fixable finding {body.check} on {name}")
+        return {"result": doc.apply(name, found[0])}
 
     @app.delete("/machines/{name}/extensions/{ext}", dependencies=r)
     def remove_extension(name: str, ext: str) -> dict[str, Any]:

@@ -118,6 +118,41 @@ class Machines:
             self.get(s, name).power_state = "Running"
         return self.show(name)
 
+    def agent_restart(self, name: str) -> dict[str, Any]:
+        """Restart the guest agent (its supervisor too, if that gave up or is gone)."""
+        import sys
+        with self.rt.sessions() as s:
+            m = self.get(s, name)
+            if m.power_state != "Running":
+                raise FrostpointError("UserErrorVmNotInDesirableState",
+                                      f"machine {name} is {m.power_state}")
+            if not m.agent_installed:
+                raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
+                                      f"machine {name} has no agent: frostpoint vm agent "
+                                      f"install {name}")
+        if not self.rt.sandbox.is_running(name):
+            return self.start(name)
+        r = self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
+                                        "restart"], timeout=60)
+        if r.returncode != 0:
+            raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
+                                  "the agent could not be restarted: "
+                                  + r.stderr.decode(errors="replace")[-500:])
+        return self.show(name)
+
+    def agent_install(self, name: str) -> dict[str, Any]:
+        """Install the guest agent in a machine made without it, and start it."""
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            m.agent_installed = True
+            running = m.power_state == "Running"
+        if running:
+            self.rt.sandbox.exec(name, ["sh", "-c",
+                                        "pkill -f frostpoint.agent.init; "
+                                        "pkill -f 'frostpoint.agent.main run'; true"])
+            self.rt.sandbox.start_init(name)
+        return self.show(name)
+
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
         with self.rt.sessions() as s:
             spec = machine_spec(self.get(s, name))

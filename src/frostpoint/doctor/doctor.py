@@ -1,0 +1,302 @@
+"""frostpoint doctor: walks the troubleshooting guide for one machine by itself.
+
+Machine health, guest agent health, extension health, snapshot extension health (via
+`frostpoint-agent doctor` run inside the machine: network to both ports, executable
+extension folder, freezable mounts, script config), restore point count and locks,
+jobs in progress. Each finding: pass / warn / fail, the code it leads to, the fix.
+Fixes are either safe (applied by --fix) or risky (applied only when confirmed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION
+from frostpoint.service.backup import MAX_INSTANT_RPS
+from frostpoint.service.jobs import ACTIVE
+from frostpoint.service.machines import Machines
+from frostpoint.service.models import (
+    Job,
+    Lock,
+    ProtectedItem,
+    RestorePoint,
+    RestorePointCollection,
+    utcnow,
+)
+from frostpoint.service.services import Services
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # pass | warn | fail
+    message: str
+    code: str | None = None
+    fix: list[str] = field(default_factory=list)  # the commands, for a person
+    remedy: str | None = None  # what --fix can apply: see Doctor.apply
+    risky: bool = False
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def _version_tuple(v: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in (v or "0").split("."))
+    except ValueError:
+        return (0,)
+
+
+class Doctor:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.rt = svc.rt
+
+    def examine(self, name: str) -> list[Finding]:
+        with self.rt.sessions() as s:
+            m = Machines.get(s, name)
+            info = self.svc.machines.describe(m)
+            mid = m.id
+        out: list[Finding] = []
+        out += self._machine(name, info)
+        running = info["power_state"] == "Running" and self.rt.sandbox.is_running(name)
+        if running:
+            out += self._agent(name, info)
+        out += self._extensions(name, info)
+        if running and info["agent"]["installed"]:
+            out += self._in_guest(name)
+        out += self._restore_points(name, mid)
+        out += self._jobs(name, mid)
+        return out
+
+    # -- machine ---------------------------------------------------------------------
+    def _machine(self, name: str, info: dict[str, Any]) -> list[Finding]:
+        out = []
+        prov, power = info["provisioning_state"], info["power_state"]
+        if prov in ("Creating", "Deleting", "Updating"):
+            out.append(Finding("machine.provisioning", "fail", f"machine is {prov}",
+                               "UserErrorVmNotInDesirableState",
+                               [f"frostpoint vm show {name}"]))
+        elif prov == "Failed":
+            failed = [e["name"] for e in info["extensions"]
+                      if e["provisioning_state"] == "Failed"]
+            out.append(Finding("machine.provisioning", "fail",
+                               f"provisioning Failed; failed extensions: {failed or 'none'}",
+                               "UserErrorVmProvisioningStateFailed",
+                               [f"frostpoint vm extension remove {name} {e}" for e in failed],
+                               "remove-failed-extensions"))
+        else:
+            out.append(Finding("machine.provisioning", "pass", f"provisioning {prov}"))
+        if power == "Running" and not self.rt.sandbox.is_running(name):
+            out.append(Finding("machine.power", "fail",
+                               "the platform says Running but nothing runs in the machine: "
+                               "it was powered off from inside the guest",
+                               "UserErrorGuestAgentStatusUnavailable",
+                               [f"frostpoint vm start {name}"], "start"))
+        elif power != "Running":
+            out.append(Finding("machine.power", "warn",
+                               f"machine is {power}: backups are crash-consistent, without "
+                               "the agent", None, [f"frostpoint vm start {name}"]))
+        else:
+            out.append(Finding("machine.power", "pass", "machine is Running"))
+        return out
+
+    # -- agent -----------------------------------------------------------------------
+    def _agent(self, name: str, info: dict[str, Any]) -> list[Finding]:
+        a = info["agent"]
+        if not a["installed"]:
+            return [Finding("agent.installed", "fail", "the machine has no guest agent "
+                            "(made from an image without it)",
+                            "UserErrorGuestAgentStatusUnavailable",
+                            [f"frostpoint vm agent install {name}"], "agent-install")]
+        out = []
+        age = a.get("last_heartbeat_age_s")
+        if age is None or age > self.rt.timeouts.heartbeat_stale:
+            out.append(Finding("agent.heartbeat", "fail",
+                               "no heartbeat from the agent" + (f" for {age:.0f} s" if age
+                                                                 else " ever"),
+                               "UserErrorGuestAgentStatusUnavailable",
+                               [f"frostpoint vm agent restart {name}"], "agent-restart"))
+        elif a["status"] != "Ready":
+            out.append(Finding("agent.heartbeat", "fail", f"agent reports {a['status']}",
+                               "UserErrorGuestAgentStatusUnavailable",
+                               [f"frostpoint vm agent restart {name}"], "agent-restart"))
+        else:
+            out.append(Finding("agent.heartbeat", "pass",
+                               f"agent {a['version']} Ready, heartbeat {age:.0f} s ago"))
+        if a.get("version") and _version_tuple(a["version"]) < _version_tuple(
+                MIN_AGENT_VERSION):
+            out.append(Finding("agent.version", "fail",
+                               f"agent {a['version']} is older than {MIN_AGENT_VERSION}",
+                               "GuestAgentSnapshotTaskStatusError",
+                               [f"frostpoint vm agent install {name}"], "agent-install"))
+        if a.get("reboot_required"):
+            out.append(Finding("os.reboot", "warn", "the guest has a reboot pending"))
+        return out
+
+    def _extensions(self, name: str, info: dict[str, Any]) -> list[Finding]:
+        out = []
+        for e in info["extensions"]:
+            if e["provisioning_state"] == "Failed":
+                st = e.get("status") or {}
+                code = ("ExtensionOperationFailedForManagedDisks"
+                        if e["name"] == SNAPSHOT_EXTENSION
+                        else "UserErrorVmProvisioningStateFailed")
+                msg = f"extension {e['name']} Failed: {st.get('message', '')}"
+                if st.get("signal"):
+                    msg += (f" — killed by signal {st['signal']} that Frostpoint did not send:"
+                            " security software? exclude /var/lib/frostpoint-agent and "
+                            "/var/log/frostpoint from it")
+                out.append(Finding(f"extension.{e['name']}", "fail", msg, code,
+                                   [f"frostpoint vm extension remove {name} {e['name']}",
+                                    f"frostpoint backup now {name} --wait"],
+                                   "remove-extension", args={"extension": e["name"]}))
+            else:
+                out.append(Finding(f"extension.{e['name']}", "pass",
+                                   f"extension {e['name']} {e['provisioning_state']}"))
+        return out
+
+    def _in_guest(self, name: str) -> list[Finding]:
+        r = self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
+                                        "doctor", "--json"], timeout=60)
+        try:
+            items = json.loads(r.stdout)
+        except ValueError:
+            return [Finding("guest.doctor", "fail", "frostpoint-agent doctor did not run: "
+                            + r.stderr.decode(errors="replace")[-300:],
+                            "UserErrorGuestAgentStatusUnavailable")]
+        out = []
+        remedies = {"enable": "enable-extensions", "remount-exec": "remount-exec",
+                    "thaw": "thaw"}
+        for f in items:
+            remedy = remedies.get(f.get("fixable", ""))
+            check = f["check"]
+            if check.startswith("network.") and f["status"] == "fail":
+                remedy = "open-port"
+            out.append(Finding(f"guest.{check}", f["status"], f["message"], f.get("code"),
+                               [f"frostpoint vm exec {name} -- {c}" for c in f["fix"]],
+                               remedy, risky=remedy in ("enable-extensions", "remount-exec",
+                                                        "open-port"),
+                               args={k: f[k] for k in ("mount", "port") if k in f}))
+        return out
+
+    # -- restore points, locks, jobs ---------------------------------------------------
+    def _restore_points(self, name: str, mid: str) -> list[Finding]:
+        with self.rt.sessions() as s:
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == mid))
+            if item is None or item.protection_state in ("ProtectionStopped",
+                                                         "ProtectionPaused"):
+                state = item.protection_state if item else "NotProtected"
+                return [Finding("protection", "fail", f"machine is {state}",
+                                "UserErrorBcmDatasourceNotPresent",
+                                [f"frostpoint protect resume {name}"
+                                 if item else f"frostpoint protect enable {name} --vault V "
+                                 "--policy P"], "protect-resume" if item else None)]
+            rpc = s.scalar(select(RestorePointCollection)
+                           .where(RestorePointCollection.machine_id == mid))
+            count = len(list(s.scalars(select(RestorePoint.id).where(
+                RestorePoint.machine_id == mid,
+                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault"))))))
+            locks = [lk.name for lk in s.scalars(select(Lock).where(
+                Lock.resource_group_id == rpc.resource_group_id))] if rpc else []
+        out = [Finding("protection", "pass", f"protection {item.protection_state}")]
+        if count >= MAX_INSTANT_RPS:
+            out.append(Finding("restore_points.count", "fail",
+                               f"{count} instant restore points (limit {MAX_INSTANT_RPS})"
+                               + (f"; lock(s) {', '.join(locks)} stop the cleanup"
+                                  if locks else ""),
+                               "UserErrorRpCollectionLimitReached",
+                               [f"frostpoint lock delete {lk}" for lk in locks]
+                               + [f"frostpoint backup now {name} --wait"],
+                               "delete-locks" if locks else None, risky=True,
+                               args={"locks": locks}))
+        else:
+            out.append(Finding("restore_points.count", "pass",
+                               f"{count} of {MAX_INSTANT_RPS} instant restore points"))
+        if locks:
+            out.append(Finding("restore_points.locks", "warn",
+                               f"lock(s) {', '.join(locks)} on the restore points' resource "
+                               "group stop the cleanup of expired restore points",
+                               "BackUpOperationFailedV2",
+                               [f"frostpoint lock delete {lk}" for lk in locks],
+                               "delete-locks", risky=True, args={"locks": locks}))
+        return out
+
+    def _jobs(self, name: str, mid: str) -> list[Finding]:
+        old = utcnow() - timedelta(hours=1)
+        with self.rt.sessions() as s:
+            jobs = list(s.scalars(select(Job).where(Job.machine_id == mid,
+                                                    Job.status.in_(ACTIVE))))
+        if not jobs:
+            return [Finding("jobs", "pass", "no job in progress")]
+        out = []
+        for j in jobs:
+            stuck = j.started_at < old
+            out.append(Finding("jobs", "warn" if stuck else "pass",
+                               f"job {j.id} {j.operation} {j.status} since "
+                               f"{j.started_at.isoformat()}Z",
+                               "UserErrorBackupOperationInProgress",
+                               [f"frostpoint job cancel {j.id}"],
+                               "cancel-job" if stuck else None, risky=True,
+                               args={"job": j.id}))
+        return out
+
+    # -- remedies ---------------------------------------------------------------------
+    def apply(self, name: str, finding: Finding) -> str:
+        m = self.svc.machines
+        r, a = finding.remedy, finding.args
+        if r == "start":
+            m.start(name)
+        elif r == "agent-restart":
+            m.agent_restart(name)
+        elif r == "agent-install":
+            m.agent_install(name)
+        elif r in ("remove-failed-extensions", "remove-extension"):
+            exts = [a["extension"]] if "extension" in a else [
+                e["name"] for e in m.show(name)["extensions"]
+                if e["provisioning_state"] == "Failed"]
+            for e in exts:
+                m.remove_extension(name, e)
+        elif r == "enable-extensions":
+            self._guest(name, "sed -i 's/^Extensions.Enabled=.*/Extensions.Enabled=y/' "
+                              "/etc/frostpoint/agent.conf")
+            m.agent_restart(name)
+        elif r == "remount-exec":
+            self._guest(name, f"mount -o remount,exec {a['mount']}")
+        elif r == "thaw":
+            mount = a.get("mount")
+            self._guest(name, f"fsfreeze -u {mount}" if mount else
+                        f"{sys.executable} -m frostpoint.agent.main thaw")
+        elif r == "open-port":
+            # Delete every OUTPUT rule that drops or rejects the port.
+            self._guest(name, f"iptables -S OUTPUT | grep -- '--dport {a['port']} ' | "
+                              "grep -E -- '-j (DROP|REJECT)' | sed 's/^-A /-D /' | "
+                              "while read -r rule; do iptables $rule; done")
+        elif r == "delete-locks":
+            for lk in a["locks"]:
+                self.svc.protection.delete_lock(lk)
+        elif r == "cancel-job":
+            with self.rt.sessions.begin() as s:
+                j = s.get(Job, a["job"])
+                if j and j.status in ACTIVE:
+                    j.cancel_requested, j.status = True, "Cancelling"
+        elif r == "protect-resume":
+            self.svc.protection.set_state(name, "resume")
+        else:
+            raise FrostpointError("InvalidInput", f"no remedy for {finding.check}")
+        return f"applied {r} for {finding.check}"
+
+    def _guest(self, name: str, script: str) -> None:
+        r = self.rt.sandbox.exec(name, ["sh", "-c", script], timeout=60)
+        if r.returncode != 0:
+            raise FrostpointError("InvalidInput", f"remedy failed in {name}: "
+                                  + r.stderr.decode(errors="replace")[-300:])
+
+
+def as_dicts(findings: list[Finding]) -> list[dict[str, Any]]:
+    return [asdict(f) for f in findings]
