@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+import frostpoint
 from frostpoint import __version__ as FROSTPOINT_VERSION  # noqa: N812
 from frostpoint.vault.format import BLOCK_SIZE
 
@@ -245,96 +247,17 @@ def run_restic(work: Path, first: Path, second: Path) -> dict[str, Any]:
     return out
 
 
-# -- report -------------------------------------------------------------------------
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("inf")
-
-
-def report(r: dict[str, Any], out: Console) -> None:
-    fp, borg, restic = r["frostpoint"], r["borg"], r["restic"]
-    rt = r["ratios"]
-
-    def s(x: float | None) -> str:
-        return "—" if x is None else f"{x:.2f}"
-
-    t = Table(title=f"Frostpoint {FROSTPOINT_VERSION} vs {r['tools']['borg']} / "
-              f"restic {r['tools']['restic'].split()[1]} — 2 GiB ext4 disk, "
-              f"{r['dataset']['fs_used_bytes'] / MB:.0f} MB used, "
-              f"{r['machine']['cpus']} CPUs")
-    for col in ("step", "frostpoint transfer s", "frostpoint job s", "borg s", "restic s",
-                "bytes read", "ratio"):
-        t.add_column(col, justify="left" if col == "step" else "right")
-    for label, key, rkey in (("full backup", "full", "full_vs_borg"),
-                             ("incremental backup", "incremental", "incremental_vs_borg")):
-        t.add_row(label, s(fp[key]["transfer_s"]), s(fp[key]["job_s"]), s(borg[key]["s"]),
-                  s(restic[key]["s"]), f"{fp[key]['transfer']['bytes_read'] / MB:.1f} MB",
-                  f"{rt[rkey]:.3f} vs borg")
-    t.add_row("restore (from vault)", s(fp["restore"]["restore_subtask_s"]),
-              s(fp["restore"]["job_s"]), "—", s(restic["restore"]["s"]), "—",
-              f"{rt['restore_vs_restic']:.3f} vs restic")
-    out.print(t)
-
-    c = r["change"]
-    t2 = Table(title="targets (issue)")
-    for col in ("what", "measured", "target", "met"):
-        t2.add_column(col, justify="left" if col == "what" else "right")
-    for key, name, unit in (
-            ("full_vs_borg", "full: frostpoint transfer / borg create", ""),
-            ("incremental_vs_borg", "incremental: frostpoint transfer / borg create", ""),
-            ("restore_vs_restic", "restore: frostpoint restore job / restic restore", ""),
-            ("transfer_peak_rss_mb", "peak RSS of the service during a transfer", " MB"),
-            ("incremental_read_vs_changed", "incremental: bytes read / bytes changed", "x")):
-        ok = r["targets_met"][key]
-        t2.add_row(name, f"{r['checks'][key]:.3f}{unit}", f"<= {TARGETS[key]}{unit}",
-                   "[green]yes[/]" if ok else "[red]no[/]")
-    out.print(t2)
-    out.print(
-        f"change: {c['bytes_written'] / MB:.1f} MB written by the change script; "
-        f"{c['changed_bytes'] / MB:.1f} MB of 4 KiB pages differ between the snapshots, in "
-        f"{c['changed_vault_blocks']} of the vault's 4 MiB blocks "
-        f"({c['changed_vault_block_bytes'] / MB:.0f} MB: the least a block-level "
-        f"incremental can read); frostpoint read "
-        f"{fp['incremental']['transfer']['bytes_read'] / MB:.1f} MB")
-    out.print(f"stored: frostpoint vault {r['storage']['frostpoint_vault_bytes'] / MB:.0f} MB, "
-              f"borg {r['storage']['borg_repo_bytes'] / MB:.0f} MB, "
-              f"restic {r['storage']['restic_repo_bytes'] / MB:.0f} MB; "
-              f"restores verified: {r['verified']}")
-
-
-# -- main -------------------------------------------------------------------------
-def _on_signal(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument("--work-dir", default=os.environ.get("FROSTPOINT_BENCH_DIR", "/var/tmp"),
-                    help="where the temporary data dir and repositories go (a disk, not "
-                         "tmpfs; default /var/tmp or $FROSTPOINT_BENCH_DIR)")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/run.py needs root (sandbox machines, loop devices, drop_caches)",
-              file=sys.stderr)
-        return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: run `make setup`", file=sys.stderr)
-            return 2
-    tools = ensure_installed()
-    say(f"tools: {tools['borg']}, {tools['restic']}")
-
-    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="fp-bench-", dir=args.work_dir))
+# -- one run ----------------------------------------------------------------------
+def one_run(work_root: Path, n: int) -> dict[str, Any]:
+    """Service, machine, dataset, the three Frostpoint steps, borg, restic; cleans up
+    everything it made before returning or raising."""
+    work = Path(tempfile.mkdtemp(prefix="fp-bench-", dir=work_root))
     (work / "logs").mkdir()
     data_dir = work / "fp"
     data_dir.mkdir()
     svc = Service(data_dir)
-    started = datetime.now(UTC).isoformat(timespec="seconds")
     try:
-        say(f"work dir {work}; starting frostpoint server")
+        say(f"[bold]run {n}[/]: work dir {work}; starting frostpoint server")
         svc.start()
         c = svc.client
         c.post("/vaults", {"name": VAULT})
@@ -374,29 +297,10 @@ def main() -> int:
         want = sha256(second)
         verified = {"frostpoint": sha256(Path(restore["image"])) == want,
                     "restic": sha256(Path(restic["restore"]["image"])) == want}
-        mem_peak = max(full["memory"]["peak_rss"], incr["memory"]["peak_rss"])
-        ratios = {
-            "full_vs_borg": ratio(full["transfer_s"], borg["full"]["s"]),
-            "incremental_vs_borg": ratio(incr["transfer_s"], borg["incremental"]["s"]),
-            "restore_vs_restic": ratio(restore["job_s"], restic["restore"]["s"]),
-        }
-        checks = {**ratios, "transfer_peak_rss_mb": mem_peak / MB,
-                  "incremental_read_vs_changed": ratio(incr["transfer"]["bytes_read"],
-                                                       change["changed_bytes"])}
-        results = {
-            "started": started, "frostpoint_version": FROSTPOINT_VERSION, "tools": tools,
-            "machine": machine_info(work), "dataset": dataset, "change": change,
-            "frostpoint": {"full": full, "incremental": incr, "restore": restore},
-            "borg": borg, "restic": restic, "ratios": ratios, "checks": checks,
-            "targets": TARGETS,
-            "targets_met": {k: checks[k] <= TARGETS[k] for k in TARGETS},
-            "storage": {"frostpoint_vault_bytes": vault_bytes,
-                        "borg_repo_bytes": borg["repo_bytes"],
-                        "restic_repo_bytes": restic["repo_bytes"]},
-            "verified": verified, "cache_dropped_before_each_step": full["cache_dropped"],
-        }
+        if not all(verified.values()):
+            say(f"[red]a restored image differs from the snapshot: {verified}[/]")
     except BaseException as e:
-        say(f"[red]benchmark failed: {type(e).__name__}: {e}[/]")
+        say(f"[red]run {n} failed: {type(e).__name__}: {e}[/]")
         tail = svc.log_tail()
         if tail:
             err.print("[dim]server log (tail):[/]\n" + tail[-2000:], markup=False)
@@ -408,6 +312,190 @@ def main() -> int:
     svc.teardown()
     shutil.rmtree(work, ignore_errors=True)
 
+    ratios = {
+        "full_vs_borg": ratio(full["transfer_s"], borg["full"]["s"]),
+        "incremental_vs_borg": ratio(incr["transfer_s"], borg["incremental"]["s"]),
+        "restore_vs_restic": ratio(restore["job_s"], restic["restore"]["s"]),
+    }
+    checks = {**ratios,
+              "transfer_peak_rss_mb": max(full["memory"]["peak_rss"],
+                                          incr["memory"]["peak_rss"]) / MB,
+              "incremental_read_vs_changed": ratio(incr["transfer"]["bytes_read"],
+                                                   change["changed_bytes"])}
+    return {"dataset": dataset, "change": change,
+            "frostpoint": {"full": full, "incremental": incr, "restore": restore},
+            "borg": borg, "restic": restic, "ratios": ratios, "checks": checks,
+            "storage": {"frostpoint_vault_bytes": vault_bytes,
+                        "borg_repo_bytes": borg["repo_bytes"],
+                        "restic_repo_bytes": restic["repo_bytes"]},
+            "verified": verified, "cache_dropped": full["cache_dropped"]}
+
+
+# -- summary and report -------------------------------------------------------------
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+# The figures of the table: name -> where it is in one run's results.
+FIGURES = {
+    "fp_full_transfer_s": ("frostpoint", "full", "transfer_s"),
+    "fp_full_job_s": ("frostpoint", "full", "job_s"),
+    "fp_full_bytes_read": ("frostpoint", "full", "transfer", "bytes_read"),
+    "fp_incr_transfer_s": ("frostpoint", "incremental", "transfer_s"),
+    "fp_incr_job_s": ("frostpoint", "incremental", "job_s"),
+    "fp_incr_bytes_read": ("frostpoint", "incremental", "transfer", "bytes_read"),
+    "fp_restore_subtask_s": ("frostpoint", "restore", "restore_subtask_s"),
+    "fp_restore_job_s": ("frostpoint", "restore", "job_s"),
+    "borg_full_s": ("borg", "full", "s"),
+    "borg_incr_s": ("borg", "incremental", "s"),
+    "restic_full_s": ("restic", "full", "s"),
+    "restic_incr_s": ("restic", "incremental", "s"),
+    "restic_restore_s": ("restic", "restore", "s"),
+    "changed_bytes": ("change", "changed_bytes"),
+    "change_written_bytes": ("change", "bytes_written"),
+    "changed_vault_blocks": ("change", "changed_vault_blocks"),
+    "fs_used_bytes": ("dataset", "fs_used_bytes"),
+    "vault_bytes": ("storage", "frostpoint_vault_bytes"),
+    "borg_repo_bytes": ("storage", "borg_repo_bytes"),
+    "restic_repo_bytes": ("storage", "restic_repo_bytes"),
+    **{k: ("checks", k) for k in TARGETS},
+}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over runs of each figure (of the ratios themselves, not ratio of medians),
+    with min and max."""
+    out: dict[str, Any] = {}
+    for name, path in FIGURES.items():
+        values = []
+        for r in runs:
+            v: Any = r
+            for k in path:
+                v = v[k]
+            values.append(v)
+        out[name] = {"median": statistics.median(values), "min": min(values),
+                     "max": max(values)}
+    return out
+
+
+def report(res: dict[str, Any], out: Console) -> None:
+    m = {k: v["median"] for k, v in res["summary"].items()}
+    n = len(res["runs"])
+
+    def s(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    def spread(key: str) -> str:
+        v = res["summary"][key]
+        return f" ({v['min']:.3f}–{v['max']:.3f})" if n > 1 else ""
+
+    what = f"median of {n} runs" if n > 1 else "1 run"
+    t = Table(title=f"Frostpoint {FROSTPOINT_VERSION} vs {res['tools']['borg']} / restic "
+              f"{res['tools']['restic'].split()[1]} — 2 GiB ext4 disk, "
+              f"{m['fs_used_bytes'] / MB:.0f} MB used, {res['machine']['cpus']} CPUs, {what}")
+    for col in ("step", "frostpoint transfer s", "frostpoint job s", "borg s", "restic s",
+                "bytes read", "ratio"):
+        t.add_column(col, justify="left" if col == "step" else "right")
+    t.add_row("full backup", s(m["fp_full_transfer_s"]), s(m["fp_full_job_s"]),
+              s(m["borg_full_s"]), s(m["restic_full_s"]),
+              f"{m['fp_full_bytes_read'] / MB:.1f} MB",
+              f"{m['full_vs_borg']:.3f} vs borg{spread('full_vs_borg')}")
+    t.add_row("incremental backup", s(m["fp_incr_transfer_s"]), s(m["fp_incr_job_s"]),
+              s(m["borg_incr_s"]), s(m["restic_incr_s"]),
+              f"{m['fp_incr_bytes_read'] / MB:.1f} MB",
+              f"{m['incremental_vs_borg']:.3f} vs borg{spread('incremental_vs_borg')}")
+    t.add_row("restore (from vault)", s(m["fp_restore_subtask_s"]), s(m["fp_restore_job_s"]),
+              "—", s(m["restic_restore_s"]), "—",
+              f"{m['restore_vs_restic']:.3f} vs restic{spread('restore_vs_restic')}")
+    out.print(t)
+
+    t2 = Table(title="targets (issue)")
+    for col in ("what", "measured", "target", "met"):
+        t2.add_column(col, justify="left" if col == "what" else "right")
+    for key, name, unit in (
+            ("full_vs_borg", "full: frostpoint transfer / borg create", ""),
+            ("incremental_vs_borg", "incremental: frostpoint transfer / borg create", ""),
+            ("restore_vs_restic", "restore: frostpoint restore job / restic restore", ""),
+            ("transfer_peak_rss_mb", "peak RSS of the service during a transfer", " MB"),
+            ("incremental_read_vs_changed", "incremental: bytes read / bytes changed", "x")):
+        ok = res["targets_met"][key]
+        t2.add_row(name, f"{m[key]:.3f}{unit}", f"<= {TARGETS[key]}{unit}",
+                   "[green]yes[/]" if ok else "[red]no[/]")
+    out.print(t2)
+    out.print(
+        f"change: {m['change_written_bytes'] / MB:.1f} MB written by the change script; "
+        f"{m['changed_bytes'] / MB:.1f} MB of 4 KiB pages differ between the snapshots, in "
+        f"{m['changed_vault_blocks']} of the vault's 4 MiB blocks "
+        f"({m['changed_vault_blocks'] * BLOCK_SIZE / MB:.0f} MB: the least a block-level "
+        f"incremental can read); frostpoint read {m['fp_incr_bytes_read'] / MB:.1f} MB")
+    out.print(f"stored: frostpoint vault {m['vault_bytes'] / MB:.0f} MB, "
+              f"borg {m['borg_repo_bytes'] / MB:.0f} MB, "
+              f"restic {m['restic_repo_bytes'] / MB:.0f} MB; restored images identical to "
+              f"the snapshot: {'yes' if res['verified'] else 'NO'}")
+
+
+def source_fingerprint() -> dict[str, Any]:
+    """Which Frostpoint code was measured (no git needed): a digest of the package's
+    sources and the newest modification time among them."""
+    root = Path(frostpoint.__file__).resolve().parent
+    h = hashlib.sha256()
+    newest = 0.0
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" in p.parts:
+            continue
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+        newest = max(newest, p.stat().st_mtime)
+    return {"path": str(root), "sha256": h.hexdigest()[:16],
+            "newest_mtime": datetime.fromtimestamp(newest, UTC).isoformat(timespec="seconds")}
+
+
+# -- main -------------------------------------------------------------------------
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "1")),
+                    help="repeat the whole benchmark, each on fresh state, and report "
+                         "medians (default 1, or $BENCH_RUNS)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--work-dir", default=os.environ.get("FROSTPOINT_BENCH_DIR", "/var/tmp"),
+                    help="where the temporary data dir and repositories go (a disk, not "
+                         "tmpfs; default /var/tmp or $FROSTPOINT_BENCH_DIR)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (sandbox machines, loop devices, drop_caches)",
+              file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is missing: run `make setup`", file=sys.stderr)
+            return 2
+    tools = ensure_installed()
+    say(f"tools: {tools['borg']}, {tools['restic']}")
+    work_root = Path(args.work_dir)
+    work_root.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    source = source_fingerprint()
+
+    runs = [one_run(work_root, n + 1) for n in range(max(1, args.runs))]
+    summary = summarize(runs)
+    med = {k: v["median"] for k, v in summary.items()}
+    results = {
+        "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "frostpoint_version": FROSTPOINT_VERSION, "source": source, "tools": tools,
+        "machine": machine_info(work_root), "targets": TARGETS,
+        "targets_met": {k: med[k] <= TARGETS[k] for k in TARGETS},
+        "ratios": {k: med[k] for k in ("full_vs_borg", "incremental_vs_borg",
+                                        "restore_vs_restic")},
+        "verified": all(all(r["verified"].values()) for r in runs),
+        "cache_dropped_before_each_step": all(r["cache_dropped"] for r in runs),
+        "summary": summary, "runs": runs,
+    }
+
     results_dir = BENCH / "results"
     results_dir.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -416,16 +504,16 @@ def main() -> int:
     (results_dir / "latest.json").write_text(text)
 
     out = Console(width=max(Console().width, 130), highlight=False)
-    out.print(f"results: {results_dir / 'latest.json'} (and {stamp}.json)")
+    out.print(f"results: {results_dir / 'latest.json'} (and {stamp}.json); "
+              f"frostpoint source {source['sha256']} (newest file {source['newest_mtime']})")
     report(results, out)
-    if not all(verified.values()):
-        out.print(f"[red]a restored image differs from the snapshot: {verified}[/]")
     sys.stdout.flush()
+    ratios = results["ratios"]
     # The last three lines, exactly.
     print(f"ratio full_vs_borg={ratios['full_vs_borg']:.3f}")
     print(f"ratio incremental_vs_borg={ratios['incremental_vs_borg']:.3f}")
     print(f"ratio restore_vs_restic={ratios['restore_vs_restic']:.3f}", flush=True)
-    if not all(verified.values()):
+    if not results["verified"]:
         return 1
     if args.strict and not all(results["targets_met"].values()):
         return 1

@@ -29,10 +29,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
 
 # Short limits so that failure paths finish in seconds, in the documented order.
 TEST_ENV = {
-    "FROSTPOINT_HEARTBEAT_STALE_S": "15",
-    "FROSTPOINT_EXTENSION_WAIT_S": "60",
+    "FROSTPOINT_HEARTBEAT_STALE_S": "12",
+    "FROSTPOINT_EXTENSION_WAIT_S": "25",
     "FROSTPOINT_FREEZE_S": "30",
-    "FROSTPOINT_HOST_CALL_S": "10",
+    "FROSTPOINT_HOST_CALL_S": "5",
     "FROSTPOINT_JOB_STALE_S": "6",
 }
 

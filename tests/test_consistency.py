@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -92,8 +93,10 @@ def test_failing_pre_script_without_continue_fails_the_backup(service: Service) 
     assert service.backup(m)["status"] == "Completed"
 
 
-def _pids(pattern: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+def _pids(service: Service, machine: str, pattern: str) -> list[int]:
+    """PIDs in that machine only (machines share the host's PID numbers)."""
+    out = service.exec(machine, f"{sys.executable} -c 'from frostpoint.agent import procs; "
+                                f"print(*procs.find(\"{pattern}\"))'")
     return [int(p) for p in out.split()]
 
 
@@ -117,7 +120,7 @@ def test_kill_9_extension_while_frozen_thaws_and_fails_the_job(service: Service)
     assert marker.exists(), "the freeze never started"
     time.sleep(0.3)
     assert not _writable(service, m), "the data disk should be frozen now"
-    ext = _pids("frostpoint-snapshot enable")
+    ext = _pids(service, m, "frostpoint-snapshot enable")
     assert ext, "the snapshot extension is not running"
     killed_at = time.monotonic()
     for pid in ext:

@@ -19,4 +19,5 @@ SCRIPT_CONFIG = f"{GUEST_ETC}/vmbackup.json"
 DISK_ROOT = "/mnt"  # disk NAME is mounted at /mnt/NAME
 
 SNAPSHOT_EXTENSION = "Frostpoint.Backup.Snapshot"
+CUSTOM_SCRIPT_EXTENSION = "Frostpoint.CustomScript"  # runs settings.commandToExecute
 MIN_AGENT_VERSION = "0.1.0"

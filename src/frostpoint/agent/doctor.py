@@ -126,7 +126,9 @@ def _writable_in_time(mount: str, seconds: float = 2.0) -> bool:
     p = subprocess.Popen([sys.executable, "-c", "import os,sys; p=sys.argv[1]; "
                           "fd=os.open(p, os.O_WRONLY|os.O_CREAT); os.write(fd,b'x'); "
                           "os.fsync(fd); os.close(fd); os.unlink(p)",
-                          os.path.join(mount, ".fp-doctor-probe")])
+                          os.path.join(mount, ".fp-doctor-probe")],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         return p.wait(seconds) == 0
     except subprocess.TimeoutExpired:

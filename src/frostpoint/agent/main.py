@@ -113,26 +113,22 @@ class Agent:
         self.goal_state_loop()
 
 
-USAGE = "usage: frostpoint-agent run|version|doctor [--json]|collect-logs [FILE]|restart|thaw"
+USAGE = ("usage: frostpoint-agent run|version|doctor [--json]|collect-logs [FILE]|restart|"
+         "stop|thaw")
 
 
 def _restart() -> None:
-    """Stop the running agent; the supervisor starts a new one (it may have given up:
-    then start a new supervisor)."""
-    import os
-    import signal
+    """Stop the running agent; the supervisor starts a new one (it may have given up or
+    be gone: then start a new supervisor)."""
     import subprocess
-    mine = os.getpid()
+
+    from frostpoint.agent import procs
     sup = Path(GUEST_LIB) / "supervisor.json"
     gave_up = sup.exists() and "gave_up" in json.loads(sup.read_text())
-    for pattern in (["frostpoint.agent.init"] if gave_up else []) + ["frostpoint.agent.main run"]:
-        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True,
-                             check=False).stdout
-        for pid in (int(p) for p in out.split()):
-            if pid != mine:
-                os.kill(pid, signal.SIGTERM)
-    if gave_up or not subprocess.run(["pgrep", "-f", "frostpoint.agent.init"],
-                                     capture_output=True, check=False).stdout:
+    if gave_up:
+        procs.kill("frostpoint.agent.init")
+    procs.kill("frostpoint.agent.main run")
+    if gave_up or not procs.find("frostpoint.agent.init"):
         sup.unlink(missing_ok=True)
         log = open(Path(GUEST_LOG) / "init.log", "ab")
         subprocess.Popen([sys.executable, "-m", "frostpoint.agent.init"], stdout=log,
@@ -165,6 +161,9 @@ def main() -> None:
         print(collect_logs(args[1] if len(args) > 1 else None))
     elif args[0] == "restart":
         _restart()
+    elif args[0] == "stop":  # what a crash or `systemctl kill` would do
+        from frostpoint.agent import procs
+        print("stopped:", procs.kill("frostpoint.agent.main run", 9))
     elif args[0] == "thaw":
         print("thawed:", thaw_leftovers() or "nothing")
     else:

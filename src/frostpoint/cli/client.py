@@ -53,7 +53,11 @@ class Client:
                             "message": f"no Frostpoint service at {self.url} ({e})",
                             "actions": ["frostpoint server &", "export FROSTPOINT_URL=..."]},
                            0) from None
-        body = r.json() if r.content else {}
+        try:
+            body = r.json() if r.content else {}
+        except ValueError:
+            body = {"error": {"code": "BackUpOperationFailed",
+                              "message": f"HTTP {r.status_code}: {r.text[:500]}"}}
         if r.status_code >= 400:
             raise ApiError(body.get("error", {"code": f"HTTP{r.status_code}",
                                               "message": r.text[:500]}), r.status_code)

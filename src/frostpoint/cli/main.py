@@ -201,6 +201,17 @@ def ext_list(machine: str, as_json: bool = JSON) -> None:
                                             "sequence"]))
 
 
+@ext.command("set")
+@api
+def ext_set(machine: str, name: str,
+            command: str = typer.Option(None, help="commandToExecute (CustomScript)."),
+            as_json: bool = JSON) -> None:
+    """Add or update an extension, e.g. Frostpoint.CustomScript --command '...'."""
+    settings = {"commandToExecute": command} if command else {}
+    emit(Client().call("PUT", f"/machines/{machine}/extensions/{name}",
+                       json={"settings": settings}), as_json)
+
+
 @ext.command("remove")
 @api
 def ext_remove(machine: str, name: str, as_json: bool = JSON) -> None:
@@ -399,6 +410,13 @@ def rp_list(machine: str = typer.Option(None), as_json: bool = JSON) -> None:
     rows = Client().get("/restore-points", params={"machine": machine} if machine else {})
     emit(rows, as_json, lambda d: table(d, ["id", "machine", "created_at", "consistency",
                                             "tier", "freeze_ms"]))
+
+
+@rp.command("delete-collection")
+@api
+def rp_delete_collection(machine: str, as_json: bool = JSON) -> None:
+    """Delete all instant restore points of MACHINE (vault copies stay); resumable."""
+    emit(Client().delete(f"/machines/{machine}/restore-point-collection"), as_json)
 
 
 def _restore(kind: str, body: dict[str, Any], wait: bool, as_json: bool) -> None:

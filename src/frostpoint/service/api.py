@@ -98,6 +98,13 @@ def create_app(svc: Services) -> FastAPI:
         return JSONResponse({"error": error_dict("InvalidInput", str(e.detail))},
                             status_code=e.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal_error(_req: Request, e: Exception) -> JSONResponse:
+        # Never a bare traceback to a user: a catalog code with the cause in details.
+        return JSONResponse({"error": error_dict(
+            "BackUpOperationFailed", f"internal error: {type(e).__name__}: {e}")},
+            status_code=500)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "instance": svc.rt.instance}
@@ -162,6 +169,12 @@ def create_app(svc: Services) -> FastAPI:
         if not found:
             raise FrostpointError("NotFound", f"no fixable finding {body.check} on {name}")
         return {"result": doc.apply(name, found[0])}
+
+    @app.put("/machines/{name}/extensions/{ext}", dependencies=r)
+    def set_extension(name: str, ext: str, body: dict[str, Any]) -> dict[str, Any]:
+        mid = svc.machines.show(name)["id"]
+        svc.machines.set_extension(mid, body.get("settings", {}), ext)
+        return svc.machines.show(name)
 
     @app.delete("/machines/{name}/extensions/{ext}", dependencies=r)
     def remove_extension(name: str, ext: str) -> dict[str, Any]:
@@ -246,6 +259,10 @@ def create_app(svc: Services) -> FastAPI:
     @app.get("/restore-points", dependencies=r)
     def list_rps(machine: str | None = None) -> list[dict[str, Any]]:
         return svc.restores.list_restore_points(machine)
+
+    @app.delete("/machines/{name}/restore-point-collection", dependencies=r)
+    def delete_collection(name: str) -> dict[str, Any]:
+        return svc.backups.delete_collection(name)
 
     @app.post("/restores/disks", dependencies=r)
     def restore_disks(body: RestoreIn) -> dict[str, Any]:

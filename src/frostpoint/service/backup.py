@@ -260,6 +260,43 @@ class Backups:
                               f"{t.extension_wait:.0f} s", {"sequence": seq})
 
     # -- restore point cleanup -------------------------------------------------------
+    def delete_collection(self, machine: str, batch: int = 5) -> dict[str, Any]:
+        """Delete every instant restore point of a machine (vault copies stay).
+
+        Batched and idempotent: each batch commits on its own, so a crash or a second
+        call just carries on where the first stopped.
+        """
+        with self.rt.sessions() as s:
+            m = Machines.get(s, machine)
+            rpc = s.scalar(select(RestorePointCollection)
+                           .where(RestorePointCollection.machine_id == m.id))
+            if rpc is None:
+                return {"machine": machine, "deleted": 0}
+            locks = [lk.name for lk in s.scalars(
+                select(Lock).where(Lock.resource_group_id == rpc.resource_group_id))]
+            if locks:
+                raise FrostpointError("BackUpOperationFailedV2",
+                                      f"lock(s) {', '.join(locks)} on the resource group "
+                                      "stop the deletion", {"locks": locks})
+            mid = m.id
+        deleted = 0
+        while True:
+            with self.rt.sessions.begin() as s:
+                rps = list(s.scalars(select(RestorePoint).where(
+                    RestorePoint.machine_id == mid,
+                    RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault"))).limit(batch)))
+                if not rps:
+                    break
+                for rp in rps:
+                    if rp.snapshot_dir:
+                        shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                    if rp.tier == "Snapshot and Vault":
+                        rp.tier, rp.snapshot_dir = "Vault", None
+                    else:
+                        s.delete(rp)
+                    deleted += 1
+        return {"machine": machine, "deleted": deleted}
+
     def cleanup_machine(self, machine_id: str, before_backup: bool = False) -> dict[str, Any]:
         """Drop expired instant restore points unless a lock stops it; enforce the 18."""
         now = utcnow()

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from frostpoint.agent.config import render as render_agent_config
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric.packages import Package, build_snapshot_package
+from frostpoint.fabric.packages import Package, build_packages
 from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
+from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
 from frostpoint.service.runtime import Runtime
 
@@ -44,7 +45,8 @@ def machine_spec(m: Machine) -> MachineSpec:
 class Machines:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.package: Package = build_snapshot_package(rt.data_dir / "packages")
+        self.packages: dict[str, Package] = build_packages(rt.data_dir / "packages")
+        self.package: Package = self.packages[SNAPSHOT_EXTENSION]
         self._token_cache: dict[str, tuple[str, float]] = {}
 
     # -- lookups -----------------------------------------------------------------
@@ -147,10 +149,9 @@ class Machines:
             m.agent_installed = True
             running = m.power_state == "Running"
         if running:
-            self.rt.sandbox.exec(name, ["sh", "-c",
-                                        "pkill -f frostpoint.agent.init; "
-                                        "pkill -f 'frostpoint.agent.main run'; true"])
-            self.rt.sandbox.start_init(name)
+            import sys
+            self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
+                                        "restart"])
         return self.show(name)
 
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
@@ -225,8 +226,9 @@ class Machines:
                 return '"gone"', {"incarnation": 0, "extensions": []}
             exts = [{"name": e.name, "version": e.version, "sequence": e.sequence,
                      "settings": e.settings, "state": "enabled",
-                     "package_path": self.package.url_path, "sha256": self.package.sha256}
-                    for e in m.extensions]
+                     "package_path": self.packages[e.name].url_path,
+                     "sha256": self.packages[e.name].sha256}
+                    for e in m.extensions if e.name in self.packages]
             return f'"{m.goal_state_incarnation}"', {
                 "incarnation": m.goal_state_incarnation, "machine": m.name,
                 "extensions": exts}
@@ -263,21 +265,25 @@ class Machines:
                 m.provisioning_state = "Failed" if failed else "Succeeded"
 
     def package_file(self, name: str, version: str) -> str | None:
-        if (name, version) == (self.package.name, self.package.version):
-            return str(self.package.path)
-        return None
+        p = self.packages.get(name)
+        return str(p.path) if p and p.version == version else None
 
-    def set_extension(self, machine_id: str, settings: dict[str, Any]) -> int:
-        """Put the snapshot extension in the goal state with new settings; returns seq."""
+    def set_extension(self, machine_id: str, settings: dict[str, Any],
+                      name: str = SNAPSHOT_EXTENSION) -> int:
+        """Put an extension in the goal state with new settings; returns its sequence."""
+        if name not in self.packages:
+            raise FrostpointError("NotFound", f"no extension named {name}; known: "
+                                  f"{', '.join(self.packages)}")
+        package = self.packages[name]
         with self.rt.sessions.begin() as s:
             m = s.get(Machine, machine_id)
-            assert m is not None
-            ext = next((e for e in m.extensions if e.name == self.package.name), None)
+            if m is None:
+                raise FrostpointError("NotFound", "machine is gone")
+            ext = next((e for e in m.extensions if e.name == name), None)
             if ext is None:
-                ext = Extension(name=self.package.name, version=self.package.version,
-                                sequence=0)
+                ext = Extension(name=name, version=package.version, sequence=0)
                 m.extensions.append(ext)
-            ext.version = self.package.version
+            ext.version = package.version
             ext.sequence += 1
             ext.settings = settings
             ext.status = {}

@@ -1,7 +1,7 @@
 """A vault in an Azure Blob Storage container (docs/vault-format.md, "Azure Blob layout").
 
-Each vault object is one block blob named `<prefix>/<object name>`; every Backend method
-is one native call. A blob upload is atomic (a single Put Blob, or staged blocks that
+Each vault object is one block blob named `<prefix>/<object name>`; each Backend method maps to
+one native operation. A blob upload is atomic (a single Put Blob, or staged blocks that
 become visible all at once with Put Block List), so readers see the old or the new
 blob, never part of one; Azure acknowledges a write only once it is durably stored.
 """
