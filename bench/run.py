@@ -36,6 +36,7 @@ from frostpoint.vault.format import BLOCK_SIZE
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from cpu import Contention, wait_quiet  # noqa: E402
 from service import MemoryProbe, Service  # noqa: E402
 
 from tools import ensure_installed, timed  # noqa: E402
@@ -55,15 +56,31 @@ def say(msg: str) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------
-def drop_caches() -> bool:
-    """sync; echo 3 > /proc/sys/vm/drop_caches — before every timed step, all tools."""
+QUIET_WAIT = 120.0  # --quiet-wait
+
+
+def prepare_step() -> dict[str, Any]:
+    """Before every timed step, all tools alike: sync, wait (bounded) until the other
+    processes on the machine leave the CPUs alone, then drop the page cache
+    (echo 3 > /proc/sys/vm/drop_caches)."""
+    os.sync()
+    quiet = wait_quiet(QUIET_WAIT) if QUIET_WAIT > 0 else {"waited_s": 0, "quiet": None}
+    if not quiet.get("quiet", True):
+        say(f"[yellow]  machine still busy ({quiet['busy_frac']:.0%} CPU) after "
+            f"{quiet['waited_s']:.0f} s; measuring anyway[/]")
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
+        quiet["cache_dropped"] = True
     except OSError as e:
         say(f"[yellow]cannot drop the page cache ({e}); timings are warm-cache[/]")
-        return False
+        quiet["cache_dropped"] = False
+    return quiet
+
+
+def busy_note(step: dict[str, Any]) -> str:
+    f = step["other_cpu_frac"]
+    return f" [yellow](other processes took {f:.0%} of the CPUs)[/]" if f >= 0.1 else ""
 
 
 def sha256(path: Path) -> str:
@@ -152,9 +169,9 @@ def machine_info(work: Path) -> dict[str, Any]:
 
 # -- the Frostpoint part -----------------------------------------------------------
 def fp_backup(svc: Service, label: str) -> dict[str, Any]:
-    cache = drop_caches()
+    prep = prepare_step()
     say(f"frostpoint: {label} backup")
-    with MemoryProbe(svc.pid) as mem:
+    with Contention(svc.pid) as cpu, MemoryProbe(svc.pid) as mem:
         job = svc.client.post("/backups", {"machine": MACHINE})
         job = svc.wait_job(job["id"])
     d = job.get("details") or {}
@@ -170,16 +187,17 @@ def fp_backup(svc: Service, label: str) -> dict[str, Any]:
            "transfer_subtask_s": subtask_s(job, "Transfer data to vault"),
            "snapshot_subtask_s": subtask_s(job, "Take Snapshot"),
            "freeze_ms": d.get("freeze_ms"), "consistency": d.get("consistency"),
-           "transfer": tr, "memory": mem.summary(), "cache_dropped": cache}
+           "transfer": tr, "memory": mem.summary(), "prepare": prep, **cpu.result()}
     say(f"  job {out['job_s']:.1f} s, transfer {tr['duration_s']:.1f} s, "
-        f"read {tr['bytes_read'] / MB:.0f} MB, peak RSS {mem.peak / MB:.0f} MB")
+        f"read {tr['bytes_read'] / MB:.0f} MB, peak RSS {mem.peak / MB:.0f} MB, "
+        f"{out['cpu_s']:.1f} CPU-s{busy_note(out)}")
     return out
 
 
 def fp_restore(svc: Service, rp: str, to: Path) -> dict[str, Any]:
-    cache = drop_caches()
+    prep = prepare_step()
     say("frostpoint: restore disks from the vault")
-    with MemoryProbe(svc.pid) as mem:
+    with Contention(svc.pid) as cpu, MemoryProbe(svc.pid) as mem:
         t0 = time.monotonic()
         job = svc.client.post("/restores/disks", {"restore_point": rp, "to": str(to),
                                                   "source": "vault"})
@@ -189,8 +207,10 @@ def fp_restore(svc: Service, rp: str, to: Path) -> dict[str, Any]:
         raise RuntimeError(f"restore ended {job['status']}: {json.dumps(job.get('error'))}")
     out = {"job_id": job["id"], "job_s": job["duration_s"],
            "restore_subtask_s": subtask_s(job, "Restore"), "client_wall_s": wall,
-           "image": str(to / f"{DISK}.img"), "memory": mem.summary(), "cache_dropped": cache}
-    say(f"  job {out['job_s']:.1f} s, peak RSS {mem.peak / MB:.0f} MB")
+           "image": str(to / f"{DISK}.img"), "memory": mem.summary(), "prepare": prep,
+           **cpu.result()}
+    say(f"  job {out['job_s']:.1f} s, peak RSS {mem.peak / MB:.0f} MB, "
+        f"{out['cpu_s']:.1f} CPU-s{busy_note(out)}")
     return out
 
 
@@ -203,13 +223,15 @@ def run_borg(work: Path, first: Path, second: Path) -> dict[str, Any]:
     timed(["borg", "init", "--encryption=repokey", str(repo)], env, logs / "borg-init")
     out: dict[str, Any] = {}
     for label, name, img in (("full", "full", first), ("incremental", "incr", second)):
-        drop_caches()
+        prep = prepare_step()
         say(f"borg: create {label}")
-        t = timed(["borg", "create", "--json", "--compression", "zstd,3",
-                   f"{repo}::{name}", str(img)], env, logs / f"borg-{name}")
+        with Contention() as cpu:
+            t = timed(["borg", "create", "--json", "--compression", "zstd,3",
+                       f"{repo}::{name}", str(img)], env, logs / f"borg-{name}")
         stats = json.loads(t.stdout).get("archive", {}).get("stats", {})
-        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "stats": stats}
-        say(f"  {t.seconds:.1f} s")
+        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "stats": stats, "prepare": prep,
+                      **cpu.result(t.cpu_s)}
+        say(f"  {t.seconds:.1f} s, {t.cpu_s:.1f} CPU-s{busy_note(out[label])}")
     out["repo_bytes"] = du(repo)
     return out
 
@@ -224,25 +246,29 @@ def run_restic(work: Path, first: Path, second: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"repo_version": json.loads(cfg.stdout).get("version")
                            if cfg.returncode == 0 else None}
     for label, img in (("full", first), ("incremental", second)):
-        drop_caches()
+        prep = prepare_step()
         say(f"restic: backup {label}")
-        t = timed(["restic", "backup", "--json", str(img)], env, logs / f"restic-{label}")
+        with Contention() as cpu:
+            t = timed(["restic", "backup", "--json", str(img)], env, logs / f"restic-{label}")
         summary = next((json.loads(ln) for ln in reversed(t.stdout.splitlines())
                         if '"message_type":"summary"' in ln), {})
-        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "summary": summary}
-        say(f"  {t.seconds:.1f} s")
+        out[label] = {"s": t.seconds, "max_rss": t.max_rss, "summary": summary,
+                      "prepare": prep, **cpu.result(t.cpu_s)}
+        say(f"  {t.seconds:.1f} s, {t.cpu_s:.1f} CPU-s{busy_note(out[label])}")
     target = work / "restore-restic"
-    drop_caches()
+    prep = prepare_step()
     say("restic: restore latest")
-    t = timed(["restic", "restore", "latest", "--target", str(target)], env,
-              logs / "restic-restore")
-    t1 = time.monotonic()
-    os.sync()  # Frostpoint's restore fsyncs the image before the job ends; so do we
-    sync_s = time.monotonic() - t1
+    with Contention() as cpu:
+        t = timed(["restic", "restore", "latest", "--target", str(target)], env,
+                  logs / "restic-restore")
+        t1 = time.monotonic()
+        os.sync()  # Frostpoint's restore fsyncs the image before the job ends; so do we
+        sync_s = time.monotonic() - t1
     out["restore"] = {"s": t.seconds + sync_s, "command_s": t.seconds, "sync_s": sync_s,
-                      "max_rss": t.max_rss,
-                      "image": str(target / str(second).lstrip("/"))}
-    say(f"  {t.seconds:.1f} s + sync {sync_s:.1f} s")
+                      "max_rss": t.max_rss, "image": str(target / str(second).lstrip("/")),
+                      "prepare": prep, **cpu.result(t.cpu_s)}
+    say(f"  {t.seconds:.1f} s + sync {sync_s:.1f} s, {t.cpu_s:.1f} CPU-s"
+        f"{busy_note(out['restore'])}")
     out["repo_bytes"] = du(repo)
     return out
 
@@ -328,7 +354,21 @@ def one_run(work_root: Path, n: int) -> dict[str, Any]:
             "storage": {"frostpoint_vault_bytes": vault_bytes,
                         "borg_repo_bytes": borg["repo_bytes"],
                         "restic_repo_bytes": restic["repo_bytes"]},
-            "verified": verified, "cache_dropped": full["cache_dropped"]}
+            "verified": verified, **step_conditions(
+                {"frostpoint full": full, "frostpoint incremental": incr,
+                 "frostpoint restore": restore, "borg full": borg["full"],
+                 "borg incremental": borg["incremental"], "restic full": restic["full"],
+                 "restic incremental": restic["incremental"],
+                 "restic restore": restic["restore"]})}
+
+
+def step_conditions(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Were the timed steps measured alike and undisturbed?"""
+    busiest = max(steps, key=lambda k: steps[k]["other_cpu_frac"])
+    return {"cache_dropped": all(st["prepare"]["cache_dropped"] for st in steps.values()),
+            "quiet_wait_s": round(sum(st["prepare"]["waited_s"] for st in steps.values()), 1),
+            "max_other_cpu_frac": steps[busiest]["other_cpu_frac"],
+            "busiest_step": busiest}
 
 
 # -- summary and report -------------------------------------------------------------
@@ -351,6 +391,15 @@ FIGURES = {
     "restic_full_s": ("restic", "full", "s"),
     "restic_incr_s": ("restic", "incremental", "s"),
     "restic_restore_s": ("restic", "restore", "s"),
+    "fp_full_cpu_s": ("frostpoint", "full", "cpu_s"),
+    "fp_incr_cpu_s": ("frostpoint", "incremental", "cpu_s"),
+    "fp_restore_cpu_s": ("frostpoint", "restore", "cpu_s"),
+    "borg_full_cpu_s": ("borg", "full", "cpu_s"),
+    "borg_incr_cpu_s": ("borg", "incremental", "cpu_s"),
+    "restic_full_cpu_s": ("restic", "full", "cpu_s"),
+    "restic_incr_cpu_s": ("restic", "incremental", "cpu_s"),
+    "restic_restore_cpu_s": ("restic", "restore", "cpu_s"),
+    "max_other_cpu_frac": ("max_other_cpu_frac",),
     "changed_bytes": ("change", "changed_bytes"),
     "change_written_bytes": ("change", "bytes_written"),
     "changed_vault_blocks": ("change", "changed_vault_blocks"),
@@ -409,6 +458,16 @@ def report(res: dict[str, Any], out: Console) -> None:
               f"{m['restore_vs_restic']:.3f} vs restic{spread('restore_vs_restic')}")
     out.print(t)
 
+    tc = Table(title="CPU seconds (user + system) of each step: what contention cannot inflate")
+    for col in ("step", "frostpoint", "borg", "restic"):
+        tc.add_column(col, justify="left" if col == "step" else "right")
+    tc.add_row("full backup", s(m["fp_full_cpu_s"]), s(m["borg_full_cpu_s"]),
+               s(m["restic_full_cpu_s"]))
+    tc.add_row("incremental backup", s(m["fp_incr_cpu_s"]), s(m["borg_incr_cpu_s"]),
+               s(m["restic_incr_cpu_s"]))
+    tc.add_row("restore", s(m["fp_restore_cpu_s"]), "—", s(m["restic_restore_cpu_s"]))
+    out.print(tc)
+
     t2 = Table(title="targets (issue)")
     for col in ("what", "measured", "target", "met"):
         t2.add_column(col, justify="left" if col == "what" else "right")
@@ -432,6 +491,10 @@ def report(res: dict[str, Any], out: Console) -> None:
               f"borg {m['borg_repo_bytes'] / MB:.0f} MB, "
               f"restic {m['restic_repo_bytes'] / MB:.0f} MB; restored images identical to "
               f"the snapshot: {'yes' if res['verified'] else 'NO'}")
+    busy = res["max_other_cpu_frac"]
+    out.print(f"contention: other processes took at most {busy:.0%} of the CPUs during a "
+              f"timed step" + (" [yellow]— a shared machine: wall times are noisy, compare "
+                               "CPU seconds[/]" if busy >= 0.1 else ""))
 
 
 def source_fingerprint() -> dict[str, Any]:
@@ -455,15 +518,20 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def main() -> int:
+    global QUIET_WAIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "1")),
                     help="repeat the whole benchmark, each on fresh state, and report "
                          "medians (default 1, or $BENCH_RUNS)")
+    ap.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
+                    help="before each timed step wait up to this many seconds for other "
+                         "processes to leave the CPUs alone (0: do not wait)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--work-dir", default=os.environ.get("FROSTPOINT_BENCH_DIR", "/var/tmp"),
                     help="where the temporary data dir and repositories go (a disk, not "
                          "tmpfs; default /var/tmp or $FROSTPOINT_BENCH_DIR)")
     args = ap.parse_args()
+    QUIET_WAIT = args.quiet_wait
     if os.geteuid() != 0:
         print("bench/run.py needs root (sandbox machines, loop devices, drop_caches)",
               file=sys.stderr)
@@ -493,6 +561,7 @@ def main() -> int:
                                         "restore_vs_restic")},
         "verified": all(all(r["verified"].values()) for r in runs),
         "cache_dropped_before_each_step": all(r["cache_dropped"] for r in runs),
+        "max_other_cpu_frac": max(r["max_other_cpu_frac"] for r in runs),
         "summary": summary, "runs": runs,
     }
 

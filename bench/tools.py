@@ -39,6 +39,7 @@ def versions() -> dict[str, str]:
 class Timed:
     seconds: float
     max_rss: int  # bytes, of the command (ru_maxrss of its process)
+    cpu_s: float  # user + system CPU seconds of the command
     stdout: str
     stderr: str
 
@@ -56,4 +57,4 @@ def timed(argv: list[str], env: dict[str, str], log: Path) -> Timed:
     stderr = err_path.read_text(errors="replace")
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}):\n{stderr[-3000:]}")
-    return Timed(seconds, ru.ru_maxrss * 1024, stdout, stderr)
+    return Timed(seconds, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime, stdout, stderr)

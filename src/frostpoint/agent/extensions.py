@@ -46,6 +46,8 @@ class ExtensionHandler:
         self.report = report
         self.root = Path(GUEST_LIB)
         self.busy: dict[str, threading.Thread] = {}
+        self.latest: dict[str, dict[str, Any]] = {}  # newest goal per extension
+        self.lock = threading.Lock()
 
     def ext_dir(self, name: str, version: str) -> Path:
         return self.root / f"{name}-{version}"
@@ -53,11 +55,13 @@ class ExtensionHandler:
     def apply(self, extensions: list[dict[str, Any]]) -> None:
         wanted = {e["name"] for e in extensions}
         for ext in extensions:
-            t = self.busy.get(ext["name"])
-            if t and t.is_alive():
-                continue  # the running operation reports on its own; next poll picks up
-            t = threading.Thread(target=self._handle_safely, args=(ext,), daemon=True)
-            self.busy[ext["name"]] = t
+            with self.lock:
+                self.latest[ext["name"]] = ext
+                t = self.busy.get(ext["name"])
+                if t and t.is_alive():
+                    continue  # the running worker takes the newest goal when it is done
+                t = threading.Thread(target=self._worker, args=(ext["name"],), daemon=True)
+                self.busy[ext["name"]] = t
             t.start()
         for d in self.root.glob("*-*"):
             manifest = d / "HandlerManifest.json"
@@ -65,11 +69,24 @@ class ExtensionHandler:
                 name = json.loads(manifest.read_text()).get("name")
                 if name and name not in wanted and not self._running(name):
                     log.info("extension %s removed from goal state: uninstalling", name)
+                    self.latest.pop(name, None)
                     shutil.rmtree(d, ignore_errors=True)
 
     def _running(self, name: str) -> bool:
         t = self.busy.get(name)
         return bool(t and t.is_alive())
+
+    def _worker(self, name: str) -> None:
+        """Handle the newest goal of one extension until no newer one is waiting."""
+        done: int | None = None
+        while True:
+            with self.lock:
+                ext = self.latest.get(name)
+                if ext is None or ext["sequence"] == done:
+                    self.busy.pop(name, None)
+                    return
+            self._handle_safely(ext)
+            done = ext["sequence"]
 
     def _handle_safely(self, ext: dict[str, Any]) -> None:
         try:

@@ -61,14 +61,17 @@ class Agent:
 
     def heartbeat_loop(self) -> None:
         while not self.stop.is_set():
-            thaw_leftovers()  # a freezer that died hard leaves a marker; never stay frozen
+            try:
+                thaw_leftovers()  # a freezer that died hard leaves a marker
+            except Exception:  # noqa: BLE001
+                log.exception("thawing leftovers")
             body = {"version": __version__, "status": "Ready",
                     "extensions_enabled": self.cfg.flag("Extensions.Enabled"),
                     **guest_facts()}
             try:
                 self.wire.post("/machine/heartbeat", json=body).raise_for_status()
                 log.debug("heartbeat sent")
-            except httpx.HTTPError as e:
+            except Exception as e:  # noqa: BLE001 - the heartbeat must never stop
                 log.warning("heartbeat failed: %s", e)
             self.stop.wait(self.cfg.heartbeat_seconds)
 

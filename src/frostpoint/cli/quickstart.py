@@ -8,8 +8,10 @@ byte for byte. Running it again starts over with a fresh `demo`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,9 +94,11 @@ def ensure_service(quiet: bool) -> Client:
     _say(quiet, f"starting frostpoint server (data {data_dir()}, log {log})")
     listen = service_url().removeprefix("http://")
     with open(log, "ab") as f:
-        subprocess.Popen([sys.executable, "-m", "frostpoint.cli.main", "server",
-                          "--data-dir", str(data_dir()), "--listen", listen],
-                         stdout=f, stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "frostpoint.cli.main", "server",
+                                 "--data-dir", str(data_dir()), "--listen", listen],
+                                stdout=f, stderr=f, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    (data_dir() / "quickstart-server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -193,15 +197,30 @@ def run_down() -> dict[str, Any]:
     removed = []
     try:
         c = Client()
-        for m in c.get("/machines"):
-            c.delete(f"/machines/{m['name']}")
-            removed.append(m["name"])
+        if any(m["name"] == MACHINE for m in c.get("/machines")):
+            c.delete(f"/machines/{MACHINE}")
+            removed.append(MACHINE)
+        others = [m["name"] for m in c.get("/machines")]
     except ApiError:
-        pass
-    subprocess.run(["pkill", "-f", f"frostpoint.cli.main server --data-dir {data_dir()}"],
-                   check=False)
-    time.sleep(1)
-    teardown_host(data_dir())
+        others = []
+    pidfile = data_dir() / "quickstart-server.pid"
+    if others:  # other machines are the user's: leave the service and fabric running
+        return {"ok": True, "removed_machines": removed,
+                "summary": f"removed {MACHINE}; service left running for "
+                           f"{', '.join(others)}"}
+    stopped = pidfile.exists()
+    if stopped:  # stop the service only if the quickstart started it
+        pid = int(pidfile.read_text())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        pidfile.unlink()
+        teardown_host(data_dir())
     os.sync()
+    what = "service stopped, fabric released" if stopped else (
+        "service left running (the quickstart did not start it)")
     return {"ok": True, "removed_machines": removed,
-            "summary": f"removed {', '.join(removed) or 'nothing'}; service stopped"}
+            "summary": f"removed {', '.join(removed) or 'nothing'}; {what}"}

@@ -67,7 +67,7 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           "The backup service has no access to the key of an encrypted disk.",
           ["The key vault holding the disk's key does not grant get/unwrap to the "
            "backup service."],
-          ["frostpoint keyvault grant KEYVAULT --to backup-service",
+          ["Grant the backup service get/unwrap on the disk's key in its key vault",
            "frostpoint backup now {machine} --wait"]),
     _spec("ExtensionSnapshotFailedNoNetwork", "user", True,
           "Inside the machine the fabric's host endpoint cannot be reached.",
@@ -82,7 +82,7 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "The host refused the snapshot request.",
            "The extension was killed from outside (security software)."],
           ["frostpoint job show JOB",
-           "frostpoint vm extension remove {machine} FrostpointSnapshot",
+           "frostpoint vm extension remove {machine} Frostpoint.Backup.Snapshot",
            "frostpoint backup now {machine} --wait"]),
     _spec("BackUpOperationFailed", "internal", True,
           "The backup failed because of an internal error.",

@@ -35,6 +35,7 @@ class Freezer:
         self.limit = limit
         self.ioctl_limit = ioctl_limit
         self.frozen: list[str] = []
+        self.late: list[tuple[threading.Thread, str]] = []  # FIFREEZE still running
         self.lock = threading.Lock()
 
     def _freeze_one(self, mount: str) -> str | None:
@@ -56,8 +57,8 @@ class Freezer:
         t.start()
         t.join(self.ioctl_limit)
         if t.is_alive():
-            # The ioctl may still succeed later: thaw it as soon as it does.
-            threading.Thread(target=lambda: (t.join(), thaw(mount)), daemon=True).start()
+            # The ioctl may still succeed later: thaw_all waits for it and thaws.
+            self.late.append((t, mount))
             return f"freeze did not finish within {self.ioctl_limit:.1f} s"
         return result[0]
 
@@ -76,6 +77,10 @@ class Freezer:
             for m in reversed(self.frozen):
                 thaw(m)
             self.frozen.clear()
+            for t, m in self.late:
+                t.join(self.ioctl_limit * 3)
+                thaw(m)
+            self.late.clear()
         remove_marker()
 
 

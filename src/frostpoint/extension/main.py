@@ -71,6 +71,17 @@ class Extension:
             self.warnings.append({"code": e.code, "message": e.message})
             return False
 
+    def run_post_script(self, cfg: ScriptConfig) -> None:
+        """After the snapshot, a failed post-script cannot unmake it: a warning."""
+        if not cfg.post:
+            return
+        try:
+            run_script("Post", cfg.post, cfg.post_params, cfg.post_retries, cfg.timeout)
+            self.log("post-script ok")
+        except ScriptError as e:
+            self.log(f"post-script failed: {e.code} {e.message}")
+            self.warnings.append({"code": e.code, "message": e.message})
+
     def snapshot(self) -> None:
         self.status("transitioning", message="starting")
         try:
@@ -120,6 +131,14 @@ class Extension:
                 pass
             thawed = freezer.stdout.readline().split()
             freezer.wait()
+            if not thawed:
+                # The watchdog died (SIGKILL) without thawing: thaw from its marker now.
+                from frostpoint.agent.frozen import thaw_leftovers
+                self.log(f"freeze watchdog died ({freezer.returncode}); thawed "
+                         f"{thaw_leftovers()}")
+                self.warnings.append({"code": "UserErrorFsFreezeFailed",
+                                      "message": "the freeze watchdog died; the extension "
+                                                 "thawed the mounts itself"})
             if thawed and thawed[0] == "THAWED":
                 freeze_ms = float(thawed[1])
                 if thawed[2] == "timer":
@@ -131,7 +150,7 @@ class Extension:
             code = ("ExtensionSnapshotFailedNoNetwork" if host_error[0] == 0
                     else "ExtensionOperationFailedForManagedDisks")
             self.fail(code, f"host snapshot request failed: {host_error[1]}")
-        self.run_scripts("Post", cfg)  # a failed post-script is a warning at most
+        self.run_post_script(cfg)
         consistency = "FileSystemConsistent" if freeze else "CrashConsistent"
         if cfg.pre and pre_ok:
             consistency = "ApplicationConsistent"

@@ -5,14 +5,17 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frostpoint import __version__
 from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
+from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
@@ -93,10 +96,19 @@ def create_app(svc: Services) -> FastAPI:
     async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
         return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_req: Request, e: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": error_dict("InvalidInput", str(e.detail))},
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {401: "Unauthorized", 404: "NotFound", 409: "Conflict"}.get(
+            e.status_code, "InvalidInput")
+        return JSONResponse({"error": error_dict(code, str(e.detail))},
                             status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_req: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}"
+                             for x in e.errors())
+        return JSONResponse({"error": error_dict("InvalidInput", problems)},
+                            status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(_req: Request, e: Exception) -> JSONResponse:
@@ -172,6 +184,9 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.put("/machines/{name}/extensions/{ext}", dependencies=r)
     def set_extension(name: str, ext: str, body: dict[str, Any]) -> dict[str, Any]:
+        if ext == SNAPSHOT_EXTENSION:
+            raise FrostpointError("InvalidInput", "the snapshot extension is driven by "
+                                  "backups; use frostpoint backup now")
         mid = svc.machines.show(name)["id"]
         svc.machines.set_extension(mid, body.get("settings", {}), ext)
         return svc.machines.show(name)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.errors.catalog import CATALOG, FrostpointError
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.machines import Machines
@@ -45,6 +45,8 @@ class Backups:
     # -- starting ------------------------------------------------------------------
     def start(self, machine: str, trigger: str = "OnDemand",
               retain_days: int | None = None) -> dict[str, Any]:
+        if retain_days is not None and not 1 <= retain_days <= 36500:
+            raise FrostpointError("InvalidInput", "--retain-days must be 1-36500")
         with self.rt.sessions() as s:
             m = Machines.get(s, machine)
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
@@ -77,6 +79,10 @@ class Backups:
             job = s.get(Job, job_id)
             if job is None or job.machine_id is None:
                 return
+            snap_dir = (job.details.get("snapshot") or {}).get("dir")
+            if snap_dir and not s.scalar(select(RestorePoint.id).where(
+                    RestorePoint.job_id == job_id)):
+                shutil.rmtree(snap_dir, ignore_errors=True)  # no restore point uses it
             item = s.scalar(select(ProtectedItem)
                             .where(ProtectedItem.machine_id == job.machine_id))
             if item is None:
@@ -121,7 +127,14 @@ class Backups:
             consistency = status.get("consistency", "CrashConsistent")
             freeze_ms = status.get("freezeMs")
             warnings += status.get("warnings", [])
-            snap = status.get("snapshot") or {}
+            # The host recorded where it put the snapshot; never trust a guest's path.
+            with self.rt.sessions() as s:
+                j = s.get(Job, job_id)
+                snap = dict((j.details if j else {}).get("snapshot") or {})
+            if not snap.get("dir"):
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      "the extension reported success but the host took "
+                                      "no snapshot", {"extension_status": status})
         else:
             snap = self.machines.snapshot_disks(machine, job_id, images)
             consistency, freeze_ms = "CrashConsistent", None
@@ -245,7 +258,9 @@ class Backups:
             if st.get("status") == "success":
                 return st
             if st.get("status") == "error":
-                code = st.get("code") or "ExtensionOperationFailedForManagedDisks"
+                code = st.get("code")
+                if code not in CATALOG:  # a guest may say anything; keep our catalog
+                    code = "ExtensionOperationFailedForManagedDisks"
                 raise FrostpointError(code, st.get("message") or "extension failed",
                                       {"extension_status": st})
             if st.get("status") == "transitioning" and not seen_transitioning:
@@ -274,6 +289,11 @@ class Backups:
                 return {"machine": machine, "deleted": 0}
             locks = [lk.name for lk in s.scalars(
                 select(Lock).where(Lock.resource_group_id == rpc.resource_group_id))]
+            running = s.scalar(select(Job.id).where(Job.active_slot == m.id))
+            if running:
+                raise FrostpointError("UserErrorBackupOperationInProgress",
+                                      f"backup {running} of {machine} is running; wait or "
+                                      "cancel it first", {"running_job": running})
             if locks:
                 raise FrostpointError("BackUpOperationFailedV2",
                                       f"lock(s) {', '.join(locks)} on the resource group "

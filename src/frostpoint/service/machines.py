@@ -281,7 +281,10 @@ class Machines:
                 raise FrostpointError("NotFound", "machine is gone")
             ext = next((e for e in m.extensions if e.name == name), None)
             if ext is None:
-                ext = Extension(name=name, version=package.version, sequence=0)
+                # Sequence numbers only grow, even across remove and add again, so an
+                # agent that kept the old folder never takes a new one for done.
+                ext = Extension(name=name, version=package.version,
+                                sequence=m.goal_state_incarnation)
                 m.extensions.append(ext)
             ext.version = package.version
             ext.sequence += 1

@@ -54,6 +54,8 @@ class Restores:
             return rp
 
     def _source(self, rp: RestorePoint, source: str) -> str:
+        if source not in ("auto", "instant", "vault"):
+            raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
         instant = rp.tier != "Vault" and rp.snapshot_dir and Path(rp.snapshot_dir).exists()
         in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
         if source == "instant" and not instant:
@@ -152,7 +154,10 @@ class Restores:
                       source: str = "auto") -> dict[str, Any]:
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             dname = disk or rp.disks[0]["name"]
-            fs = next(d["filesystem"] for d in rp.disks if d["name"] == dname)
+            fs = next((d["filesystem"] for d in rp.disks if d["name"] == dname), None)
+            if fs is None:
+                raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {dname}",
+                                      {"disks": [d["name"] for d in rp.disks]})
             work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.pool.root))
             image, mnt = work / f"{dname}.img", work / "mnt"
             mnt.mkdir()
