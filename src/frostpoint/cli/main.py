@@ -279,9 +279,15 @@ def doctor(machine: str, fix: bool = typer.Option(False, "--fix", help="Apply sa
 # -- vaults, policies, protection ------------------------------------------------------
 @vault.command("create")
 @api
-def vault_create(name: str, location: str = typer.Option(None, help="Folder (local)."),
+def vault_create(name: str,
+                 location: str = typer.Option(
+                     None, help="Folder (local), or azure://CONTAINER[/PREFIX]"
+                     "[?connection_string_env=VAR] (azure)."),
+                 backend: str = typer.Option("local", help="local | azure"),
                  as_json: bool = JSON) -> None:
-    emit(Client().post("/vaults", {"name": name, "location": location}), as_json)
+    """Create a vault. Azure reads the connection string from the service's env."""
+    emit(Client().post("/vaults", {"name": name, "location": location,
+                                   "backend": backend}), as_json)
 
 
 @vault.command("list")

@@ -49,6 +49,7 @@ class ExecIn(BaseModel):
 class VaultIn(BaseModel):
     name: str
     location: str | None = None
+    backend: str = "local"
 
 
 class PolicyIn(BaseModel):
@@ -199,7 +200,7 @@ def create_app(svc: Services) -> FastAPI:
     # vaults, policies, protection
     @app.post("/vaults", dependencies=r)
     def create_vault(body: VaultIn) -> dict[str, Any]:
-        return svc.protection.create_vault(body.name, body.location)
+        return svc.protection.create_vault(body.name, body.location, body.backend)
 
     @app.get("/vaults", dependencies=r)
     def list_vaults() -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ from frostpoint.service.models import (
     Vault,
 )
 from frostpoint.service.runtime import Runtime
-from frostpoint.vault.backend import LocalBackend
+from frostpoint.vault.azure import AzureBlobBackend
+from frostpoint.vault.backend import Backend, LocalBackend
 from frostpoint.vault.store import Vault as VaultStore
 
 TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -41,17 +42,38 @@ class Protection:
         self._stores: dict[str, VaultStore] = {}
 
     # -- vaults --------------------------------------------------------------------
-    def create_vault(self, name: str, location: str | None = None) -> dict[str, Any]:
+    @staticmethod
+    def _backend(kind: str, location: str) -> Backend:
+        if kind == "local":
+            Path(location).mkdir(parents=True, exist_ok=True)
+            return LocalBackend(Path(location))
+        if kind == "azure":
+            try:
+                return AzureBlobBackend.from_url(location)
+            except ValueError as e:
+                raise FrostpointError("InvalidInput", str(e)) from None
+        raise FrostpointError("InvalidInput", f"vault backend {kind!r} is local or azure")
+
+    def create_vault(self, name: str, location: str | None = None,
+                     backend: str = "local") -> dict[str, Any]:
+        if backend == "azure" and not location:
+            raise FrostpointError("InvalidInput", "an Azure vault needs --location "
+                                  "azure://CONTAINER[/PREFIX][?connection_string_env=VAR]")
+        location = location or str(self.rt.data_dir / "vaults" / name)
+        store_backend = self._backend(backend, location)
         with self.rt.sessions.begin() as s:
             if s.scalar(select(Vault).where(Vault.name == name)):
                 raise FrostpointError("Conflict", f"vault {name} already exists")
-            path = Path(location) if location else self.rt.data_dir / "vaults" / name
-            v = Vault(name=name, backend="local", location=str(path))
+            v = Vault(name=name, backend=backend, location=location)
             s.add(v)
             s.flush()
             vid = v.id
-        path.mkdir(parents=True, exist_ok=True)
-        self._stores[vid] = VaultStore.create(LocalBackend(path), self.rt.vault_key(vid, True))
+        try:
+            self._stores[vid] = VaultStore.create(store_backend, self.rt.vault_key(vid, True))
+        except Exception:
+            with self.rt.sessions.begin() as s:
+                s.delete(s.get(Vault, vid))
+            raise
         return self.describe_vault(vid)
 
     def store(self, vault_id: str) -> VaultStore:
@@ -59,8 +81,8 @@ class Protection:
             with self.rt.sessions() as s:
                 v = s.get(Vault, vault_id)
                 assert v is not None
-                location = v.location
-            self._stores[vault_id] = VaultStore.open(LocalBackend(Path(location)),
+                kind, location = v.backend, v.location
+            self._stores[vault_id] = VaultStore.open(self._backend(kind, location),
                                                      self.rt.vault_key(vault_id))
         return self._stores[vault_id]
 
