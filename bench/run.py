@@ -121,24 +121,30 @@ def allocated(path: Path) -> int:
         os.close(fd)
 
 
-def image_diff(a: Path, b: Path, block: int = BLOCK_SIZE, page: int = 4096) -> dict[str, int]:
+def image_diff(a: Path, b: Path, block: int = BLOCK_SIZE, page: int = 4096) -> dict[str, Any]:
     """What really changed between two snapshots of the disk: 4 KiB pages that differ
-    (filesystem blocks, metadata and journal included), and the vault blocks holding
-    them, i.e. what a perfect changed-block tracker would have to read."""
-    pages = blocks = 0
+    (files, metadata and journal), and the vault blocks holding them, i.e. what a perfect
+    changed-block tracker has to read. `read_floor_bytes` gives that least read for
+    other block sizes too, to show what the vault's block size costs."""
+    pages: list[int] = []
     with open(a, "rb") as fa, open(b, "rb") as fb:
+        base = 0
         while True:
             x, y = fa.read(block), fb.read(block)
             if not x and not y:
                 break
-            if x == y:
-                continue
-            blocks += 1
-            for off in range(0, max(len(x), len(y)), page):
-                if x[off:off + page] != y[off:off + page]:
-                    pages += 1
-    return {"changed_bytes": pages * page, "changed_pages": pages,
-            "changed_vault_blocks": blocks, "changed_vault_block_bytes": blocks * block}
+            if x != y:
+                for off in range(0, max(len(x), len(y)), page):
+                    if x[off:off + page] != y[off:off + page]:
+                        pages.append(base + off)
+            base += block
+    floors = {(f"{g >> 20}MiB" if g >= 1 << 20 else f"{g >> 10}KiB"):
+              len({p // g for p in pages}) * g
+              for g in (64 << 10, 256 << 10, 1 << 20, block)}
+    blocks = len({p // block for p in pages})
+    return {"changed_bytes": len(pages) * page, "changed_pages": len(pages),
+            "changed_vault_blocks": blocks, "changed_vault_block_bytes": blocks * block,
+            "read_floor_bytes": floors}
 
 
 def when(ts: str | None) -> datetime | None:
@@ -273,6 +279,21 @@ def run_restic(work: Path, first: Path, second: Path) -> dict[str, Any]:
     return out
 
 
+def cleanup(svc: Service, work: Path) -> None:
+    """Machine, service, namespaces, loop devices, pool mount, temp dirs; signals are
+    ignored meanwhile so that a second Ctrl-C cannot leave half of it behind."""
+    say("cleaning up (machine, service, namespaces, loop devices, pool, temp dirs)")
+    old = {sig: signal.signal(sig, signal.SIG_IGN)
+           for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        svc.teardown()
+        shutil.rmtree(work, ignore_errors=True)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    say("  cleaned up")
+
+
 # -- one run ----------------------------------------------------------------------
 def one_run(work_root: Path, n: int) -> dict[str, Any]:
     """Service, machine, dataset, the three Frostpoint steps, borg, restic; cleans up
@@ -326,17 +347,16 @@ def one_run(work_root: Path, n: int) -> dict[str, Any]:
         if not all(verified.values()):
             say(f"[red]a restored image differs from the snapshot: {verified}[/]")
     except BaseException as e:
-        say(f"[red]run {n} failed: {type(e).__name__}: {e}[/]")
-        tail = svc.log_tail()
-        if tail:
-            err.print("[dim]server log (tail):[/]\n" + tail[-2000:], markup=False)
-        say("cleaning up")
-        svc.teardown()
-        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            say(f"[red]run {n} interrupted[/]")
+        else:
+            say(f"[red]run {n} failed: {type(e).__name__}: {e}[/]")
+            tail = svc.log_tail()
+            if tail:
+                err.print("server log (tail):\n" + tail[-2000:], markup=False)
+        cleanup(svc, work)
         raise
-    say("cleaning up (machine, service, namespaces, loop devices, pool, temp dirs)")
-    svc.teardown()
-    shutil.rmtree(work, ignore_errors=True)
+    cleanup(svc, work)
 
     ratios = {
         "full_vs_borg": ratio(full["transfer_s"], borg["full"]["s"]),
@@ -487,6 +507,10 @@ def report(res: dict[str, Any], out: Console) -> None:
         f"{m['changed_vault_blocks']} of the vault's 4 MiB blocks "
         f"({m['changed_vault_blocks'] * BLOCK_SIZE / MB:.0f} MB: the least a block-level "
         f"incremental can read); frostpoint read {m['fp_incr_bytes_read'] / MB:.1f} MB")
+    floors = res["runs"][0]["change"]["read_floor_bytes"]
+    out.print("least read for a block-level incremental by block size (run 1): " + ", ".join(
+        f"{k} {v / MB:.0f} MB ({v / res['runs'][0]['change']['changed_bytes']:.1f}x)"
+        for k, v in floors.items()))
     out.print(f"stored: frostpoint vault {m['vault_bytes'] / MB:.0f} MB, "
               f"borg {m['borg_repo_bytes'] / MB:.0f} MB, "
               f"restic {m['restic_repo_bytes'] / MB:.0f} MB; restored images identical to "

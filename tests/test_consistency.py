@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -93,13 +92,6 @@ def test_failing_pre_script_without_continue_fails_the_backup(service: Service) 
     assert service.backup(m)["status"] == "Completed"
 
 
-def _pids(service: Service, machine: str, pattern: str) -> list[int]:
-    """PIDs in that machine only (machines share the host's PID numbers)."""
-    out = service.exec(machine, f"{sys.executable} -c 'from frostpoint.agent import procs; "
-                                f"print(*procs.find(\"{pattern}\"))'")
-    return [int(p) for p in out.split()]
-
-
 def _writable(service: Service, m: str) -> bool:
     r = service.client.post(f"/machines/{m}/exec", {"argv": [
         "timeout", "1", "sh", "-c", "echo probe > /mnt/data/probe && sync /mnt/data/probe"]})
@@ -120,7 +112,9 @@ def test_kill_9_extension_while_frozen_thaws_and_fails_the_job(service: Service)
     assert marker.exists(), "the freeze never started"
     time.sleep(0.3)
     assert not _writable(service, m), "the data disk should be frozen now"
-    ext = _pids(service, m, "frostpoint-snapshot enable")
+    # The agent records the pid of the extension run it is waiting for.
+    ext = [int(p.read_text()) for p in service.guest_file(m, "lib").glob(
+        "Frostpoint.Backup.Snapshot-*/status/*.pid")]
     assert ext, "the snapshot extension is not running"
     killed_at = time.monotonic()
     for pid in ext:

@@ -135,7 +135,17 @@ class ExtensionHandler:
         os.replace(tmp, d)
         manifest = json.loads((d / "HandlerManifest.json").read_text())
         if manifest.get("install"):
-            self._exec(manifest["install"], d, {}, float(manifest.get("timeoutSeconds", 300)))
+            limit = float(manifest.get("timeoutSeconds", 300))
+            proc = self._exec(manifest["install"], d, self._env({**ext, "sequence": 0}, d),
+                              limit)
+            try:
+                rc = proc.wait(limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise RuntimeError(f"install did not finish in {limit:.0f} s") from None
+            if rc != 0:
+                raise RuntimeError(f"install exited with {rc}")
 
     def _env(self, ext: dict[str, Any], d: Path) -> dict[str, str]:
         log_dir = Path(GUEST_LOG) / ext["name"]
@@ -168,6 +178,16 @@ class ExtensionHandler:
             return self._status(ext, "error", "GuestAgentSnapshotTaskStatusError",
                                 f"cannot execute the extension: {e}", errno=e.errno,
                                 path=str(d))
+        # Which process runs which sequence: for the doctor, collect-logs and operators.
+        pid_file = d / "status" / f"{ext['sequence']}.pid"
+        pid_file.write_text(str(proc.pid))
+        try:
+            return self._wait(ext, which, proc, status_file, timeout)
+        finally:
+            pid_file.unlink(missing_ok=True)
+
+    def _wait(self, ext: dict[str, Any], which: str, proc: subprocess.Popen[bytes],
+              status_file: Path, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last_seen = None
         while proc.poll() is None:
