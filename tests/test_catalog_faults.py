@@ -39,7 +39,7 @@ def failed_with(service: Service, code: str) -> dict[str, Any]:
 def succeeds(service: Service) -> None:
     service.wait_agent_ready(M, timeout=40)
     job = service.backup(M)
-    assert job["status"] in ("Completed", "CompletedWithWarnings"), job
+    assert job["status"] in ("Completed", "CompletedWithWarnings"), job.get("error")
 
 
 @pytest.fixture(scope="module", autouse=True)

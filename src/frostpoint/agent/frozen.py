@@ -19,9 +19,21 @@ FITHAW = 0xC0045878
 log = logging.getLogger("frostpoint.agent")
 
 
+def _start_time(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot): pid plus this names it uniquely.
+
+    Read from /proc/PID/stat, which never waits on the process's memory, unlike
+    /proc/PID/cmdline (that read can stall or come back empty during a freeze)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def write_marker(pid: int, mounts: list[str]) -> None:
     tmp = MARKER.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "mounts": mounts}))
+    tmp.write_text(json.dumps({"pid": pid, "start": _start_time(pid), "mounts": mounts}))
     os.replace(tmp, MARKER)
 
 
@@ -41,12 +53,8 @@ def thaw(mount: str) -> bool:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/cmdline").read_bytes().find(b"freezer") >= 0
+def _alive(pid: int, start: str | None) -> bool:
+    return start is not None and _start_time(pid) == start
 
 
 def thaw_leftovers() -> list[str]:
@@ -58,7 +66,7 @@ def thaw_leftovers() -> list[str]:
     except (OSError, ValueError):
         remove_marker()
         return []
-    if _alive(int(data.get("pid", 0))):
+    if _alive(int(data.get("pid", 0)), data.get("start")):
         return []
     thawed = [m for m in reversed(data.get("mounts", [])) if thaw(m)]
     if thawed:
