@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from frostpoint.errors.catalog import FrostpointError
 
 MASTER_KEY_SIZE = 32
+SAMPLE = 64 * 1024
 NONCE_SIZE = 12
 TAG_SIZE = 16
 ZSTD_LEVEL = 3
@@ -69,7 +70,14 @@ class VaultKeys:
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """nonce(12) || AES-256-GCM(flag(1) || payload) with tag; payload zstd'd if smaller."""
-        compressed = self._cctx().compress(plaintext)
+        # Random-looking data (media, encrypted files) does not shrink: a 64 KiB sample
+        # tells, and saves compressing megabytes for nothing.
+        sample = plaintext[:SAMPLE]
+        if len(plaintext) > 4 * SAMPLE and len(self._cctx().compress(sample)) > (
+                len(sample) * 0.98):
+            compressed = plaintext
+        else:
+            compressed = self._cctx().compress(plaintext)
         if len(compressed) < len(plaintext):
             body = bytes((FLAG_ZSTD,)) + compressed
         else:

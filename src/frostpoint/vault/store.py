@@ -9,6 +9,7 @@ moment leaves either a complete restore point or none.
 from __future__ import annotations
 
 import os
+import queue
 import random
 import secrets
 import threading
@@ -102,6 +103,15 @@ class _PackWriter:
     def __init__(self, vault: Vault, stats: BackupStats) -> None:
         self._vault = vault
         self._stats = stats
+        # Packs are uploaded by one background thread, so reading and sealing go on
+        # while a pack is written; at most one pack waits (bounded memory).
+        self._uploads: queue.Queue[tuple[str, bytes, list[fmt.IndexEntry]] | None] = (
+            queue.Queue(maxsize=1))
+        self._uploading: dict[bytes, None] = {}
+        self._error: BaseException | None = None
+        self._uploader = threading.Thread(target=self._upload_loop, name="vault-upload",
+                                          daemon=True)
+        self._uploader.start()
         self._new_pack()
 
     def _new_pack(self) -> None:
@@ -114,7 +124,7 @@ class _PackWriter:
         self.pending: dict[bytes, None] = {}
 
     def knows(self, cid: bytes) -> bool:
-        return cid in self._vault._index or cid in self.pending
+        return cid in self._vault._index or cid in self.pending or cid in self._uploading
 
     def add(self, cid: bytes, sealed: bytes | None) -> None:
         if self.knows(cid):
@@ -131,23 +141,55 @@ class _PackWriter:
         self._stats.chunks_new += 1
 
     def flush(self) -> None:
+        """Hand the current pack to the uploader (waits while one is still queued)."""
+        if self._error is not None:
+            raise self._error
         if not self.parts:
             return
-        v = self._vault
-        pack_obj = fmt.pack_name(self.pack_id)
         data = b"".join(self.parts)
         self.parts = []
-        # 1. the pack, durable. Until its index exists nobody will read it.
-        v.backend.put(pack_obj, data)
-        # 2. its index: from now on later backups dedup against these chunks.
-        index_blob = v._keys.seal(fmt.encode_index(self.entries),
-                                  fmt.index_aad(self.pack_id))
-        v.backend.put(fmt.index_name(self.pack_id), index_blob)
-        # Index before pending is cleared, so a concurrent `knows` never misses.
-        for cid, off, length in self.entries:
-            v._index.setdefault(cid, (pack_obj, off, length))
-        self._stats.bytes_stored += len(data)
+        self._uploading.update(self.pending)
+        self._uploads.put((self.pack_id, data, self.entries))
         self._new_pack()
+
+    def finish(self) -> None:
+        """Flush the last pack and wait until every pack and index is durable."""
+        try:
+            self.flush()
+        finally:
+            self._uploads.put(None)
+            self._uploader.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop uploading (a queued pack is dropped: it was never indexed)."""
+        if self._uploader.is_alive():
+            if self._error is None:
+                self._error = RuntimeError("backup aborted")
+            self._uploads.put(None)
+            self._uploader.join()
+
+    def _upload_loop(self) -> None:
+        v = self._vault
+        while (item := self._uploads.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the backup fails; nothing more is written
+            pack_id, data, entries = item
+            try:
+                pack_obj = fmt.pack_name(pack_id)
+                # 1. the pack, durable. Until its index exists nobody will read it.
+                v.backend.put(pack_obj, data)
+                # 2. its index: from now on later backups dedup against these chunks.
+                v.backend.put(fmt.index_name(pack_id), v._keys.seal(
+                    fmt.encode_index(entries), fmt.index_aad(pack_id)))
+                # Index before uploading is cleared, so a concurrent `knows` never misses.
+                for cid, off, length in entries:
+                    v._index.setdefault(cid, (pack_obj, off, length))
+                    self._uploading.pop(cid, None)
+                self._stats.bytes_stored += len(data)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the backup's thread
+                self._error = e
 
 
 class Vault:
@@ -318,6 +360,7 @@ class Vault:
             t0 = time.monotonic()
             stats = BackupStats()
             fds: dict[str, int] = {}
+            writer: _PackWriter | None = None
             pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vault-seal")
             try:
                 sizes: dict[str, int] = {}
@@ -339,7 +382,11 @@ class Vault:
                     manifest_disks[name] = {"size": sizes[name],
                                             "block_size": self.config.block_size,
                                             "blocks": blocks}
-                writer.flush()
+                writer.finish()
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
             finally:
                 # On error/cancel: drop queued work, wait for running workers.
                 pool.shutdown(wait=True, cancel_futures=True)
