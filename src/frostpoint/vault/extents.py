@@ -60,6 +60,47 @@ class Block(Enum):
     HOLE = "hole"  # no data: zeros without reading
     SAME = "same"  # same physical extents as the previous snapshot: reuse its chunk
     READ = "read"  # must be read
+    PATCH = "patch"  # partly changed: previous chunk + only the changed ranges read
+
+
+Ranges = list[tuple[int, int, bool]]  # (start, end, read?) relative to the block; else zero
+
+
+def _lookup(exts: tuple[tuple[int, ...], ...], pos: int) -> tuple[int, int, int] | None:
+    """(physical address, flags, end of the extent) at block offset pos, or None."""
+    for rel, phys, length, flags in exts:
+        if rel <= pos < rel + length:
+            return phys + (pos - rel), flags, rel + length
+    return None
+
+
+def changed_ranges(cur: tuple[tuple[int, ...], ...], prev: tuple[tuple[int, ...], ...],
+                   n: int) -> Ranges:
+    """The ranges of a block whose bytes may differ from the previous snapshot's.
+
+    A range mapped to the same physical place in both holds the same bytes; a range
+    that is a hole now reads as zeros; everything else must be read.
+    """
+    cuts = {0, n}
+    for rel, _p, length, _f in (*cur, *prev):
+        cuts.update((min(rel, n), min(rel + length, n)))
+    edges = sorted(cuts)
+    out: Ranges = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        c, p = _lookup(cur, a), _lookup(prev, a)
+        if c is None:
+            kind: bool | None = None if p is None else False  # hole now: zeros
+        elif p is not None and c[0] == p[0] and c[1] == p[1]:
+            kind = None  # same place, same bytes
+        else:
+            kind = True
+        if kind is None:
+            continue
+        if out and out[-1][1] == a and out[-1][2] == kind:
+            out[-1] = (out[-1][0], b, kind)
+        else:
+            out.append((a, b, kind))
+    return out
 
 
 def _per_block(extents: list[Extent], size: int, bs: int) -> list[tuple[tuple[int, ...], ...]]:
@@ -82,11 +123,13 @@ def _per_block(extents: list[Extent], size: int, bs: int) -> list[tuple[tuple[in
     return [tuple(b) for b in blocks]
 
 
-def plan(current_fd: int, size: int, bs: int, previous_fd: int | None = None
-         ) -> tuple[list[Block], str]:
+def plan(current_fd: int, size: int, bs: int, previous_fd: int | None = None,
+         patches: dict[int, Ranges] | None = None) -> tuple[list[Block], str]:
     """What to do with each block of the current snapshot, and how it was decided.
 
     Without a previous snapshot (or without FIEMAP) every block with data is read.
+    For PATCH blocks, `patches` receives the ranges to read (or zero) over the
+    previous chunk.
     """
     nblocks = -(-size // bs)
     try:
@@ -109,11 +152,19 @@ def plan(current_fd: int, size: int, bs: int, previous_fd: int | None = None
         exts = cur[i]
         if not exts:
             out.append(Block.HOLE)
-        elif (prev is not None and exts == prev[i]
-              and not any(x[3] & UNTRUSTED for x in exts)):
+        elif prev is None or any(x[3] & UNTRUSTED for x in (*exts, *prev[i])):
+            out.append(Block.READ)
+        elif exts == prev[i]:
             out.append(Block.SAME)
         else:
-            out.append(Block.READ)
+            n = min(bs, size - i * bs)
+            ranges = changed_ranges(exts, prev[i], n)
+            to_read = sum(b - a for a, b, read in ranges if read)
+            if patches is not None and to_read <= n // 2:
+                patches[i] = ranges
+                out.append(Block.PATCH)
+            else:
+                out.append(Block.READ)
     return out, note
 
 

@@ -14,7 +14,7 @@ from frostpoint.errors.catalog import FrostpointError
 FORMAT_NAME = "frostpoint-vault"
 FORMAT_VERSION = 1
 BLOCK_SIZE = 4 * 1024 * 1024
-DEFAULT_PACK_TARGET = 32 * 1024 * 1024
+DEFAULT_PACK_TARGET = 16 * 1024 * 1024  # three in flight at most: bounded memory
 CHUNK_ID_SIZE = 32
 
 CONFIG = "config"

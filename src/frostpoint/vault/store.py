@@ -48,6 +48,7 @@ class BackupStats:
     bytes_stored: int = 0     # sealed chunk bytes written to packs
     blocks_unchanged: int = 0  # same extents as the previous snapshot: not read
     blocks_hole: int = 0      # holes in the image: not read
+    blocks_patched: int = 0   # partly changed: previous chunk + changed ranges read
     duration_s: float = 0.0
     cbt: dict[str, str] = field(default_factory=dict)  # disk -> how blocks were chosen
 
@@ -116,7 +117,7 @@ class _PackWriter:
 
     def _new_pack(self) -> None:
         self.pack_id = secrets.token_hex(16)
-        self.parts: list[bytes] = []
+        self.buf = bytearray()  # the pack being filled; one copy of each sealed chunk
         self.entries: list[fmt.IndexEntry] = []
         self.size = 0
         # Chunks in the unflushed pack: known for dedup within this backup, but not
@@ -135,7 +136,7 @@ class _PackWriter:
         if self.size and self.size + len(sealed) > self._vault.config.pack_target_size:
             self.flush()
         self.entries.append((cid, self.size, len(sealed)))
-        self.parts.append(sealed)
+        self.buf += sealed
         self.pending[cid] = None
         self.size += len(sealed)
         self._stats.chunks_new += 1
@@ -144,12 +145,11 @@ class _PackWriter:
         """Hand the current pack to the uploader (waits while one is still queued)."""
         if self._error is not None:
             raise self._error
-        if not self.parts:
+        if not self.buf:
             return
-        data = b"".join(self.parts)
-        self.parts = []
         self._uploading.update(self.pending)
-        self._uploads.put((self.pack_id, data, self.entries))
+        # bytearray is bytes-like for every backend; no second copy of the pack.
+        self._uploads.put((self.pack_id, self.buf, self.entries))  # type: ignore[arg-type]
         self._new_pack()
 
     def finish(self) -> None:
@@ -441,6 +441,34 @@ class Vault:
             return None
         return fd, list(disk["blocks"])
 
+    def _prepare_patch(self, writer: _PackWriter, fd: int, off: int, n: int,
+                       prev_cid: bytes | None, ranges: extents.Ranges,
+                       disk: str) -> tuple[bytes, bytes | None]:
+        """A partly changed block: the previous chunk (zeros if it had none), with only
+        what changed read from the disk and holes zeroed. Runs in the pool."""
+        try:
+            base = bytes(n) if prev_cid is None else self._read_chunk(
+                prev_cid, {"disk": disk, "offset": off})
+        except FrostpointError:
+            base = b""  # a damaged previous chunk: never build on it, read the block
+        if len(base) != n:
+            base = os.pread(fd, n, off)  # layout changed: read it all
+        else:
+            buf = bytearray(base)
+            for a, b, read in ranges:
+                if read:
+                    part = os.pread(fd, b - a, off + a)
+                    if len(part) != b - a:
+                        raise FrostpointError("BackUpOperationFailed",
+                                              f"disk {disk} shrank while it was read")
+                    buf[a:b] = part
+                else:
+                    buf[a:b] = bytes(b - a)
+            base = bytes(buf)
+        if base == bytes(n):
+            return b"", None  # became all zeros: recorded as a zero block
+        return self._prepare(writer, base)
+
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
                      progress: Progress | None,
@@ -451,8 +479,9 @@ class Vault:
         nblocks = -(-size // bs)
         blocks: list[str | None] = [None] * nblocks
         stats.blocks_total += nblocks
+        patches: dict[int, extents.Ranges] = {}
         try:
-            plan, note = extents.plan(fd, size, bs, prev[0] if prev else None)
+            plan, note = extents.plan(fd, size, bs, prev[0] if prev else None, patches)
         finally:
             if prev:
                 os.close(prev[0])
@@ -469,8 +498,11 @@ class Vault:
             i, n, read, fut = inflight.popleft()
             if fut is not None:
                 cid, sealed = fut.result()
-                writer.add(cid, sealed)
-                blocks[i] = cid.hex()
+                if cid == b"":  # a patched block that became all zeros
+                    stats.zero_blocks += 1
+                else:
+                    writer.add(cid, sealed)
+                    blocks[i] = cid.hex()
             stats.bytes_read += read
             stats.bytes_scanned += n
             if progress is not None:
@@ -497,6 +529,17 @@ class Vault:
                     blocks[i] = h
                     inflight.append((i, n, 0, None))
                     continue
+            prev_cid = bytes.fromhex(prev_blocks[i]) if prev_blocks and prev_blocks[
+                i] is not None else None
+            if plan[i] is extents.Block.PATCH and (prev_cid is None or prev_cid in self._index):
+                ranges = patches[i]
+                read = sum(b - a for a, b, r in ranges if r)
+                stats.blocks_patched += 1
+                inflight.append((i, n, read, pool.submit(
+                    self._prepare_patch, writer, fd, off, n, prev_cid, ranges, name)))
+                while len(inflight) > limit:
+                    drain_one()
+                continue
             data = os.pread(fd, n, off)
             if len(data) != n:
                 raise FrostpointError("BackUpOperationFailed",
