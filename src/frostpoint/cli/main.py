@@ -31,6 +31,8 @@ for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "p
                   (lock, "lock")):
     app.add_typer(sub, name=name)
 agent = typer.Typer(no_args_is_help=True, help="The guest agent of a machine.")
+disk_cmd = typer.Typer(no_args_is_help=True, help="Disks of a machine.")
+vm.add_typer(disk_cmd, name="disk")
 vm.add_typer(ext, name="extension")
 vm.add_typer(agent, name="agent")
 
@@ -216,6 +218,13 @@ def ext_set(machine: str, name: str,
 @api
 def ext_remove(machine: str, name: str, as_json: bool = JSON) -> None:
     emit(Client().delete(f"/machines/{machine}/extensions/{name}"), as_json)
+
+
+@disk_cmd.command("delete")
+@api
+def disk_delete(machine: str, disk: str, as_json: bool = JSON) -> None:
+    """Detach a disk from MACHINE and delete it."""
+    emit(Client().delete(f"/machines/{machine}/disks/{disk}"), as_json)
 
 
 @agent.command("restart")

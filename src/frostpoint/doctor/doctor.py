@@ -13,13 +13,14 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION
-from frostpoint.service.backup import MAX_INSTANT_RPS
+from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import Machines
 from frostpoint.service.models import (
@@ -30,6 +31,7 @@ from frostpoint.service.models import (
     RestorePointCollection,
     utcnow,
 )
+from frostpoint.service.models import Vault as VaultRow
 from frostpoint.service.services import Services
 
 
@@ -70,7 +72,9 @@ class Doctor:
         out += self._extensions(name, info)
         if running and info["agent"]["installed"]:
             out += self._in_guest(name)
+        out += self._disks(name, info)
         out += self._restore_points(name, mid)
+        out += self._vault(mid)
         out += self._jobs(name, mid)
         return out
 
@@ -184,6 +188,41 @@ class Doctor:
                                                         "open-port"),
                                args={k: f[k] for k in ("mount", "port") if k in f}))
         return out
+
+    def _disks(self, name: str, info: dict[str, Any]) -> list[Finding]:
+        out = []
+        for d in info["disks"]:
+            limit = MAX_ENCRYPTED_DISK if d["encrypted"] else MAX_DISK
+            if d["size_bytes"] > limit:
+                out.append(Finding(f"disk.{d['name']}", "fail",
+                                   f"disk {d['name']} is {d['size_bytes'] / 2**40:.1f} TiB, "
+                                   f"above the {limit / 2**40:.0f} TiB limit",
+                                   "UserErrorUnsupportedDiskSize",
+                                   ["split the data over smaller disks",
+                                    f"frostpoint vm disk delete {name} {d['name']}"]))
+            elif not Path(self.rt.pool.disk_path(name, d["name"])).exists():
+                out.append(Finding(f"disk.{d['name']}", "fail",
+                                   f"disk {d['name']}'s image is gone from the pool",
+                                   "UserErrorCrpReportedUserError",
+                                   [f"frostpoint vm disk delete {name} {d['name']}"]))
+        return out or [Finding("disks", "pass", f"{len(info['disks'])} disk(s) within limits")]
+
+    def _vault(self, mid: str) -> list[Finding]:
+        with self.rt.sessions() as s:
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == mid))
+            vault = s.get(VaultRow, item.vault_id) if item else None
+            if vault is None:
+                return []
+            vid, vname = vault.id, vault.name
+        try:
+            store = self.svc.protection.store(vid)
+            store.backend.put("probe/doctor", b"probe")
+            store.backend.delete("probe/doctor")
+            return [Finding("vault", "pass", f"vault {vname} is writable")]
+        except Exception as e:  # noqa: BLE001 - any storage fault is the finding
+            return [Finding("vault", "fail", f"vault {vname} cannot be written: {e}",
+                            "BackUpOperationFailed",
+                            [f"fix the vault's storage, then frostpoint vault verify {vname}"])]
 
     # -- restore points, locks, jobs ---------------------------------------------------
     def _restore_points(self, name: str, mid: str) -> list[Finding]:

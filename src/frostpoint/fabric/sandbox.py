@@ -170,12 +170,12 @@ class Sandbox:
             run(["umount", str(nsfile)], check=False)
         nsfile.unlink(missing_ok=True)
         for disk in spec.disks:
-            self._detach_loops(disk.image_path)
+            self.detach_loops(disk.image_path)
         if release_network:
             self.network.detach_machine(spec.name)
 
     @staticmethod
-    def _detach_loops(image: Path) -> None:
+    def detach_loops(image: Path) -> None:
         out = run(["losetup", "-j", str(image)], check=False).stdout.decode()
         for line in out.splitlines():
             run(["losetup", "-d", line.split(":", 1)[0]], check=False)

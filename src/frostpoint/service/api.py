@@ -163,6 +163,10 @@ def create_app(svc: Services) -> FastAPI:
     def exec_machine(name: str, body: ExecIn) -> dict[str, Any]:
         return svc.machines.exec(name, body.argv, body.timeout)
 
+    @app.delete("/machines/{name}/disks/{disk}", dependencies=r)
+    def delete_disk(name: str, disk: str) -> dict[str, Any]:
+        return svc.machines.delete_disk(name, disk)
+
     @app.post("/machines/{name}/agent/restart", dependencies=r)
     def agent_restart(name: str) -> dict[str, Any]:
         return svc.machines.agent_restart(name)

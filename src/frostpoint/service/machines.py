@@ -120,6 +120,33 @@ class Machines:
             self.get(s, name).power_state = "Running"
         return self.show(name)
 
+    def delete_disk(self, name: str, disk: str) -> dict[str, Any]:
+        """Detach a data disk and delete it (the machine keeps running)."""
+        with self.rt.sessions.begin() as s:
+            m = self.get(s, name)
+            d = next((x for x in m.disks if x.name == disk), None)
+            if d is None:
+                raise FrostpointError("NotFound", f"machine {name} has no disk {disk}")
+            if len(m.disks) == 1:
+                raise FrostpointError("InvalidInput", "a machine keeps at least one disk")
+            m.provisioning_state = "Updating"
+            image, mountpoint, running = Path(d.image_path), d.mountpoint, (
+                m.power_state == "Running")
+        try:
+            if running and self.rt.sandbox.mntns_file(name).exists():
+                self.rt.sandbox.exec(name, ["sh", "-c", f"fsfreeze -u {mountpoint} 2>/dev/null;"
+                                            f" umount {mountpoint}; rmdir {mountpoint}; true"])
+            self.rt.sandbox.detach_loops(image)
+            image.unlink(missing_ok=True)
+        finally:
+            with self.rt.sessions.begin() as s:
+                m = self.get(s, name)
+                d = next((x for x in m.disks if x.name == disk), None)
+                if d is not None:
+                    m.disks.remove(d)
+                m.provisioning_state = "Succeeded"
+        return self.show(name)
+
     def agent_restart(self, name: str) -> dict[str, Any]:
         """Restart the guest agent (its supervisor too, if that gave up or is gone)."""
         import sys
@@ -333,6 +360,16 @@ class Machines:
     def snapshot_disks(self, machine: str, snapshot_id: str,
                        disks: list[tuple[str, Path]]) -> dict[str, Any]:
         t0 = time.monotonic()
+        missing = [d for d, image in disks if not image.exists()]
+        if missing:
+            # The platform cannot snapshot a disk it does not have: a user-caused refusal.
+            raise FrostpointError(
+                "UserErrorCrpReportedUserError",
+                f"the platform refused the snapshot: disk(s) {', '.join(missing)} of "
+                f"{machine} are detached or gone",
+                {"inner_error": {"code": "DiskNotFound", "disks": missing,
+                                 "fix": [f"frostpoint vm disk delete {machine} {d}"
+                                         for d in missing]}})
         target = self.rt.pool.snapshot_dir(machine, snapshot_id)
         target.mkdir(parents=True, exist_ok=True)
         for dname, image in disks:
