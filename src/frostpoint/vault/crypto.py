@@ -7,6 +7,7 @@ id key (which decides dedup) and the encryption key never share material.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 
 import blake3
@@ -28,6 +29,14 @@ ZSTD_LEVEL = 3
 # does not leak compressibility in clear).
 FLAG_RAW = 0x00
 FLAG_ZSTD = 0x01
+# Chunks: independent zstd frames of 256 KiB, each "raw length, stored length, bytes"
+# (stored raw when zstd does not shrink it). A partly changed block recompresses only
+# the frames that changed and copies the others from the previous chunk.
+FLAG_FRAMES = 0x02
+FRAME = 256 * 1024
+_FRAME_HEAD = struct.Struct("<II")
+
+Frame = tuple[int, bytes, bytes]  # raw length, stored bytes, plaintext
 
 _INFO_ID = b"frostpoint-vault v1 id-key"
 _INFO_ENC = b"frostpoint-vault v1 enc-key"
@@ -82,26 +91,92 @@ class VaultKeys:
             body = bytes((FLAG_ZSTD,)) + compressed
         else:
             body = bytes((FLAG_RAW,)) + plaintext
+        return self._seal_body(body, aad)
+
+    def _compressible(self, plaintext: bytes) -> bool:
+        sample = plaintext[:SAMPLE]
+        return len(plaintext) <= 4 * SAMPLE or len(self._cctx().compress(sample)) <= (
+            len(sample) * 0.98)
+
+    def _frame(self, raw: bytes | bytearray) -> bytes:
+        c = self._cctx().compress(raw)
+        stored = c if len(c) < len(raw) else bytes(raw)
+        return _FRAME_HEAD.pack(len(raw), len(stored)) + stored
+
+    def seal_chunk(self, plaintext: bytes, aad: bytes,
+                   reuse: dict[int, bytes] | None = None) -> bytes:
+        """Seal a block: framed zstd (or raw when it does not compress).
+
+        reuse maps a frame index to its already encoded frame (from the previous chunk)
+        for frames whose bytes did not change."""
+        if not self._compressible(plaintext):
+            return self._seal_body(bytes((FLAG_RAW,)) + plaintext, aad)
+        parts = [bytes((FLAG_FRAMES,))]
+        for n, start in enumerate(range(0, len(plaintext), FRAME)):
+            hit = reuse.get(n) if reuse else None
+            parts.append(hit if hit is not None else self._frame(
+                plaintext[start:start + FRAME]))
+        body = b"".join(parts)
+        if len(body) > len(plaintext):
+            body = bytes((FLAG_RAW,)) + plaintext
+        return self._seal_body(body, aad)
+
+    def _seal_body(self, body: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, body, aad)
 
-    def open_sealed(self, blob: bytes, aad: bytes) -> bytes:
-        """Inverse of seal. Any damage, wrong key or wrong aad -> VaultDataCorrupt."""
+    def open_frames(self, blob: bytes, aad: bytes) -> list[bytes] | tuple[bytes, list[Frame]]:
+        """Open a chunk keeping its frames: (plaintext, frames), or [plaintext] when the
+        chunk is not framed. Damage -> VaultDataCorrupt."""
+        body = self._open_body(blob, aad)
+        if body[0] != FLAG_FRAMES:
+            return [self._decode(body)]
+        frames = self._frames(memoryview(body)[1:])
+        return b"".join(f[2] for f in frames), frames
+
+    def _frames(self, view: memoryview) -> list[Frame]:
+        out: list[Frame] = []
+        pos = 0
+        try:
+            while pos < len(view):
+                raw_len, stored_len = _FRAME_HEAD.unpack_from(view, pos)
+                end = pos + _FRAME_HEAD.size + stored_len
+                stored = bytes(view[pos + _FRAME_HEAD.size:end])
+                if len(stored) != stored_len or raw_len > FRAME:
+                    raise ValueError("frame overruns the chunk")
+                plain = stored if stored_len == raw_len else self._dctx().decompress(
+                    stored, max_output_size=raw_len)
+                if len(plain) != raw_len:
+                    raise ValueError("frame has the wrong length")
+                out.append((raw_len, bytes(view[pos:end]), plain))
+                pos = end
+        except (struct.error, ValueError, zstandard.ZstdError) as e:
+            raise FrostpointError("VaultDataCorrupt", f"chunk frames are damaged: {e}") from None
+        return out
+
+    def _open_body(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE + 1:
             raise FrostpointError("VaultDataCorrupt", "sealed object is truncated")
         try:
-            body = self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
+            return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
         except InvalidTag:
             raise FrostpointError(
                 "VaultDataCorrupt", "sealed object failed authentication") from None
+
+    def _decode(self, body: bytes) -> bytes:
         flag, payload = body[0], body[1:]
         if flag == FLAG_RAW:
             return payload
+        if flag == FLAG_FRAMES:
+            return b"".join(f[2] for f in self._frames(memoryview(body)[1:]))
         if flag == FLAG_ZSTD:
             try:
                 return self._dctx().decompress(payload, max_output_size=_MAX_PLAINTEXT)
             except zstandard.ZstdError as e:
-                # Authenticated but undecodable: written by a broken writer.
                 raise FrostpointError(
                     "VaultDataCorrupt", f"sealed object does not decompress: {e}") from None
         raise FrostpointError("VaultDataCorrupt", f"unknown seal flag {flag:#x}")
+
+    def open_sealed(self, blob: bytes, aad: bytes) -> bytes:
+        """Inverse of seal and seal_chunk. Damage, wrong key or aad -> VaultDataCorrupt."""
+        return self._decode(self._open_body(blob, aad))

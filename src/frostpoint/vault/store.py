@@ -26,7 +26,7 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import extents
 from frostpoint.vault import format as fmt
 from frostpoint.vault.backend import Backend
-from frostpoint.vault.crypto import VaultKeys
+from frostpoint.vault.crypto import FRAME, Frame, VaultKeys
 
 Progress = Callable[[int, int], None]
 
@@ -416,7 +416,7 @@ class Vault:
         cid = self._keys.chunk_id(data)
         if writer.knows(cid):
             return cid, None
-        return cid, self._keys.seal(data, fmt.chunk_aad(cid))
+        return cid, self._keys.seal_chunk(data, fmt.chunk_aad(cid))
 
     def _previous_blocks(self, name: str, size: int,
                          previous: Mapping[str, tuple[Path, str]] | None,
@@ -441,33 +441,51 @@ class Vault:
             return None
         return fd, list(disk["blocks"])
 
+    def _previous_frames(self, cid: bytes) -> tuple[bytes, list[Frame] | None]:
+        """The previous chunk's plaintext and encoded frames; checked against its id."""
+        loc = self._index[cid]
+        blob = self.backend.get_range(loc[0], loc[1], loc[2])
+        opened = self._keys.open_frames(blob, fmt.chunk_aad(cid))
+        plain, frames = (opened[0], None) if isinstance(opened, list) else opened
+        if self._keys.chunk_id(plain) != cid:
+            raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} does not match")
+        return plain, frames
+
     def _prepare_patch(self, writer: _PackWriter, fd: int, off: int, n: int,
                        prev_cid: bytes | None, ranges: extents.Ranges,
                        disk: str) -> tuple[bytes, bytes | None]:
         """A partly changed block: the previous chunk (zeros if it had none), with only
-        what changed read from the disk and holes zeroed. Runs in the pool."""
+        what changed read from the disk and holes zeroed; only the frames that changed
+        are compressed again. Runs in the pool."""
+        frames: list[Frame] | None = None
         try:
-            base = bytes(n) if prev_cid is None else self._read_chunk(
-                prev_cid, {"disk": disk, "offset": off})
-        except FrostpointError:
+            base = bytes(n) if prev_cid is None else None
+            if base is None:
+                base, frames = self._previous_frames(prev_cid)  # type: ignore[arg-type]
+        except (FrostpointError, FileNotFoundError, KeyError):
             base = b""  # a damaged previous chunk: never build on it, read the block
         if len(base) != n:
-            base = os.pread(fd, n, off)  # layout changed: read it all
-        else:
-            buf = bytearray(base)
-            for a, b, read in ranges:
-                if read:
-                    part = os.pread(fd, b - a, off + a)
-                    if len(part) != b - a:
-                        raise FrostpointError("BackUpOperationFailed",
-                                              f"disk {disk} shrank while it was read")
-                    buf[a:b] = part
-                else:
-                    buf[a:b] = bytes(b - a)
-            base = bytes(buf)
-        if base == bytes(n):
+            return self._prepare(writer, os.pread(fd, n, off))  # layout changed
+        buf = bytearray(base)
+        touched: set[int] = set()
+        for a, b, read in ranges:
+            if read:
+                part = os.pread(fd, b - a, off + a)
+                if len(part) != b - a:
+                    raise FrostpointError("BackUpOperationFailed",
+                                          f"disk {disk} shrank while it was read")
+                buf[a:b] = part
+            else:
+                buf[a:b] = bytes(b - a)
+            touched.update(range(a // FRAME, (b - 1) // FRAME + 1))
+        data = bytes(buf)
+        if data == bytes(n):
             return b"", None  # became all zeros: recorded as a zero block
-        return self._prepare(writer, base)
+        cid = self._keys.chunk_id(data)
+        if writer.knows(cid):
+            return cid, None
+        reuse = {k: f[1] for k, f in enumerate(frames or []) if k not in touched}
+        return cid, self._keys.seal_chunk(data, fmt.chunk_aad(cid), reuse)
 
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
