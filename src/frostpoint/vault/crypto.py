@@ -29,11 +29,11 @@ ZSTD_LEVEL = 3
 # does not leak compressibility in clear).
 FLAG_RAW = 0x00
 FLAG_ZSTD = 0x01
-# Chunks: independent zstd frames of 256 KiB, each "raw length, stored length, bytes"
+# Chunks: independent zstd frames of 1 MiB, each "raw length, stored length, bytes"
 # (stored raw when zstd does not shrink it). A partly changed block recompresses only
 # the frames that changed and copies the others from the previous chunk.
 FLAG_FRAMES = 0x02
-FRAME = 256 * 1024
+FRAME = 1024 * 1024
 _FRAME_HEAD = struct.Struct("<II")
 
 Frame = tuple[int, bytes, bytes]  # raw length, stored bytes, plaintext
