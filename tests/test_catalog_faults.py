@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +225,111 @@ def test_eighteen_restore_points_and_a_lock_give_collection_limit(service: Servi
     p = service.cli("restore", "disks", first, "--to", "/tmp/fp-none", "--source",
                     "instant", "--json", check=False)
     assert json.loads(p.stdout)["error"]["code"] == "UserErrorInstantRpNotFound"
+
+
+def test_disk_over_the_size_limit_gives_unsupported_disk_size(service: Service) -> None:
+    service.client.post("/machines", {"name": "big", "disks": [
+        {"name": "data", "size": "64M"}, {"name": "huge", "size": "33T",
+                                          "filesystem": "xfs"}]})
+    vault = service.client.get("/vaults")[0]["name"]
+    policy = service.client.get("/policies")[0]["name"]
+    service.client.post("/protection/enable", {"machine": "big", "vault": vault,
+                                               "policy": policy})
+    job = service.backup("big")
+    assert job["status"] == "Failed" and job["error"]["code"] == "UserErrorUnsupportedDiskSize"
+    report = json.loads(service.cli("doctor", "big", "--json", check=False).stdout)
+    assert "UserErrorUnsupportedDiskSize" in codes_found(report)
+    service.cli_json("vm", "disk", "delete", "big", "huge")  # split: the data moves away
+    service.wait_agent_ready("big")
+    assert service.backup("big")["status"] == "Completed"
+    service.client.delete("/machines/big")
+
+
+def test_disk_gone_from_the_platform_gives_crp_reported_user_error(service: Service) -> None:
+    name = "extra"
+    # A second disk, then its image vanishes from the pool (detached out of band).
+    c = service.client
+    c.post("/machines", {"name": "crp", "disks": [{"name": "data", "size": "32M"},
+                                                  {"name": name, "size": "32M"}]})
+    c.post("/protection/enable", {"machine": "crp", "vault": c.get("/vaults")[0]["name"],
+                                  "policy": c.get("/policies")[0]["name"]})
+    service.wait_agent_ready("crp")
+    image = service.data_dir / "pool" / "disks" / "crp" / f"{name}.img"
+    image.unlink()
+    job = service.backup("crp")
+    assert job["status"] == "Failed", job
+    err = job["error"]
+    assert err["code"] == "UserErrorCrpReportedUserError"
+    assert err["details"]["inner_error"]["code"] == "DiskNotFound"
+    report = json.loads(service.cli("doctor", "crp", "--json", check=False).stdout)
+    assert "UserErrorCrpReportedUserError" in codes_found(report)
+    service.cli_json("vm", "disk", "delete", "crp", name)  # what the inner error says
+    assert service.backup("crp")["status"] == "Completed"
+    c.delete("/machines/crp")
+
+
+def test_vault_storage_fault_gives_backup_operation_failed(service: Service) -> None:
+    vault = Path(service.client.get("/vaults")[0]["location"])
+    service.exec(M, "head -c 3000000 /dev/urandom > /mnt/data/new-data.bin")
+    subprocess.run(["chattr", "-R", "+i", str(vault)], check=True)
+    try:
+        job = service.backup(M)
+        # The snapshot stands (an instant restore point); the transfer failed.
+        assert job["status"] == "CompletedWithWarnings", job
+        assert [w["code"] for w in job["warnings"]] == ["BackUpOperationFailed"]
+        report = doctor(service)
+        assert "BackUpOperationFailed" in codes_found(report)
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(vault)], check=True)
+    assert service.backup(M)["status"] == "Completed"
+    assert service.cli_json("vault", "verify", service.client.get("/vaults")[0]["name"])["ok"]
+
+
+def test_machine_without_agent_needs_an_install(service: Service) -> None:
+    c = service.client
+    service.cli_json("vm", "create", "noagent", "--disk", "data:32M", "--no-agent")
+    c.post("/protection/enable", {"machine": "noagent", "vault": c.get("/vaults")[0]["name"],
+                                  "policy": c.get("/policies")[0]["name"]})
+    job = service.backup("noagent")
+    assert job["error"]["code"] == "UserErrorGuestAgentStatusUnavailable"
+    report = json.loads(service.cli("doctor", "noagent", "--json", check=False).stdout)
+    found = next(f for f in report["findings"] if f["check"] == "agent.installed")
+    assert found["status"] == "fail" and "agent install" in found["fix"][0]
+    service.cli("doctor", "noagent", "--fix", "--json", check=False)  # installs it
+    service.wait_agent_ready("noagent")
+    assert service.backup("noagent")["status"] == "Completed"
+    c.delete("/machines/noagent")
+
+
+def test_machine_powered_off_from_inside_is_noticed(service: Service) -> None:
+    from frostpoint.fabric.network import FabricNetwork
+    from frostpoint.service.runtime import instance_id
+    net = FabricNetwork(instance_id(service.data_dir))
+    for pid in net.pids_in(net.machine_ns(M)):  # what `poweroff` in the guest does
+        os.kill(pid, 9)
+    assert service.cli_json("vm", "show", M)["power_state"] == "Running"  # looks Running
+    report = doctor(service)
+    power = next(f for f in report["findings"] if f["check"] == "machine.power")
+    assert power["status"] == "fail" and "powered off from inside" in power["message"]
+    time.sleep(13)
+    failed_with(service, "UserErrorGuestAgentStatusUnavailable")
+    doctor(service, "--fix")  # starting the machine is safe
+    succeeds(service)
+
+
+def test_crash_looping_agent_is_reported(service: Service) -> None:
+    guest_config(service, "Agent.TokenFile", "\\/etc\\/frostpoint\\/missing.token")
+    service.cli_json("vm", "agent", "restart", M)
+    sup = service.guest_file(M, "lib") / "supervisor.json"
+    deadline = time.monotonic() + 40
+    while not (sup.exists() and "gave_up" in sup.read_text()):
+        assert time.monotonic() < deadline, "the supervisor never gave up"
+        time.sleep(0.5)
+    time.sleep(13)
+    failed_with(service, "UserErrorGuestAgentStatusUnavailable")
+    report = doctor(service)
+    sv = next(f for f in report["findings"] if f["check"] == "guest.agent.supervisor")
+    assert sv["status"] == "fail" and "crashed 5 times" in sv["message"]
+    guest_config(service, "Agent.TokenFile", "\\/etc\\/frostpoint\\/agent.token")
+    service.cli_json("vm", "agent", "restart", M)
+    succeeds(service)

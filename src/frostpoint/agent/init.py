@@ -1,4 +1,5 @@
-"""Guest init: keeps the guest agent running, as systemd would (Restart=always).
+"""Guest init: the machine's first process; keeps the guest agent running, as systemd
+would (Restart=always). A machine runs as long as its init does.
 
 An agent that keeps crashing is not restarted forever: after 5 crashes in 60 s the
 supervisor stops and records why in /var/lib/frostpoint-agent/supervisor.json.
@@ -14,9 +15,10 @@ import time
 from pathlib import Path
 
 from frostpoint.agent.config import AgentConfig
-from frostpoint.protocol import GUEST_LIB
+from frostpoint.protocol import GUEST_ETC, GUEST_LIB
 
 STATE = Path(GUEST_LIB) / "supervisor.json"
+INSTALLED = Path(GUEST_ETC) / "agent.installed"  # the agent package is on this machine
 
 
 def main() -> None:
@@ -31,6 +33,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     crashes: list[float] = []
     while True:
+        if not INSTALLED.exists():  # an image without the agent: wait for an install
+            time.sleep(1)
+            continue
         child = subprocess.Popen([sys.executable, "-m", "frostpoint.agent.main", "run"])
         code = child.wait()
         now = time.time()

@@ -118,9 +118,10 @@ class Extension:
             r = client.post("/snapshot", json=body)
             host_error = None if r.status_code == 200 else (r.status_code, r.text[:500])
             result = r.json() if r.status_code == 200 else {}
+            refusal = _error_of(r) if r.status_code != 200 else None
         except httpx.HTTPError as e:
             host_error = (0, f"{type(e).__name__}: {e}")
-            result = {}
+            result, refusal = {}, None
         freeze_ms = None
         if freezer:
             assert freezer.stdin and freezer.stdout
@@ -146,6 +147,10 @@ class Extension:
                               f"the freeze outlasted its limit of {freeze_limit} s; "
                               "the watchdog thawed")
             self.log(f"thawed after {freeze_ms} ms")
+        if refusal and refusal.get("code"):
+            # The platform said why (e.g. a disk is gone): pass its code and details on.
+            self.fail(refusal["code"], refusal.get("message", ""),
+                      details=refusal.get("details", {}))
         if host_error:
             code = ("ExtensionSnapshotFailedNoNetwork" if host_error[0] == 0
                     else "ExtensionOperationFailedForManagedDisks")
@@ -158,6 +163,14 @@ class Extension:
         self.flush_log()
         self.status("success", None, "snapshot taken", consistency=consistency,
                     freezeMs=freeze_ms, snapshot=result)
+
+
+def _error_of(r: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and "code" in body else None
 
 
 def main() -> None:

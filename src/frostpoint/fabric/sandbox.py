@@ -84,8 +84,15 @@ class Sandbox:
     def start(self, spec: MachineSpec, agent: bool = True) -> None:
         self.network.attach_machine(spec.name, spec.slot)
         self._make_mount_ns(spec)
-        if agent:
-            self.start_init(spec.name)
+        self.set_agent_installed(spec.name, agent)
+        self.start_init(spec.name)
+
+    def set_agent_installed(self, machine: str, installed: bool) -> None:
+        marker = self.guest_dir(machine) / "etc" / "agent.installed"
+        if installed:
+            marker.write_text("frostpoint-agent\n")
+        else:
+            marker.unlink(missing_ok=True)
 
     def prepare(self) -> None:
         # A mount namespace is kept alive by bind-mounting it onto a file, which needs
@@ -176,9 +183,12 @@ class Sandbox:
 
     @staticmethod
     def detach_loops(image: Path) -> None:
-        out = run(["losetup", "-j", str(image)], check=False).stdout.decode()
+        """Detach every loop device backed by image, also when the file was deleted."""
+        out = run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.decode()
         for line in out.splitlines():
-            run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[1].removesuffix(" (deleted)").strip() == str(image):
+                run(["losetup", "-d", parts[0]], check=False)
 
     def delete(self, spec: MachineSpec) -> None:
         self.stop(spec, release_network=True)

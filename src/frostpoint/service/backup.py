@@ -110,7 +110,13 @@ class Backups:
             vault_id, instant_days = item.vault_id, policy.instant_rp_days
             vault_days = job.params.get("retain_days") or policy.vault_retention_days
             self._precheck(m)
-            online = m.power_state == "Running" and m.agent_installed
+            online = m.power_state == "Running"
+            if online and not m.agent_installed:
+                raise FrostpointError(
+                    "UserErrorGuestAgentStatusUnavailable",
+                    f"machine {m.name} runs without a guest agent (made from an image "
+                    f"without it): frostpoint vm agent install {m.name}",
+                    {"agent_installed": False})
             disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in m.disks]
             images = [(d.name, Path(d.image_path)) for d in m.disks]
             disk_info = [{"name": d.name, "size_bytes": d.size_bytes,
@@ -262,7 +268,7 @@ class Backups:
                 if code not in CATALOG:  # a guest may say anything; keep our catalog
                     code = "ExtensionOperationFailedForManagedDisks"
                 raise FrostpointError(code, st.get("message") or "extension failed",
-                                      {"extension_status": st})
+                                      {**(st.get("details") or {}), "extension_status": st})
             if st.get("status") == "transitioning" and not seen_transitioning:
                 seen_transitioning = True
                 self.runner.subtask(job_id, SNAPSHOT, "InProgress", extension="transitioning")

@@ -175,10 +175,10 @@ class Machines:
             m = self.get(s, name)
             m.agent_installed = True
             running = m.power_state == "Running"
-        if running:
-            import sys
-            self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
-                                        "restart"])
+        # The machine's init starts the agent within a second of the package appearing.
+        self.rt.sandbox.set_agent_installed(name, True)
+        if running and not self.rt.sandbox.is_running(name):
+            self.start(name)
         return self.show(name)
 
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
