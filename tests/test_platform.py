@@ -157,3 +157,28 @@ def test_locks_on_the_restore_point_resource_group(service: Service) -> None:
     assert json.loads(bad.stdout)["error"]["code"] == "InvalidInput"
     service.cli_json("lock", "delete", "keep")
     assert service.cli_json("lock", "list") == []
+
+
+def test_agent_doctor_and_collect_logs_in_the_guest(service: Service, tmp_path) -> None:
+    import sys
+    import tarfile
+    m = "guest"
+    service.client.post("/machines", {"name": m, "disks": [{"name": "data", "size": "32M"}]})
+    service.wait_agent_ready(m)
+    py = sys.executable
+    out = json.loads(service.exec(m, f"{py} -m frostpoint.agent.main doctor --json"))
+    checks = {f["check"]: f["status"] for f in out}
+    assert checks["network.wire"] == "pass" and checks["network.host"] == "pass"
+    assert checks["freeze./mnt/data"] == "pass" and checks["extension.executable"] == "pass"
+    # Verbose logging is one switch.
+    service.exec(m, "sed -i 's/^Logs.Verbose=.*/Logs.Verbose=y/' /etc/frostpoint/agent.conf")
+    service.cli_json("vm", "agent", "restart", m)
+    time.sleep(7)
+    assert "DEBUG" in (service.guest_file(m, "log") / "agent.log").read_text()
+    target = tmp_path / "logs.tar.gz"
+    service.exec(m, f"{py} -m frostpoint.agent.main collect-logs {target}")
+    with tarfile.open(target) as tar:
+        names = tar.getnames()
+    assert "var/log/frostpoint/agent.log" in names and "doctor.json" in names
+    assert not any(n.endswith("agent.token") for n in names), "secrets stay out"
+    service.client.delete(f"/machines/{m}")

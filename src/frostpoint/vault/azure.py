@@ -95,6 +95,8 @@ class AzureBlobBackend(Backend):
         return self._container.get_blob_client(self._root + name)
 
     def put(self, name: str, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # the SDK's chunker reads bytes, not a bytearray
         self._blob(name).upload_blob(data, overwrite=True, length=len(data),
                                      max_concurrency=self._concurrency,
                                      timeout=self._timeout)
