@@ -36,7 +36,9 @@ class Freezer:
         self.ioctl_limit = ioctl_limit
         self.frozen: list[str] = []
         self.late: list[tuple[threading.Thread, str]] = []  # FIFREEZE still running
-        self.lock = threading.Lock()
+        # Re-entrant: a signal (parent death) may arrive while thaw_all already runs in
+        # the main thread; its handler must thaw too, never wait on itself.
+        self.lock = threading.RLock()
 
     def _freeze_one(self, mount: str) -> str | None:
         """FIFREEZE with a time bound; returns an error text or None."""
