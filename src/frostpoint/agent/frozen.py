@@ -6,10 +6,13 @@ thaw. The marker lives under /var/lib/frostpoint-agent, never on a frozen filesy
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
+import signal
+import time
 from pathlib import Path
 
 from frostpoint.protocol import GUEST_LIB
@@ -31,9 +34,10 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def write_marker(pid: int, mounts: list[str]) -> None:
+def write_marker(pid: int, mounts: list[str], limit: float = 60.0) -> None:
     tmp = MARKER.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "start": _start_time(pid), "mounts": mounts}))
+    tmp.write_text(json.dumps({"pid": pid, "start": _start_time(pid), "mounts": mounts,
+                               "at": time.time(), "limit": limit}))
     os.replace(tmp, MARKER)
 
 
@@ -66,8 +70,14 @@ def thaw_leftovers() -> list[str]:
     except (OSError, ValueError):
         remove_marker()
         return []
-    if _alive(int(data.get("pid", 0)), data.get("start")):
+    overdue = time.time() > float(data.get("at", 0)) + float(data.get("limit", 60)) + 10
+    alive = _alive(int(data.get("pid", 0)), data.get("start"))
+    if alive and not overdue:
         return []
+    if alive:  # a watchdog that outlived its own limit is stuck: stop it, then thaw
+        log.error("freeze watchdog %s is past its limit: thawing without it", data.get("pid"))
+        with contextlib.suppress(OSError):
+            os.kill(int(data.get("pid", 0)), signal.SIGKILL)
     thawed = [m for m in reversed(data.get("mounts", [])) if thaw(m)]
     if thawed:
         log.warning("thawed mounts left frozen by a dead freezer: %s", thawed)

@@ -65,7 +65,7 @@ class Freezer:
         return result[0]
 
     def freeze(self) -> tuple[str, str] | None:
-        write_marker(os.getpid(), self.mounts)
+        write_marker(os.getpid(), self.mounts, self.limit)
         for m in self.mounts:
             err = self._freeze_one(m)
             if err is not None:
