@@ -56,22 +56,26 @@ class Freezer:
                 result.append(f"{e.strerror} (errno {e.errno})")
 
         t = threading.Thread(target=work, daemon=True)
+        # Known before it starts: a signal that lands during the ioctl must wait for it
+        # and thaw what it froze, or the filesystem would stay frozen with nobody left.
+        self.late.append((t, mount))
         t.start()
         t.join(self.ioctl_limit)
         if t.is_alive():
             # The ioctl may still succeed later: thaw_all waits for it and thaws.
-            self.late.append((t, mount))
             return f"freeze did not finish within {self.ioctl_limit:.1f} s"
+        if result[0] is None:
+            self.frozen.append(mount)  # in `frozen` before it leaves `late`: never in neither
+        self.late.remove((t, mount))
         return result[0]
 
     def freeze(self) -> tuple[str, str] | None:
         write_marker(os.getpid(), self.mounts, self.limit)
         for m in self.mounts:
-            err = self._freeze_one(m)
+            with self.lock:
+                err = self._freeze_one(m)
             if err is not None:
                 return m, err
-            with self.lock:
-                self.frozen.append(m)
         return None
 
     def thaw_all(self) -> None:
@@ -80,7 +84,8 @@ class Freezer:
                 thaw(m)
             self.frozen.clear()
             for t, m in self.late:
-                t.join(self.ioctl_limit * 3)
+                if t.ident is not None:  # started: its FIFREEZE may land any moment
+                    t.join(self.ioctl_limit * 3)
                 thaw(m)
             self.late.clear()
         remove_marker()
