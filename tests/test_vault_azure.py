@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import hashlib
 import os
 import random
 import shutil
@@ -30,6 +29,7 @@ import pytest
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import ChunkRef, Vault
 from frostpoint.vault.azure import AzureBlobBackend
+from test_vault import SIZE, make_image, rand_block, sha256, standard_image, text_block
 
 BS = 4 * 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,50 +150,7 @@ def azurite() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-# --- helpers -------------------------------------------------------------------------
-
-def text_block(seed: int, n: int = BS) -> bytes:
-    rnd = random.Random(seed)
-    out = bytearray()
-    while len(out) < n:
-        out += (" ".join(rnd.choice(WORDS) for _ in range(12)) + ".\n").encode()
-    return bytes(out[:n])
-
-
-def rand_block(seed: int, n: int = BS) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def make_image(path: Path, size: int, blocks: dict[int, bytes]) -> Path:
-    """A sparse image: only the given blocks are written, the rest are holes."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for i, data in blocks.items():
-            f.seek(i * BS)
-            f.write(data)
-    return path
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-SIZE = 5 * BS + 3_000_001
-
-
-def standard_image(path: Path) -> Path:
-    return make_image(path, SIZE, {
-        0: rand_block(1),
-        1: text_block(2),
-        # 2: hole
-        3: bytes(BS),                  # zeros actually written: still a zero block
-        4: rand_block(1),              # same content as block 0
-        5: text_block(5, 3_000_001),   # short last block
-    })
+# Image helpers are shared with the local-vault tests.
 
 
 @pytest.fixture
