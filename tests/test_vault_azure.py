@@ -41,8 +41,6 @@ CONTAINER = "vaults"
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
            "KBHBeksoGMGw==")
-WORDS = ["vault", "chunk", "pack", "index", "manifest", "restore", "point", "disk", "block",
-         "zero", "sparse", "frostpoint", "backup", "the", "a", "of", "and", "to", "in", "is"]
 
 
 # --- Azurite -------------------------------------------------------------------------
