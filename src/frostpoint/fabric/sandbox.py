@@ -18,7 +18,7 @@ from pathlib import Path
 
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
-from frostpoint.fabric.system import is_mountpoint, run
+from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
 from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
 
 
@@ -154,6 +154,10 @@ class Sandbox:
     def stop(self, spec: MachineSpec, release_network: bool = False) -> None:
         """Power off: every process in the machine ends, disks are unmounted."""
         ns = self.network.machine_ns(spec.name)
+        nsfile = self.mntns_file(spec.name)
+        mounted = nsfile.exists() and is_mountpoint(nsfile)
+        if mounted:
+            thaw_machine_disks(nsfile)
         for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
             pids = self.network.pids_in(ns)
             for pid in pids:
@@ -167,13 +171,10 @@ class Sandbox:
                 pids = self.network.pids_in(ns)
             if not pids:
                 break
-        nsfile = self.mntns_file(spec.name)
-        if nsfile.exists() and is_mountpoint(nsfile):
-            # A frozen filesystem cannot be unmounted cleanly; thaw first, then unmount.
+        if mounted:
             mounts = " ".join(d.mountpoint for d in spec.disks)
             run(["nsenter", f"--mount={nsfile}", "--", "sh", "-c",
-                 f"for m in {mounts}; do fsfreeze -u $m 2>/dev/null; umount $m; done; true"],
-                check=False)
+                 f"for m in {mounts}; do umount $m; done; true"], check=False)
             run(["umount", str(nsfile)], check=False)
         nsfile.unlink(missing_ok=True)
         for disk in spec.disks:
@@ -184,11 +185,9 @@ class Sandbox:
     @staticmethod
     def detach_loops(image: Path) -> None:
         """Detach every loop device backed by image, also when the file was deleted."""
-        out = run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.decode()
-        for line in out.splitlines():
-            parts = line.split(None, 1)
-            if len(parts) == 2 and parts[1].removesuffix(" (deleted)").strip() == str(image):
-                run(["losetup", "-d", parts[0]], check=False)
+        for device, backing in loop_devices():
+            if backing == str(image):
+                run(["losetup", "-d", device], check=False)
 
     def delete(self, spec: MachineSpec) -> None:
         self.stop(spec, release_network=True)

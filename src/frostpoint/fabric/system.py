@@ -25,6 +25,24 @@ def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,
     return proc
 
 
+def loop_devices() -> list[tuple[str, str]]:
+    """(device, backing file) of every attached loop device; a deleted backing file
+    keeps its path, without the " (deleted)" suffix."""
+    out = run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.decode()
+    pairs = (line.split(None, 1) for line in out.splitlines())
+    return [(p[0], p[1].strip().removesuffix(" (deleted)")) for p in pairs if len(p) == 2]
+
+
+def thaw_machine_disks(mntns: str | os.PathLike[str]) -> None:
+    """Thaw every disk mounted under /mnt in a machine's mount namespace.
+
+    Done before killing the machine's processes: a writer blocked on a frozen
+    filesystem cannot die, and would keep the namespace, mount and loop device alive.
+    """
+    run(["nsenter", f"--mount={mntns}", "--", "sh", "-c",
+         "for m in /mnt/*; do fsfreeze -u \"$m\" 2>/dev/null; done; true"], check=False)
+
+
 def is_mountpoint(path: str | os.PathLike[str]) -> bool:
     """True if something is mounted at path (bind mounts too, unlike os.path.ismount)."""
     target = os.path.realpath(path)

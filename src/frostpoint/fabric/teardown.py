@@ -14,7 +14,7 @@ from pathlib import Path
 
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
-from frostpoint.fabric.system import is_mountpoint, run
+from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
 from frostpoint.service.runtime import instance_id
 
 
@@ -22,15 +22,17 @@ def teardown_host(data_dir: Path) -> None:
     net = FabricNetwork(instance_id(data_dir))
     nsroot = Path("/run/netns")
     names = [p.name for p in nsroot.glob(f"fp{net.instance}-*")] if nsroot.exists() else []
-    for sig in (signal.SIGKILL,):
-        for ns in names:
-            for pid in net.pids_in(ns):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-    time.sleep(0.2)
     ns_dir = data_dir / "run" / "mntns"
+    for f in ns_dir.iterdir() if ns_dir.exists() else []:
+        if is_mountpoint(f):
+            thaw_machine_disks(f)
+    for ns in names:
+        for pid in net.pids_in(ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    time.sleep(0.2)
     if ns_dir.exists():
         for f in ns_dir.iterdir():
             while is_mountpoint(f):
@@ -40,10 +42,8 @@ def teardown_host(data_dir: Path) -> None:
             if run(["umount", str(ns_dir)], check=False).returncode != 0:
                 break
     pool = DiskPool(data_dir)
-    out = run(["losetup", "-l", "-n", "-O", "NAME,BACK-FILE"], check=False).stdout.decode()
-    for line in out.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[1].startswith(str(pool.root) + "/"):
-            run(["losetup", "-d", parts[0]], check=False)
+    for device, backing in loop_devices():
+        if backing.startswith(str(pool.root) + "/"):
+            run(["losetup", "-d", device], check=False)
     net.teardown()
     pool.teardown()
