@@ -109,6 +109,34 @@ class Service:
         """Host path of the machine's /etc/frostpoint (etc), /var/lib/.. (lib), /var/log/.."""
         return self.data_dir / "machines" / machine / sub
 
+    def hold_freeze(self, machine: str, seconds: float) -> Path:
+        """A guest script config that keeps the next freeze for that long (the widened
+        window tests kill things in); returns the file, to delete afterwards."""
+        cfg = self.guest_file(machine, "etc") / "vmbackup.json"
+        cfg.write_text(json.dumps({"holdFrozenSeconds": seconds}))
+        os.chmod(cfg, 0o600)
+        return cfg
+
+    def wait_frozen(self, machine: str, timeout: float = 30) -> bool:
+        """Wait until the freeze watchdog has written its marker (the freeze begins)."""
+        marker = self.guest_file(machine, "lib") / "frozen.json"
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return marker.exists()
+
+    def snapshot_extension_pids(self, machine: str) -> list[int]:
+        """The agent records the pid of the extension run it is waiting for."""
+        return [int(p.read_text()) for p in self.guest_file(machine, "lib").glob(
+            "Frostpoint.Backup.Snapshot-*/status/*.pid")]
+
+    def data_disk_writable(self, machine: str, seconds: float) -> bool:
+        """A write to /mnt/data finishes within seconds (it blocks while frozen)."""
+        r = self.client.post(f"/machines/{machine}/exec", {"argv": [
+            "timeout", str(seconds), "sh", "-c",
+            "echo probe > /mnt/data/probe && sync /mnt/data/probe"]})
+        return r["returncode"] == 0
+
     def wait_agent_ready(self, machine: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -101,16 +101,10 @@ def test_host_port_blocked_gives_no_network(service: Service) -> None:
     failed_with(service, "ExtensionSnapshotFailedNoNetwork")
     report = doctor(service)
     assert "ExtensionSnapshotFailedNoNetwork" in codes_found(report)
-    assert _writable(service), "the failed snapshot left the disk frozen"
+    assert service.data_disk_writable(M, 2), "the failed snapshot left the disk frozen"
     doctor(service, "--fix", "--yes")
     assert "32526" not in service.exec(M, "iptables -S OUTPUT")
     succeeds(service)
-
-
-def _writable(service: Service) -> bool:
-    r = service.client.post(f"/machines/{M}/exec", {"argv": [
-        "timeout", "2", "sh", "-c", "echo x > /mnt/data/w && sync /mnt/data/w"]})
-    return r["returncode"] == 0
 
 
 def test_filesystem_frozen_by_someone_else_gives_fs_freeze_failed(service: Service) -> None:
@@ -120,7 +114,7 @@ def test_filesystem_frozen_by_someone_else_gives_fs_freeze_failed(service: Servi
         report = doctor(service)
         assert "UserErrorFsFreezeFailed" in codes_found(report)
         doctor(service, "--fix")  # thawing is safe
-        assert _writable(service)
+        assert service.data_disk_writable(M, 2)
     finally:
         service.exec(M, "fsfreeze -u /mnt/data 2>/dev/null; true")
     succeeds(service)
@@ -142,17 +136,11 @@ def test_failed_custom_extension_gives_provisioning_state_failed(service: Servic
 
 
 def test_extension_killed_from_outside_is_named_by_the_doctor(service: Service) -> None:
-    cfg = service.guest_file(M, "etc") / "vmbackup.json"
-    cfg.write_text('{"holdFrozenSeconds": 15}')
-    os.chmod(cfg, 0o600)
+    cfg = service.hold_freeze(M, 15)
     job = service.client.post("/backups", {"machine": M})
-    marker = service.guest_file(M, "lib") / "frozen.json"
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    for pid_file in service.guest_file(M, "lib").glob("Frostpoint.Backup.Snapshot-*/status/*.pid"):
-        os.kill(int(pid_file.read_text()), 9)  # what security software does
+    assert service.wait_frozen(M)
+    for pid in service.snapshot_extension_pids(M):
+        os.kill(pid, 9)  # what security software does
     done = service.wait_job(job["id"], timeout=60)
     assert done["error"]["code"] == "ExtensionOperationFailedForManagedDisks"
     ext = next(f for f in doctor(service)["findings"]

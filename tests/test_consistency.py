@@ -92,34 +92,21 @@ def test_failing_pre_script_without_continue_fails_the_backup(service: Service) 
     assert service.backup(m)["status"] == "Completed"
 
 
-def _writable(service: Service, m: str) -> bool:
-    r = service.client.post(f"/machines/{m}/exec", {"argv": [
-        "timeout", "1", "sh", "-c", "echo probe > /mnt/data/probe && sync /mnt/data/probe"]})
-    return r["returncode"] == 0
-
-
 def test_kill_9_extension_while_frozen_thaws_and_fails_the_job(service: Service) -> None:
     m = "frz"
     service.protected_machine(m)
-    cfg = service.guest_file(m, "etc") / "vmbackup.json"
-    cfg.write_text('{"holdFrozenSeconds": 20}')
-    os.chmod(cfg, 0o600)
+    cfg = service.hold_freeze(m, 20)
     job = service.client.post("/backups", {"machine": m})
+    assert service.wait_frozen(m), "the freeze never started"
     marker = service.guest_file(m, "lib") / "frozen.json"
-    deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the freeze never started"
     time.sleep(0.3)
-    assert not _writable(service, m), "the data disk should be frozen now"
-    # The agent records the pid of the extension run it is waiting for.
-    ext = [int(p.read_text()) for p in service.guest_file(m, "lib").glob(
-        "Frostpoint.Backup.Snapshot-*/status/*.pid")]
+    assert not service.data_disk_writable(m, 1), "the data disk should be frozen now"
+    ext = service.snapshot_extension_pids(m)
     assert ext, "the snapshot extension is not running"
     killed_at = time.monotonic()
     for pid in ext:
         os.kill(pid, signal.SIGKILL)
-    while not _writable(service, m):
+    while not service.data_disk_writable(m, 1):
         assert time.monotonic() - killed_at < 10, "still frozen after the watchdog limit"
         time.sleep(0.1)
     thawed_in = time.monotonic() - killed_at
@@ -160,9 +147,7 @@ def test_two_backups_at_once_one_runs_the_other_is_refused(service: Service) -> 
 
 def test_service_restart_during_a_backup_leaves_no_job_in_progress(service: Service) -> None:
     m = "frz"
-    cfg = service.guest_file(m, "etc") / "vmbackup.json"
-    cfg.write_text('{"holdFrozenSeconds": 6}')
-    os.chmod(cfg, 0o600)
+    cfg = service.hold_freeze(m, 6)
     job = service.client.post("/backups", {"machine": m})
     time.sleep(1.5)
     service.stop(signal.SIGKILL)  # a crash: no chance to tidy up
@@ -178,7 +163,7 @@ def test_service_restart_during_a_backup_leaves_no_job_in_progress(service: Serv
     assert j["error"]["code"] == "BackUpOperationFailed"
     # The machine is not left frozen and the next backup works.
     deadline = time.monotonic() + 30
-    while not _writable(service, m):
+    while not service.data_disk_writable(m, 1):
         assert time.monotonic() < deadline, "left frozen after the service crash"
         time.sleep(0.2)
     cfg.unlink()

@@ -8,6 +8,7 @@ findings; `--json` for the backup service's doctor, which runs this inside the m
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -229,6 +230,5 @@ def collect_logs(target: str | None = None) -> str:
         info = json.dumps({"version": __version__, "doctor": run_doctor()}, indent=2).encode()
         ti = tarfile.TarInfo("doctor.json")
         ti.size = len(info)
-        import io
         tar.addfile(ti, io.BytesIO(info))
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -123,8 +124,6 @@ USAGE = ("usage: frostpoint-agent run|version|doctor [--json]|collect-logs [FILE
 def _restart() -> None:
     """Stop the running agent; the supervisor starts a new one (it may have given up or
     be gone: then start a new supervisor)."""
-    import subprocess
-
     from frostpoint.agent import procs
     sup = Path(GUEST_LIB) / "supervisor.json"
     gave_up = sup.exists() and "gave_up" in json.loads(sup.read_text())

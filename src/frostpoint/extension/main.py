@@ -54,20 +54,19 @@ class Extension:
         self.status("error", code, message, **extra)
         sys.exit(1)
 
-    def run_scripts(self, kind: str, cfg: ScriptConfig) -> bool:
-        path = cfg.pre if kind == "Pre" else cfg.post
-        if not path:
+    def run_pre_script(self, cfg: ScriptConfig) -> bool:
+        """True if a pre-script ran and succeeded; a failure fails the backup unless
+        continueBackupOnFailure, then it is a warning (lower consistency)."""
+        if not cfg.pre:
             return False
-        params = cfg.pre_params if kind == "Pre" else cfg.post_params
-        retries = cfg.pre_retries if kind == "Pre" else cfg.post_retries
         try:
-            out = run_script(kind, path, params, retries, cfg.timeout)
-            self.log(f"{kind.lower()}-script ok: {out.strip()[:200]}")
+            out = run_script("Pre", cfg.pre, cfg.pre_params, cfg.pre_retries, cfg.timeout)
+            self.log(f"pre-script ok: {out.strip()[:200]}")
             return True
         except ScriptError as e:
             if not cfg.continue_on_failure:
                 self.fail(e.code, e.message)
-            self.log(f"{kind.lower()}-script failed, continuing: {e.code} {e.message}")
+            self.log(f"pre-script failed, continuing: {e.code} {e.message}")
             self.warnings.append({"code": e.code, "message": e.message})
             return False
 
@@ -88,7 +87,7 @@ class Extension:
             cfg = ScriptConfig.load()
         except ScriptError as e:
             self.fail(e.code, e.message)
-        pre_ok = self.run_scripts("Pre", cfg)
+        pre_ok = self.run_pre_script(cfg)
         mounts = [d["mountpoint"] for d in self.settings.get("disks", [])]
         freeze_limit = float(self.settings.get("freezeLimitSeconds", 30))
         host_timeout = float(self.settings.get("hostCallTimeoutSeconds", 10))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,6 @@ class Machines:
 
     def agent_restart(self, name: str) -> dict[str, Any]:
         """Restart the guest agent (its supervisor too, if that gave up or is gone)."""
-        import sys
         with self.rt.sessions() as s:
             m = self.get(s, name)
             if m.power_state != "Running":

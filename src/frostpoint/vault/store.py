@@ -443,8 +443,7 @@ class Vault:
 
     def _previous_frames(self, cid: bytes) -> tuple[bytes, list[Frame] | None]:
         """The previous chunk's plaintext and encoded frames; checked against its id."""
-        loc = self._index[cid]
-        blob = self.backend.get_range(loc[0], loc[1], loc[2])
+        blob, _pack, _details = self._fetch_sealed(cid, {})
         opened = self._keys.open_frames(blob, fmt.chunk_aad(cid))
         plain, frames = (opened[0], None) if isinstance(opened, list) else opened
         if self._keys.chunk_id(plain) != cid:
@@ -462,7 +461,7 @@ class Vault:
             base = bytes(n) if prev_cid is None else None
             if base is None:
                 base, frames = self._previous_frames(prev_cid)  # type: ignore[arg-type]
-        except (FrostpointError, FileNotFoundError, KeyError):
+        except FrostpointError:
             base = b""  # a damaged previous chunk: never build on it, read the block
         if len(base) != n:
             return self._prepare(writer, os.pread(fd, n, off))  # layout changed
@@ -578,6 +577,12 @@ class Vault:
 
     def _read_chunk(self, cid: bytes, where: dict[str, Any]) -> bytes:
         """Fetch, decrypt and re-hash one chunk; any problem -> VaultDataCorrupt."""
+        blob, pack_id, details = self._fetch_sealed(cid, where)
+        return self._check_chunk(cid, pack_id, blob, details)
+
+    def _fetch_sealed(self, cid: bytes, where: dict[str, Any]
+                      ) -> tuple[bytes, str, dict[str, Any]]:
+        """The sealed bytes of one chunk, its pack id and details for errors."""
         h = cid.hex()
         loc = self._index.get(cid)
         if loc is None:
@@ -591,7 +596,7 @@ class Vault:
         except FileNotFoundError:
             raise FrostpointError("VaultDataCorrupt", f"pack {pack_id} of chunk {h} is missing",
                                   details) from None
-        return self._check_chunk(cid, pack_id, blob, details)
+        return blob, pack_id, details
 
     def _check_chunk(self, cid: bytes, pack_id: str, blob: bytes,
                      details: dict[str, Any]) -> bytes:
