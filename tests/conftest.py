@@ -31,7 +31,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
 TEST_ENV = {
     "FROSTPOINT_HEARTBEAT_STALE_S": "12",
     "FROSTPOINT_EXTENSION_WAIT_S": "25",
-    "FROSTPOINT_FREEZE_S": "30",
+    "FROSTPOINT_FREEZE_S": "20",
     "FROSTPOINT_HOST_CALL_S": "5",
     "FROSTPOINT_JOB_STALE_S": "6",
 }
@@ -54,12 +54,13 @@ class Service:
         self.env = {**os.environ, **TEST_ENV, "FROSTPOINT_DATA_DIR": str(data_dir),
                     "FROSTPOINT_URL": self.url}
 
+    def server_argv(self) -> list[str]:
+        return [sys.executable, "-m", "frostpoint.cli.main", "server", "--data-dir",
+                str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"]
+
     def start(self) -> None:
         log = open(self.data_dir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "frostpoint.cli.main", "server", "--data-dir",
-             str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
-            env=self.env, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(self.server_argv(), env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -181,19 +182,25 @@ class Service:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[Service]:
+def running_service(**env: str) -> Iterator[Service]:
+    """A real service on a fresh data dir, with env on top of TEST_ENV; torn down after."""
     if os.geteuid() != 0:
         pytest.skip(ROOT_REASON)
     for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2)")
     svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-")))
+    svc.env.update(env)
     svc.start()
     try:
         yield svc
     finally:
         svc.teardown()
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    yield from running_service()
 
 
 def sha256_file(path: Path) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT_REASON, Service, needs_root
+from conftest import Service, needs_root, running_service
 from test_vault_azure import azurite  # noqa: F401 - the Azurite fixture
 
 pytestmark = needs_root
@@ -17,16 +16,8 @@ pytestmark = needs_root
 
 @pytest.fixture(scope="module")
 def az_service(azurite: str) -> Iterator[Service]:  # noqa: F811
-    import os
-    if os.geteuid() != 0:
-        pytest.skip(ROOT_REASON)
-    svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-az-")))
-    svc.env["FP_AZURE_CONN"] = azurite  # the service reads it; no secret in a location
-    svc.start()
-    try:
-        yield svc
-    finally:
-        svc.teardown()
+    # The service reads the connection string from its environment; no secret in a location.
+    yield from running_service(FP_AZURE_CONN=azurite)
 
 
 def test_backup_to_azure_and_restore_from_it(az_service: Service, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from frostpoint.cli.client import ApiError, Client, console, data_dir, emit, show_error
 from frostpoint.errors.catalog import CATALOG, error_dict
-from frostpoint.service.runtime import DEFAULT_LISTEN
+from frostpoint.service.runtime import DEFAULT_LISTEN, Timeouts
 
 app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.")
 vm = typer.Typer(no_args_is_help=True, help="Sandbox machines.")
@@ -88,6 +88,11 @@ def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool,
            db_url: str = typer.Option(None, help="SQLAlchemy URL (default SQLite).")) -> None:
     """Run the backup service (management API, fabric endpoints, scheduler)."""
     from frostpoint.service.server import serve
+    try:
+        Timeouts()  # refuse limits out of order before anything starts
+    except ValueError as e:
+        show_error(error_dict("InvalidInput", str(e)), False)
+        raise typer.Exit(2) from None
     serve(data_dir_ or data_dir(), listen, db_url)
 
 

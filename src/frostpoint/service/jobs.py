@@ -7,12 +7,13 @@ failed by any service that notices, so no job stays InProgress after a crash.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
@@ -42,11 +43,46 @@ class JobRunner:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def heartbeat(self, job_id: str, stop: threading.Event) -> None:
-        while not stop.wait(3):
+    def watch(self, job_id: str, stop: threading.Event,
+              force_finish: Callable[[], None]) -> None:
+        """Heartbeat the job; past its deadline ask it to stop, and if it does not
+        stop within a grace period (a body blocked in I/O), finish it anyway."""
+        deadline = self.rt.timeouts.job_deadline
+        grace = min(60.0, max(5.0, deadline / 10))
+        started = time.monotonic()
+        asked = False
+        while not stop.wait(min(3.0, deadline / 4)):
+            elapsed = time.monotonic() - started
             with self.rt.sessions.begin() as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status.in_(ACTIVE))
-                          .values(heartbeat_at=utcnow()))
+                job = s.get(Job, job_id)
+                if job is None or job.status not in ACTIVE:
+                    return
+                job.heartbeat_at = utcnow()
+                if elapsed > deadline and not asked:
+                    asked = True
+                    job.cancel_requested = True
+                    job.details = {**job.details, "deadline_exceeded": True}
+            if elapsed > deadline + grace:
+                force_finish()
+                return
+
+    def past_deadline(self, job_id: str) -> bool:
+        with self.rt.sessions() as s:
+            job = s.get(Job, job_id)
+            return bool(job and job.details.get("deadline_exceeded"))
+
+    def deadline_outcome(self, job_id: str, machine: str | None
+                         ) -> tuple[str, dict[str, Any] | None, list[Any]]:
+        """A job stopped by its deadline fails; when its snapshot was already taken
+        the restore point stands, so it completes with a warning instead."""
+        d = self.rt.timeouts.job_deadline
+        err = error_dict("BackUpOperationFailed",
+                         f"the job did not finish within its deadline of {d:.0f} s",
+                         {"deadline_s": d}, machine)
+        with self.rt.sessions() as s:
+            job = s.get(Job, job_id)
+            done = bool(job and any(t.status == "Completed" for t in job.subtasks))
+        return ("CompletedWithWarnings", None, [err]) if done else ("Failed", err, [])
 
     def subtask(self, job_id: str, name: str, status: str, **progress: Any) -> None:
         with self.rt.sessions.begin() as s:
@@ -68,9 +104,21 @@ class JobRunner:
     def run(self, job_id: str, body: Callable[[str], tuple[str, list[Any]]],
             machine: str | None = None, on_end: Callable[[str, str], None] | None = None
             ) -> threading.Thread:
+        once = threading.Lock()  # the body's thread and the watchdog may both finish
+
+        def end(status: str, error: dict[str, Any] | None, warnings: list[Any]) -> None:
+            if not once.acquire(blocking=False):
+                return
+            try:
+                self.finish(job_id, status, error, warnings)
+            finally:
+                if on_end:
+                    on_end(job_id, status)
+
         def target() -> None:
             stop = threading.Event()
-            threading.Thread(target=self.heartbeat, args=(job_id, stop), daemon=True).start()
+            threading.Thread(target=self.watch, daemon=True, args=(
+                job_id, stop, lambda: end(*self.deadline_outcome(job_id, machine)))).start()
             error = None
             warnings: list[Any] = []
             try:
@@ -84,11 +132,10 @@ class JobRunner:
                                    {"traceback": traceback.format_exc()[-4000:]}, machine)
             finally:
                 stop.set()
-            try:
-                self.finish(job_id, status, error, warnings)
-            finally:
-                if on_end:
-                    on_end(job_id, status)
+            if status == "Cancelled" and self.past_deadline(job_id):
+                status, error, deadline_warnings = self.deadline_outcome(job_id, machine)
+                warnings = list(warnings) + deadline_warnings
+            end(status, error, warnings)
 
         t = threading.Thread(target=target, name=f"job-{job_id}", daemon=True)
         t.start()

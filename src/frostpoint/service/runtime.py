@@ -38,6 +38,18 @@ class Timeouts:
     job_heartbeat_stale: float = field(
         default_factory=lambda: _env_float("FROSTPOINT_JOB_STALE_S", 20))
 
+    def __post_init__(self) -> None:
+        # Each wait must outlast the one inside it, or the outer one reports the wrong
+        # cause (a job deadline firing during a freeze would hide the freeze's code).
+        order = [("FROSTPOINT_HOST_CALL_S", self.host_call),
+                 ("FROSTPOINT_FREEZE_S", self.freeze_limit),
+                 ("FROSTPOINT_EXTENSION_WAIT_S", self.extension_wait),
+                 ("FROSTPOINT_JOB_S", self.job_deadline)]
+        for (inner, a), (outer, b) in zip(order, order[1:], strict=False):
+            if not 0 < a < b:
+                raise ValueError(f"timeouts out of order: {inner}={a:g} must be > 0 and "
+                                 f"less than {outer}={b:g}")
+
 
 def instance_id(data_dir: Path) -> str:
     """Short id naming this service's namespaces, so tests can run several services."""
