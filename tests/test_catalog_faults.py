@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -320,4 +321,33 @@ def test_crash_looping_agent_is_reported(service: Service) -> None:
     assert sv["status"] == "fail" and "crashed 5 times" in sv["message"]
     guest_config(service, "Agent.TokenFile", "\\/etc\\/frostpoint\\/agent.token")
     service.cli_json("vm", "agent", "restart", M)
+    succeeds(service)
+
+
+def test_backup_during_a_power_off_gives_vm_not_in_desirable_state(service: Service) -> None:
+    # A guest process that takes its time to shut down (as a database flushing does):
+    # it ignores SIGTERM, so the power-off waits out the guest's grace with the machine
+    # in provisioning Updating.
+    service.exec(M, "setsid sh -c 'trap \"\" TERM; exec sleep 120' "
+                    "</dev/null >/dev/null 2>&1 &")
+    stopping = threading.Thread(target=service.cli_json, args=("vm", "stop", M))
+    stopping.start()
+    try:
+        deadline = time.monotonic() + 5
+        while service.cli_json("vm", "show", M)["provisioning_state"] != "Updating":
+            assert time.monotonic() < deadline, "the stop never showed Updating"
+            time.sleep(0.05)
+        job = failed_with(service, "UserErrorVmNotInDesirableState")
+        assert job["error"]["details"]["provisioning_state"] == "Updating"
+        found = service.client.get(f"/machines/{M}/doctor")
+        assert any(f["code"] == "UserErrorVmNotInDesirableState" and f["status"] == "fail"
+                   for f in found), found
+    finally:
+        stopping.join(timeout=60)
+    # The action: wait for the operation to end, then back up again.
+    shown = service.cli_json("vm", "show", M)
+    assert (shown["provisioning_state"], shown["power_state"]) == ("Succeeded", "Stopped")
+    job = service.backup(M)
+    assert job["status"] == "Completed" and job["details"]["consistency"] == "CrashConsistent"
+    service.cli_json("vm", "start", M)
     succeeds(service)

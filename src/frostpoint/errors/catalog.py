@@ -120,8 +120,11 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "frostpoint backup now {machine} --wait"]),
     _spec("UserErrorVmNotInDesirableState", "user", True,
           "The machine is in a state that allows no backup.",
-          ["The machine is being created or deleted."],
-          ["frostpoint vm show {machine}"]),
+          ["The machine is being created or deleted.",
+           "A platform operation (start, stop, disk detach) is running: provisioning "
+           "Updating until it ends."],
+          ["frostpoint vm show {machine}  # wait until provisioning is Succeeded",
+           "frostpoint backup now {machine}"]),
     _spec("UserErrorInstantRpNotFound", "user", False,
           "The snapshot of this restore point no longer exists.",
           ["The instant restore point expired and was cleaned up."],

@@ -21,6 +21,8 @@ from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
 from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
 
+SHUTDOWN_GRACE_S = 10.0  # a guest's processes get this long to exit on SIGTERM at power-off
+
 
 @dataclass
 class DiskSpec:
@@ -158,7 +160,7 @@ class Sandbox:
         mounted = nsfile.exists() and is_mountpoint(nsfile)
         if mounted:
             thaw_machine_disks(nsfile)
-        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        for sig, wait in ((signal.SIGTERM, SHUTDOWN_GRACE_S), (signal.SIGKILL, 3.0)):
             pids = self.network.pids_in(ns)
             for pid in pids:
                 try:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from frostpoint.errors.catalog import CATALOG, FrostpointError
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import JobRunner, describe_job
-from frostpoint.service.machines import Machines
+from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
     Job,
     Lock,
@@ -219,9 +219,11 @@ class Backups:
                     for d in prev.disks}
 
     def _precheck(self, m: Machine) -> None:
-        if m.provisioning_state in ("Creating", "Deleting"):
+        if m.provisioning_state in BUSY:
             raise FrostpointError("UserErrorVmNotInDesirableState",
-                                  f"machine {m.name} is {m.provisioning_state}")
+                                  f"machine {m.name} is {m.provisioning_state}: a platform "
+                                  "operation runs on it; wait for it to finish and retry",
+                                  {"provisioning_state": m.provisioning_state})
         failed = [e.name for e in m.extensions if e.provisioning_state == "Failed"
                   and e.name != SNAPSHOT_EXTENSION]
         if m.provisioning_state == "Failed" and failed:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from frostpoint.service.runtime import Runtime
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
 MAX_SLOT = 240
+BUSY = ("Creating", "Updating", "Deleting")  # an operation runs; no backup, no other op
 
 
 def parse_size(text: str) -> int:
@@ -111,41 +114,51 @@ class Machines:
             m.provisioning_state, m.power_state = "Succeeded", "Running"
         return self.show(name)
 
-    def start(self, name: str) -> dict[str, Any]:
-        with self.rt.sessions() as s:
+    @contextlib.contextmanager
+    def _updating(self, name: str) -> Iterator[Machine]:
+        """Provisioning Updating while a platform operation runs (start, stop, disk
+        detach), as a cloud shows it; one operation on a machine at a time."""
+        with self.rt.sessions.begin() as s:
             m = self.get(s, name)
+            if m.provisioning_state in BUSY:
+                raise FrostpointError("UserErrorVmNotInDesirableState",
+                                      f"machine {name} is {m.provisioning_state}; wait for "
+                                      "that operation to finish",
+                                      {"provisioning_state": m.provisioning_state})
+            before, m.provisioning_state = m.provisioning_state, "Updating"
+        try:
+            with self.rt.sessions() as s:
+                yield self.get(s, name)
+        finally:
+            with self.rt.sessions.begin() as s:
+                self.get(s, name).provisioning_state = before
+
+    def start(self, name: str) -> dict[str, Any]:
+        with self._updating(name) as m:
             spec, agent = machine_spec(m), m.agent_installed
-        if not self.rt.sandbox.is_running(name):
-            self.rt.sandbox.start(spec, agent=agent)
+            if not self.rt.sandbox.is_running(name):
+                self.rt.sandbox.start(spec, agent=agent)
         with self.rt.sessions.begin() as s:
             self.get(s, name).power_state = "Running"
         return self.show(name)
 
     def delete_disk(self, name: str, disk: str) -> dict[str, Any]:
         """Detach a data disk and delete it (the machine keeps running)."""
-        with self.rt.sessions.begin() as s:
-            m = self.get(s, name)
+        with self._updating(name) as m:
             d = next((x for x in m.disks if x.name == disk), None)
             if d is None:
                 raise FrostpointError("NotFound", f"machine {name} has no disk {disk}")
             if len(m.disks) == 1:
                 raise FrostpointError("InvalidInput", "a machine keeps at least one disk")
-            m.provisioning_state = "Updating"
-            image, mountpoint, running = Path(d.image_path), d.mountpoint, (
-                m.power_state == "Running")
-        try:
-            if running and self.rt.sandbox.mntns_file(name).exists():
+            image, mountpoint = Path(d.image_path), d.mountpoint
+            if m.power_state == "Running" and self.rt.sandbox.mntns_file(name).exists():
                 self.rt.sandbox.exec(name, ["sh", "-c", f"fsfreeze -u {mountpoint} 2>/dev/null;"
                                             f" umount {mountpoint}; rmdir {mountpoint}; true"])
             self.rt.sandbox.detach_loops(image)
             image.unlink(missing_ok=True)
-        finally:
             with self.rt.sessions.begin() as s:
-                m = self.get(s, name)
-                d = next((x for x in m.disks if x.name == disk), None)
-                if d is not None:
-                    m.disks.remove(d)
-                m.provisioning_state = "Succeeded"
+                mm = self.get(s, name)
+                mm.disks.remove(next(x for x in mm.disks if x.name == disk))
         return self.show(name)
 
     def agent_restart(self, name: str) -> dict[str, Any]:
@@ -182,13 +195,12 @@ class Machines:
         return self.show(name)
 
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
-        with self.rt.sessions() as s:
-            spec = machine_spec(self.get(s, name))
-        self.rt.sandbox.stop(spec, release_network=deallocate)
-        with self.rt.sessions.begin() as s:
-            m = self.get(s, name)
-            m.power_state = "Deallocated" if deallocate else "Stopped"
-            m.agent_status = "Unknown"
+        with self._updating(name) as m:
+            self.rt.sandbox.stop(machine_spec(m), release_network=deallocate)
+            with self.rt.sessions.begin() as s:
+                mm = self.get(s, name)
+                mm.power_state = "Deallocated" if deallocate else "Stopped"
+                mm.agent_status = "Unknown"
         return self.show(name)
 
     def delete(self, name: str) -> None:
@@ -288,7 +300,7 @@ class Machines:
                 ext.provisioning_state = {"success": "Succeeded", "error": "Failed"}.get(
                     st.get("status"), "Updating")
             failed = any(e.provisioning_state == "Failed" for e in m.extensions)
-            if m.provisioning_state in ("Succeeded", "Failed", "Updating"):
+            if m.provisioning_state in ("Succeeded", "Failed"):  # not mid-operation
                 m.provisioning_state = "Failed" if failed else "Succeeded"
 
     def package_file(self, name: str, version: str) -> str | None:
