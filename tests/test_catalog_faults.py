@@ -351,3 +351,30 @@ def test_backup_during_a_power_off_gives_vm_not_in_desirable_state(service: Serv
     assert job["status"] == "Completed" and job["details"]["consistency"] == "CrashConsistent"
     service.cli_json("vm", "start", M)
     succeeds(service)
+
+
+def test_agent_below_the_minimum_version_gives_snapshot_task_status_error(
+        service: Service) -> None:
+    c = service.client
+    # A machine from an image that carries an old agent release.
+    service.cli_json("vm", "create", "oldagent", "--disk", "data:32M",
+                     "--agent-version", "0.0.9")
+    c.post("/protection/enable", {"machine": "oldagent", "vault": c.get("/vaults")[0]["name"],
+                                  "policy": c.get("/policies")[0]["name"]})
+    service.wait_agent_ready("oldagent")
+    assert service.cli_json("vm", "show", "oldagent")["agent"]["version"] == "0.0.9"
+    t0 = time.monotonic()
+    job = service.backup("oldagent")
+    assert job["status"] == "Failed"
+    assert job["error"]["code"] == "GuestAgentSnapshotTaskStatusError"
+    assert job["error"]["details"]["agent_version"] == "0.0.9"
+    assert time.monotonic() - t0 < 20, "known at once, not after the extension wait"
+    report = json.loads(service.cli("doctor", "oldagent", "--json", check=False).stdout)
+    found = next(f for f in report["findings"] if f["check"] == "agent.version")
+    assert found["status"] == "fail" and found["code"] == "GuestAgentSnapshotTaskStatusError"
+    assert "agent install oldagent" in found["fix"][0]
+    service.cli("doctor", "oldagent", "--fix", "--json", check=False)  # updates the agent
+    from frostpoint import __version__
+    assert service.cli_json("vm", "show", "oldagent")["agent"]["version"] == __version__
+    assert service.backup("oldagent")["status"] == "Completed"
+    c.delete("/machines/oldagent")

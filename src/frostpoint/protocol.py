@@ -21,3 +21,13 @@ DISK_ROOT = "/mnt"  # disk NAME is mounted at /mnt/NAME
 SNAPSHOT_EXTENSION = "Frostpoint.Backup.Snapshot"
 CUSTOM_SCRIPT_EXTENSION = "Frostpoint.CustomScript"  # runs settings.commandToExecute
 MIN_AGENT_VERSION = "0.1.0"
+# The agent package record: "frostpoint-agent VERSION", the release on the machine.
+AGENT_INSTALLED = f"{GUEST_ETC}/agent.installed"
+
+
+def version_tuple(v: str | None) -> tuple[int, ...]:
+    """'0.1.0' -> (0, 1, 0); anything unreadable sorts below every release."""
+    try:
+        return tuple(int(x) for x in (v or "0").split("."))
+    except ValueError:
+        return (0,)

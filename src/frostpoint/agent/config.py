@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from frostpoint.protocol import AGENT_CONFIG, FABRIC_ADDRESS, HOST_PORT, WIRE_PORT
+from frostpoint import __version__
+from frostpoint.protocol import (
+    AGENT_CONFIG,
+    AGENT_INSTALLED,
+    FABRIC_ADDRESS,
+    HOST_PORT,
+    WIRE_PORT,
+)
 
 DEFAULTS = {
     "Provisioning.Agent": "auto",
@@ -18,6 +25,16 @@ DEFAULTS = {
     "Agent.HeartbeatSeconds": "5",
     "Agent.TokenFile": "/etc/frostpoint/agent.token",
 }
+
+
+def installed_version() -> str:
+    """The agent release installed on this machine, from its package record (an image
+    made with an older release says so there)."""
+    try:
+        words = Path(AGENT_INSTALLED).read_text().split()
+    except OSError:
+        return __version__
+    return words[1] if len(words) > 1 else __version__
 
 
 @dataclass

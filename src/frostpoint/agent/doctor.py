@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frostpoint import __version__
-from frostpoint.agent.config import AgentConfig
+from frostpoint.agent.config import AgentConfig, installed_version
 from frostpoint.agent.frozen import MARKER
 from frostpoint.extension.scripts import ScriptConfig, ScriptError
 from frostpoint.protocol import AGENT_CONFIG, DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
@@ -207,7 +206,7 @@ def check_os() -> list[dict[str, Any]]:
     if Path("/var/run/reboot-required").exists():
         out.append(finding("os.reboot", "warn", "a reboot is pending (updates installed)"))
     out.append(finding("os.python", "pass", f"Python {sys.version.split()[0]}, agent "
-                       f"{__version__}"))
+                       f"{installed_version()}"))
     return out
 
 
@@ -227,7 +226,8 @@ def collect_logs(target: str | None = None) -> str:
             for p in Path(base).rglob("*"):
                 if p.is_file() and p.name != "agent.token" and p.suffix != ".gz":
                     tar.add(p, arcname=str(p).lstrip("/"))
-        info = json.dumps({"version": __version__, "doctor": run_doctor()}, indent=2).encode()
+        info = json.dumps({"version": installed_version(), "doctor": run_doctor()},
+                          indent=2).encode()
         ti = tarfile.TarInfo("doctor.json")
         ti.size = len(info)
         tar.addfile(ti, io.BytesIO(info))

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from frostpoint.agent.config import AgentConfig
-from frostpoint.protocol import GUEST_ETC, GUEST_LIB
+from frostpoint.protocol import AGENT_INSTALLED, GUEST_LIB
 
 STATE = Path(GUEST_LIB) / "supervisor.json"
-INSTALLED = Path(GUEST_ETC) / "agent.installed"  # the agent package is on this machine
+INSTALLED = Path(AGENT_INSTALLED)  # the agent package is on this machine
 
 
 def main() -> None:

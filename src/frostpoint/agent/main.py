@@ -18,8 +18,7 @@ from typing import Any
 
 import httpx
 
-from frostpoint import __version__
-from frostpoint.agent.config import AgentConfig
+from frostpoint.agent.config import AgentConfig, installed_version
 from frostpoint.agent.extensions import ExtensionHandler
 from frostpoint.agent.frozen import thaw_leftovers
 from frostpoint.protocol import GUEST_LIB, GUEST_LOG
@@ -66,7 +65,7 @@ class Agent:
                 thaw_leftovers()  # a freezer that died hard leaves a marker
             except Exception:  # noqa: BLE001
                 log.exception("thawing leftovers")
-            body = {"version": __version__, "status": "Ready",
+            body = {"version": installed_version(), "status": "Ready",
                     "extensions_enabled": self.cfg.flag("Extensions.Enabled"),
                     **guest_facts()}
             try:
@@ -112,7 +111,8 @@ class Agent:
             self.handler.apply(goal.get("extensions", []))
 
     def run(self) -> None:
-        log.info("frostpoint-agent %s starting, fabric %s", __version__, self.cfg.wire_url)
+        log.info("frostpoint-agent %s starting, fabric %s", installed_version(),
+                 self.cfg.wire_url)
         threading.Thread(target=self.heartbeat_loop, daemon=True).start()
         self.goal_state_loop()
 
@@ -145,7 +145,7 @@ def main() -> None:
         setup_logging(cfg)
         Agent(cfg).run()
     elif args[0] == "version":
-        print(__version__)
+        print(installed_version())
     elif args[0] == "doctor":
         from frostpoint.agent.doctor import run_doctor
         findings = run_doctor()

@@ -133,6 +133,8 @@ def errors(code: str = typer.Argument(None), as_json: bool = JSON) -> None:
 def vm_create(name: str,
               disk: list[str] = typer.Option(["data:256M:ext4"], help="NAME:SIZE[:ext4|xfs]"),
               no_agent: bool = typer.Option(False, "--no-agent"),
+              agent_version: str = typer.Option(
+                  None, help="Make it from an image with this (older) agent release."),
               as_json: bool = JSON) -> None:
     """Create and start a sandbox machine."""
     disks = []
@@ -140,8 +142,8 @@ def vm_create(name: str,
         parts = d.split(":")
         disks.append({"name": parts[0], "size": parts[1] if len(parts) > 1 else "256M",
                       "filesystem": parts[2] if len(parts) > 2 else "ext4"})
-    emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent}),
-         as_json)
+    emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent,
+                                     "agent_version": agent_version}), as_json)
 
 
 @vm.command("list")

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION
+from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import Machines
@@ -45,13 +45,6 @@ class Finding:
     remedy: str | None = None  # what --fix can apply: see Doctor.apply
     risky: bool = False
     args: dict[str, Any] = field(default_factory=dict)
-
-
-def _version_tuple(v: str | None) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in (v or "0").split("."))
-    except ValueError:
-        return (0,)
 
 
 class Doctor:
@@ -133,7 +126,7 @@ class Doctor:
         else:
             out.append(Finding("agent.heartbeat", "pass",
                                f"agent {a['version']} Ready, heartbeat {age:.0f} s ago"))
-        if a.get("version") and _version_tuple(a["version"]) < _version_tuple(
+        if a.get("version") and version_tuple(a["version"]) < version_tuple(
                 MIN_AGENT_VERSION):
             out.append(Finding("agent.version", "fail",
                                f"agent {a['version']} is older than {MIN_AGENT_VERSION}",

@@ -83,16 +83,16 @@ class Sandbox:
     def is_running(self, machine: str) -> bool:
         return bool(self.network.pids_in(self.network.machine_ns(machine)))
 
-    def start(self, spec: MachineSpec, agent: bool = True) -> None:
+    def start(self, spec: MachineSpec) -> None:
         self.network.attach_machine(spec.name, spec.slot)
         self._make_mount_ns(spec)
-        self.set_agent_installed(spec.name, agent)
         self.start_init(spec.name)
 
-    def set_agent_installed(self, machine: str, installed: bool) -> None:
+    def set_agent_installed(self, machine: str, version: str | None) -> None:
+        """Record the agent release on the machine (None: an image without the agent)."""
         marker = self.guest_dir(machine) / "etc" / "agent.installed"
-        if installed:
-            marker.write_text("frostpoint-agent\n")
+        if version:
+            marker.write_text(f"frostpoint-agent {version}\n")
         else:
             marker.unlink(missing_ok=True)
 

@@ -35,6 +35,7 @@ class MachineIn(BaseModel):
     disks: list[DiskIn] = Field(default_factory=lambda: [DiskIn()])
     region: str = "local"
     agent: bool = True
+    agent_version: str | None = None  # the agent release in the machine's image
 
 
 class FixIn(BaseModel):
@@ -132,7 +133,7 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines", dependencies=r)
     def create_machine(body: MachineIn) -> dict[str, Any]:
         return svc.machines.create(body.name, [d.model_dump() for d in body.disks],
-                                   body.region, body.agent)
+                                   body.region, body.agent, body.agent_version)
 
     @app.get("/machines", dependencies=r)
     def list_machines() -> list[dict[str, Any]]:

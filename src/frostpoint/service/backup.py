@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from frostpoint.errors.catalog import CATALOG, FrostpointError
-from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
@@ -242,13 +242,21 @@ class Backups:
         with self.rt.sessions() as s:
             m = s.get(Machine, machine_id)
             assert m is not None
-            beat = m.last_heartbeat
+            beat, version = m.last_heartbeat, m.agent_version
         if beat is None or (utcnow() - beat).total_seconds() > t.heartbeat_stale:
             raise FrostpointError(
                 "UserErrorGuestAgentStatusUnavailable",
                 f"no heartbeat from the agent of {machine} "
                 + (f"for {(utcnow() - beat).total_seconds():.0f} s" if beat else "ever"),
                 {"last_heartbeat": beat.isoformat() + "Z" if beat else None})
+        if version_tuple(version) < version_tuple(MIN_AGENT_VERSION):
+            # Such an agent never runs the snapshot extension; say so now, not after
+            # the extension wait.
+            raise FrostpointError(
+                "GuestAgentSnapshotTaskStatusError",
+                f"the agent of {machine} is {version}, older than the minimum "
+                f"{MIN_AGENT_VERSION}: frostpoint vm agent install {machine}",
+                {"agent_version": version, "min_agent_version": MIN_AGENT_VERSION})
         seq = self.machines.set_extension(machine_id, {
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call})

@@ -15,18 +15,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.packages import Package, build_packages
 from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
-from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
 from frostpoint.service.runtime import Runtime
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
 MAX_SLOT = 240
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 BUSY = ("Creating", "Updating", "Deleting")  # an operation runs; no backup, no other op
 
 
@@ -63,10 +65,15 @@ class Machines:
 
     # -- lifecycle ---------------------------------------------------------------
     def create(self, name: str, disks: list[dict[str, Any]], region: str = "local",
-               agent: bool = True) -> dict[str, Any]:
+               agent: bool = True, agent_version: str | None = None) -> dict[str, Any]:
         if not NAME_RE.match(name):
             raise FrostpointError("InvalidInput",
                                   "machine names are 1-20 of a-z, 0-9, '-', starting a-z")
+        if agent_version is not None and not (
+                VERSION_RE.match(agent_version)
+                and version_tuple(agent_version) <= version_tuple(__version__)):
+            raise FrostpointError("InvalidInput", f"agent version {agent_version!r}: use a "
+                                  f"release X.Y.Z no newer than {__version__}")
         specs = []
         for i, d in enumerate(disks):
             fs = d.get("filesystem", "ext4")
@@ -103,7 +110,9 @@ class Machines:
             (etc / "agent.token").write_text(token)
             (etc / "agent.token").chmod(0o600)
             (etc / "agent.conf").write_text(render_agent_config({}))
-            self.rt.sandbox.start(spec, agent=agent)
+            self.rt.sandbox.set_agent_installed(name, (agent_version or __version__)
+                                                if agent else None)
+            self.rt.sandbox.start(spec)
         except Exception as e:
             with self.rt.sessions.begin() as s:
                 self.get(s, name).provisioning_state = "Failed"
@@ -135,9 +144,8 @@ class Machines:
 
     def start(self, name: str) -> dict[str, Any]:
         with self._updating(name) as m:
-            spec, agent = machine_spec(m), m.agent_installed
             if not self.rt.sandbox.is_running(name):
-                self.rt.sandbox.start(spec, agent=agent)
+                self.rt.sandbox.start(machine_spec(m))
         with self.rt.sessions.begin() as s:
             self.get(s, name).power_state = "Running"
         return self.show(name)
@@ -183,15 +191,24 @@ class Machines:
         return self.show(name)
 
     def agent_install(self, name: str) -> dict[str, Any]:
-        """Install the guest agent in a machine made without it, and start it."""
+        """Install the current agent release: in a machine made without an agent, or
+        over an older release (an update); then (re)start it."""
         with self.rt.sessions.begin() as s:
             m = self.get(s, name)
-            m.agent_installed = True
+            upgrade, m.agent_installed = m.agent_installed, True
             running = m.power_state == "Running"
         # The machine's init starts the agent within a second of the package appearing.
-        self.rt.sandbox.set_agent_installed(name, True)
+        self.rt.sandbox.set_agent_installed(name, __version__)
         if running and not self.rt.sandbox.is_running(name):
             self.start(name)
+        elif running and upgrade:
+            self.agent_restart(name)  # the running agent is the old release
+        deadline = time.monotonic() + 30
+        while running and time.monotonic() < deadline:  # until the new release reports
+            with self.rt.sessions() as s:
+                if self.get(s, name).agent_version == __version__:
+                    break
+            time.sleep(0.2)
         return self.show(name)
 
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
