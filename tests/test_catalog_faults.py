@@ -179,6 +179,47 @@ def test_script_faults(service: Service, config: str, code: str) -> None:
     succeeds(service)
 
 
+@pytest.mark.parametrize("config,code", [
+    ('{"postScriptLocation": "/etc/frostpoint/none.sh"}', "Post-ScriptNotFound"),
+    ('{"postScriptLocation": "/etc/frostpoint/loose.sh"}',
+     "InsufficientPermissionforPost-Script"),
+    ('{"postScriptLocation": "/etc/frostpoint/slow.sh", "timeoutInSeconds": 1}',
+     "Post-ScriptTimeout"),
+    ('{"postScriptLocation": "/etc/frostpoint/fail.sh", "postScriptNoOfRetries": 1}',
+     "Post-ScriptExecutionFailed"),
+])
+def test_post_script_faults_are_warnings_on_a_kept_restore_point(
+        service: Service, config: str, code: str) -> None:
+    # After the snapshot a failed post-script cannot unmake it: the restore point stands
+    # and the job completes with the script's code as a warning.
+    service.exec(M, "printf '#!/bin/sh\\nexit 0\\n' > /etc/frostpoint/loose.sh; "
+                    "chmod 777 /etc/frostpoint/loose.sh; "
+                    "printf '#!/bin/sh\\nsleep 5\\n' > /etc/frostpoint/slow.sh; "
+                    "printf '#!/bin/sh\\necho n >> /tmp/post-runs; echo broken >&2; exit 2\\n'"
+                    " > /etc/frostpoint/fail.sh; rm -f /tmp/post-runs; "
+                    "chmod 700 /etc/frostpoint/slow.sh /etc/frostpoint/fail.sh")
+    cfg = service.guest_file(M, "etc") / "vmbackup.json"
+    cfg.write_text(config)
+    os.chmod(cfg, 0o600)
+    try:
+        job = service.backup(M)
+        assert job["status"] == "CompletedWithWarnings", job
+        assert [w["code"] for w in job["warnings"]] == [code]
+        assert job["warnings"][0]["actions"], "a warning names its fix too"
+        assert job["details"]["consistency"] == "FileSystemConsistent"
+        rp = job["details"]["restore_point"]
+        assert any(r["id"] == rp for r in service.client.get(
+            "/restore-points", params={"machine": M}))
+        if code == "Post-ScriptExecutionFailed":  # retried once as configured
+            assert service.exec(M, "cat /tmp/post-runs").split() == ["n", "n"]
+        if code in ("Post-ScriptNotFound", "InsufficientPermissionforPost-Script"):
+            assert code in codes_found(doctor(service))
+    finally:
+        cfg.unlink()
+    job = service.backup(M)
+    assert job["status"] == "Completed" and not job["warnings"]
+
+
 def test_loose_script_config_is_refused(service: Service) -> None:
     cfg = service.guest_file(M, "etc") / "vmbackup.json"
     cfg.write_text("{}")

@@ -132,7 +132,12 @@ class Backups:
             status = self._snapshot_by_extension(job_id, machine_id, machine, disks)
             consistency = status.get("consistency", "CrashConsistent")
             freeze_ms = status.get("freezeMs")
-            warnings += status.get("warnings", [])
+            # A guest's warnings get the catalog's shape (causes, actions), as errors do.
+            warnings += [FrostpointError(
+                w.get("code") if w.get("code") in CATALOG
+                else "ExtensionOperationFailedForManagedDisks",
+                str(w.get("message", ""))).to_dict(machine)
+                for w in status.get("warnings", []) if isinstance(w, dict)]
             # The host recorded where it put the snapshot; never trust a guest's path.
             with self.rt.sessions() as s:
                 j = s.get(Job, job_id)
