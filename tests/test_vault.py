@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.vault import ChunkRef, LocalBackend, Vault, VaultKeys
+from frostpoint.vault import ChunkRef, LocalBackend, Vault, VaultKeys, store
+from frostpoint.vault.format import BLOCK_SIZE
 
-BS = 4 * 1024 * 1024
+BS = BLOCK_SIZE  # the block size of new vaults
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORDS = ["vault", "chunk", "pack", "index", "manifest", "restore", "point", "disk", "block",
          "zero", "sparse", "frostpoint", "backup", "the", "a", "of", "and", "to", "in", "is"]
@@ -90,7 +91,8 @@ def vault(vault_dir: Path, key: bytes) -> Vault:
 
 
 # Layout used by several tests: 5 full blocks and a short 6th block.
-SIZE = 5 * BS + 3_000_001
+SHORT = BS * 5 // 7 + 1
+SIZE = 5 * BS + SHORT
 
 
 def standard_image(path: Path) -> Path:
@@ -100,7 +102,7 @@ def standard_image(path: Path) -> Path:
         # 2: hole
         3: bytes(BS),                  # zeros actually written: still a zero block
         4: rand_block(1),              # same content as block 0: dedup within a backup
-        5: text_block(5, 3_000_001),   # short last block
+        5: text_block(5, SHORT),   # short last block
     })
     assert is_hole(img, 2 * BS, BS) and not is_hole(img, 3 * BS, BS)
     return img
@@ -327,9 +329,11 @@ def test_restore_point_lifecycle(tmp_path: Path, vault: Vault) -> None:
 
 
 def test_cancel_lists_nothing_and_keeps_flushed_packs(tmp_path: Path, vault_dir: Path,
-                                                      key: bytes) -> None:
+                                                      key: bytes,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # pack target 1 byte: every chunk is its own pack, so some are flushed before
     # the cancel and must be reusable afterwards.
+    monkeypatch.setattr(store, "CANCEL_CHECK_S", 0.0)  # ask before every block
     vault = Vault.create(LocalBackend(vault_dir), key, pack_target_size=1)
     vault.threads = 1
     img = make_image(tmp_path / "d.img", 8 * BS, {i: rand_block(50 + i) for i in range(8)})
@@ -390,10 +394,13 @@ def _assert_consistent(vault_dir: Path, key: bytes, img: Path, tmp_path: Path) -
     return rps
 
 
+BIG = 64 * 1024 * 1024  # the image the crash tests back up
+
+
 @pytest.fixture(scope="module")
 def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     img = tmp_path_factory.mktemp("crash") / "big.img"
-    img.write_bytes(os.urandom(64 * 1024 * 1024))
+    img.write_bytes(os.urandom(BIG))
     return img
 
 
@@ -401,8 +408,8 @@ def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # kills land mid-backup for sure; late ones may also see a finished restore point.
 @pytest.mark.parametrize("kind,when,surely_unfinished", [
     ("time", 0.05, False), ("time", 0.2, False), ("time", 0.5, False),
-    ("progress", 3 * BS, True), ("progress", 9 * BS, True),
-    ("progress", 16 * BS, False),  # all blocks read: last pack, index or manifest
+    ("progress", 3 * BIG // 16, True), ("progress", 9 * BIG // 16, True),
+    ("progress", BIG, False),  # all blocks read: last pack, index or manifest
 ])
 def test_kill_9_during_backup_leaves_a_usable_vault(
         tmp_path: Path, vault_dir: Path, key: bytes, big_image: Path,
@@ -436,7 +443,7 @@ def test_kill_9_during_backup_leaves_a_usable_vault(
     # A later backup works, re-storing whatever the crash left unindexed.
     v = Vault.open(LocalBackend(vault_dir), key)
     stats = v.backup("after-crash", {"disk0": img})
-    assert stats.chunks_new + stats.chunks_reused == 16
+    assert stats.chunks_new + stats.chunks_reused == BIG // BS
     out = tmp_path / "final.img"
     v.restore_disk("after-crash", "disk0", out)
     assert sha256(out) == sha256(img)
@@ -540,3 +547,48 @@ def test_twenty_random_kills_never_leave_a_half_restore_point(
     for rp in finished:
         v.restore_disk(rp, "disk0", out)
         assert sha256(out) == sha256(big_image)
+
+
+# --- block size ------------------------------------------------------------------------
+
+def test_block_size_is_per_vault_and_read_from_storage(tmp_path: Path, vault_dir: Path,
+                                                       key: bytes) -> None:
+    # A vault made with 4 MiB blocks (as before 1 MiB became the default) keeps them:
+    # backups after a reopen use the config's size, manifests record it, restore follows.
+    big = 4 * 1024 * 1024
+    Vault.create(LocalBackend(vault_dir), key, block_size=big)
+    img = make_image(tmp_path / "d.img", 3 * big + 5, {0: text_block(1, 2 * big)})
+    v = Vault.open(LocalBackend(vault_dir), key)
+    assert v.config.block_size == big
+    stats = v.backup("rp1", {"disk0": img})
+    assert stats.blocks_total == 4 and stats.chunks_new == 2
+    assert v.read_manifest("rp1")["disks"]["disk0"]["block_size"] == big
+    out = tmp_path / "out.img"
+    v.restore_disk("rp1", "disk0", out)
+    assert sha256(out) == sha256(img)
+    assert v.verify().ok
+
+
+@pytest.mark.parametrize("bad", [0, 4096, 64 * 1024 + 1, 32 * 1024 * 1024])
+def test_block_size_out_of_range_is_refused(vault_dir: Path, key: bytes, bad: int) -> None:
+    with pytest.raises(FrostpointError) as e:
+        Vault.create(LocalBackend(vault_dir), key, block_size=bad)
+    assert e.value.code == "InvalidInput"
+    assert not LocalBackend(vault_dir).exists("config")
+
+
+def test_cancel_is_asked_sparingly(tmp_path: Path, vault: Vault,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service's should_cancel is a database query: the block loop asks at most
+    # every CANCEL_CHECK_S, plus once before the manifest.
+    monkeypatch.setattr(store, "CANCEL_CHECK_S", 3600.0)
+    img = make_image(tmp_path / "d.img", 12 * BS, {i: text_block(i) for i in range(12)})
+    calls = 0
+
+    def should_cancel() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
+    vault.backup("rp1", {"disk0": img}, should_cancel=should_cancel)
+    assert calls == 2

@@ -29,9 +29,10 @@ import pytest
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import ChunkRef, Vault
 from frostpoint.vault.azure import AzureBlobBackend
-from test_vault import SIZE, make_image, rand_block, sha256, standard_image, text_block
+from frostpoint.vault.format import BLOCK_SIZE
+from test_vault import BIG, SIZE, make_image, rand_block, sha256, standard_image, text_block
 
-BS = 4 * 1024 * 1024
+BS = BLOCK_SIZE  # the block size of new vaults
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 AZURITE_DIR = ROOT / "tools" / "azurite"
@@ -411,7 +412,7 @@ print("done", flush=True)
 @pytest.fixture(scope="module")
 def big_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     img = tmp_path_factory.mktemp("azcrash") / "big.img"
-    img.write_bytes(random.Random(64).randbytes(64 * 1024 * 1024))
+    img.write_bytes(random.Random(64).randbytes(BIG))
     return img
 
 
@@ -433,12 +434,12 @@ def _assert_consistent(backend: AzureBlobBackend, key: bytes, img: Path,
     return rps
 
 
-# Packs of 2 chunks (~8 MiB + 58 B) are over the single-put size, so each pack upload is
+# Packs of about 11 MiB are over the single-put size, so each pack upload is
 # staged blocks + a commit: kills land between blocks, between a pack and its index, ...
 @pytest.mark.parametrize("kind,when,surely_unfinished", [
     ("time", 0.3, False), ("time", 1.0, False),
-    ("progress", 3 * BS, True), ("progress", 9 * BS, True),
-    ("progress", 16 * BS, False),  # all blocks read: last pack, index or manifest
+    ("progress", 3 * BIG // 16, True), ("progress", 9 * BIG // 16, True),
+    ("progress", BIG, False),  # all blocks read: last pack, index or manifest
 ])
 def test_kill_9_during_azure_backup_leaves_a_usable_vault(
         tmp_path: Path, azurite: str, prefix: str, key: bytes, big_image: Path,
@@ -471,7 +472,7 @@ def test_kill_9_during_azure_backup_leaves_a_usable_vault(
 
     v = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
     stats = v.backup("after-crash", {"disk0": img})
-    assert stats.chunks_new + stats.chunks_reused == 16
+    assert stats.chunks_new + stats.chunks_reused == BIG // BS
     out = tmp_path / "final.img"
     v.restore_disk("after-crash", "disk0", out)
     assert sha256(out) == sha256(img)

@@ -13,7 +13,12 @@ from frostpoint.errors.catalog import FrostpointError
 
 FORMAT_NAME = "frostpoint-vault"
 FORMAT_VERSION = 1
-BLOCK_SIZE = 4 * 1024 * 1024
+# Block (= chunk) size of new vaults; each vault records its own in `config`, and every
+# manifest records the one it was written with. 1 MiB is one zstd frame: a small change
+# costs one 1 MiB chunk, not four. Vaults made with 4 MiB blocks keep them.
+BLOCK_SIZE = 1024 * 1024
+MIN_BLOCK_SIZE = 64 * 1024
+MAX_BLOCK_SIZE = 16 * 1024 * 1024
 DEFAULT_PACK_TARGET = 16 * 1024 * 1024  # three in flight at most: bounded memory
 CHUNK_ID_SIZE = 32
 
@@ -75,6 +80,11 @@ def keycheck_aad(vault_id: str) -> bytes:
     return f"frostpoint:keycheck:{vault_id}".encode()
 
 
+def valid_block_size(n: int) -> bool:
+    """A multiple of 4 KiB (pages, filesystem blocks) from 64 KiB to 16 MiB."""
+    return MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n % 4096 == 0
+
+
 # --- config ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ class VaultConfig:
             raise FrostpointError(
                 "InvalidInput", f"vault format version {version} is not supported "
                 f"(this Frostpoint reads version {FORMAT_VERSION})")
-        if cfg.block_size <= 0 or cfg.pack_target_size <= 0:
+        if not valid_block_size(cfg.block_size) or cfg.pack_target_size <= 0:
             raise FrostpointError("InvalidInput", "vault config has invalid sizes")
         return cfg
 

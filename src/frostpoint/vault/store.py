@@ -34,6 +34,10 @@ Progress = Callable[[int, int], None]
 DEFAULT_THREADS = max(2, min(8, os.cpu_count() or 2))
 RESTORE_THREADS = 4
 VERIFY_THREADS = 4
+# How often a backup asks should_cancel during its block loop. The service's check is
+# a database query, too dear for every block; the last check before the manifest is
+# always made.
+CANCEL_CHECK_S = 0.05
 
 
 @dataclass
@@ -96,6 +100,20 @@ def _pack_id_of(pack_obj: str) -> str:
 def _cancelled() -> FrostpointError:
     return FrostpointError("JobCancelled", "the backup was cancelled; no restore point "
                            "was created")
+
+
+def _cancel_check(should_cancel: Callable[[], bool] | None) -> Callable[[], None]:
+    """Raises JobCancelled when should_cancel says so, asking at most every
+    CANCEL_CHECK_S seconds (the first call always asks)."""
+    next_at = [float("-inf")]
+
+    def check() -> None:
+        now = time.monotonic()
+        if should_cancel is not None and now >= next_at[0]:
+            next_at[0] = now + CANCEL_CHECK_S
+            if should_cancel():
+                raise _cancelled()
+    return check
 
 
 class _PackWriter:
@@ -215,16 +233,20 @@ class Vault:
 
     @classmethod
     def create(cls, backend: Backend, master_key: bytes, *,
-               pack_target_size: int = fmt.DEFAULT_PACK_TARGET) -> Vault:
+               pack_target_size: int = fmt.DEFAULT_PACK_TARGET,
+               block_size: int = fmt.BLOCK_SIZE) -> Vault:
         keys = VaultKeys(master_key)
         if backend.exists(fmt.CONFIG):
             raise FrostpointError("Conflict", f"a vault already exists at {backend!r}")
         if pack_target_size <= 0:
             raise FrostpointError("InvalidInput", "pack_target_size must be positive")
+        if not fmt.valid_block_size(block_size):
+            raise FrostpointError("InvalidInput", "block_size must be a multiple of 4 KiB "
+                                  "from 64 KiB to 16 MiB")
         vault_id = secrets.token_hex(16)
         config = fmt.VaultConfig(
             vault_id=vault_id,
-            block_size=fmt.BLOCK_SIZE,
+            block_size=block_size,
             pack_target_size=pack_target_size,
             created=_now(),
             keycheck=keys.seal(fmt.KEYCHECK_PLAINTEXT, fmt.keycheck_aad(vault_id)),
@@ -374,11 +396,12 @@ class Vault:
                     sizes[name] = os.lseek(fds[name], 0, os.SEEK_END)  # works for devices
                 stats.bytes_total = sum(sizes.values())
                 writer = _PackWriter(self, stats)
+                cancel_check = _cancel_check(should_cancel)
                 manifest_disks: dict[str, Any] = {}
                 for name in disks:
                     prev = self._previous_blocks(name, sizes[name], previous, stats)
                     blocks = self._backup_disk(pool, writer, stats, name, fds[name],
-                                               sizes[name], progress, should_cancel, prev)
+                                               sizes[name], progress, cancel_check, prev)
                     manifest_disks[name] = {"size": sizes[name],
                                             "block_size": self.config.block_size,
                                             "blocks": blocks}
@@ -489,7 +512,7 @@ class Vault:
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
                      progress: Progress | None,
-                     should_cancel: Callable[[], bool] | None,
+                     cancel_check: Callable[[], None],
                      prev: tuple[int, list[str | None]] | None = None) -> list[str | None]:
         bs = self.config.block_size
         zero = bytes(bs)  # compared with ==, a memcmp
@@ -526,8 +549,7 @@ class Vault:
                 progress(stats.bytes_scanned, stats.bytes_total)
 
         for i in range(nblocks):
-            if should_cancel is not None and should_cancel():
-                raise _cancelled()
+            cancel_check()
             off = i * bs
             n = min(bs, size - off)
             if plan[i] is extents.Block.HOLE:
