@@ -26,9 +26,10 @@ job = typer.Typer(no_args_is_help=True, help="Jobs.")
 rp = typer.Typer(no_args_is_help=True, help="Restore points.")
 restore = typer.Typer(no_args_is_help=True, help="Restores.")
 lock = typer.Typer(no_args_is_help=True, help="Locks on resource groups.")
+keyvault = typer.Typer(no_args_is_help=True, help="Key vaults: encrypted disks' keys.")
 for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "protect"),
                   (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
-                  (lock, "lock")):
+                  (lock, "lock"), (keyvault, "keyvault")):
     app.add_typer(sub, name=name)
 agent = typer.Typer(no_args_is_help=True, help="The guest agent of a machine.")
 disk_cmd = typer.Typer(no_args_is_help=True, help="Disks of a machine.")
@@ -132,6 +133,9 @@ def errors(code: str = typer.Argument(None), as_json: bool = JSON) -> None:
 @api
 def vm_create(name: str,
               disk: list[str] = typer.Option(["data:256M:ext4"], help="NAME:SIZE[:ext4|xfs]"),
+              encryption_key: str = typer.Option(
+                  None, help="KEYVAULT/KEY: encrypt every disk (ext4) with a data key "
+                             "wrapped by this key."),
               no_agent: bool = typer.Option(False, "--no-agent"),
               agent_version: str = typer.Option(
                   None, help="Make it from an image with this (older) agent release."),
@@ -141,7 +145,8 @@ def vm_create(name: str,
     for d in disk:
         parts = d.split(":")
         disks.append({"name": parts[0], "size": parts[1] if len(parts) > 1 else "256M",
-                      "filesystem": parts[2] if len(parts) > 2 else "ext4"})
+                      "filesystem": parts[2] if len(parts) > 2 else "ext4",
+                      "encryption_key": encryption_key})
     emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent,
                                      "agent_version": agent_version}), as_json)
 
@@ -498,6 +503,54 @@ def lock_list(as_json: bool = JSON) -> None:
 @api
 def lock_delete(name: str, as_json: bool = JSON) -> None:
     emit(Client().delete(f"/locks/{name}"), as_json)
+
+
+@keyvault.command("create")
+@api
+def keyvault_create(name: str, as_json: bool = JSON) -> None:
+    emit(Client().post("/keyvaults", {"name": name}), as_json)
+
+
+@keyvault.command("list")
+@api
+def keyvault_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/keyvaults"), as_json, lambda d: table(
+        [{**v, "keys": ", ".join(v["keys"]),
+          "grants": ", ".join(f"{g['principal']}: {'/'.join(g['permissions'])}"
+                              for g in v["grants"])} for v in d], ["name", "keys", "grants"]))
+
+
+@keyvault.command("show")
+@api
+def keyvault_show(name: str, as_json: bool = JSON) -> None:
+    emit(Client().get(f"/keyvaults/{name}"), as_json)
+
+
+@keyvault.command("key-create")
+@api
+def keyvault_key_create(name: str, key: str, as_json: bool = JSON) -> None:
+    """Make a key-encryption key in the key vault (disks use it as NAME/KEY)."""
+    emit(Client().post(f"/keyvaults/{name}/keys", {"name": key}), as_json)
+
+
+@keyvault.command("grant")
+@api
+def keyvault_grant(name: str,
+                   principal: str = typer.Option("frostpoint-backup",
+                                                 help="Who: the backup service by default."),
+                   permissions: str = typer.Option("get,unwrapKey"),
+                   as_json: bool = JSON) -> None:
+    """Let a principal use the key vault's keys (backup needs get and unwrapKey)."""
+    emit(Client().post(f"/keyvaults/{name}/grants", {
+        "principal": principal, "permissions": [p for p in permissions.split(",") if p]}),
+        as_json)
+
+
+@keyvault.command("revoke")
+@api
+def keyvault_revoke(name: str, principal: str = typer.Option("frostpoint-backup"),
+                    as_json: bool = JSON) -> None:
+    emit(Client().delete(f"/keyvaults/{name}/grants/{principal}"), as_json)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
+from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.machines import Machines
 from frostpoint.service.models import (
     Job,
@@ -198,7 +199,24 @@ class Doctor:
                                    f"disk {d['name']}'s image is gone from the pool",
                                    "UserErrorCrpReportedUserError",
                                    [f"frostpoint vm disk delete {name} {d['name']}"]))
+            if d.get("encryption_key"):
+                out.append(self._key_access(d["name"], d["encryption_key"]))
         return out or [Finding("disks", "pass", f"{len(info['disks'])} disk(s) within limits")]
+
+    def _key_access(self, disk: str, key_ref: str) -> Finding:
+        check, vault = f"disk.{disk}.key", key_ref.partition("/")[0]
+        try:
+            missing = self.svc.machines.keyvaults.missing_access(key_ref, BACKUP_PRINCIPAL)
+        except FrostpointError as e:
+            return Finding(check, "fail", f"key {key_ref} of disk {disk}: {e.message}",
+                           "UserErrorKeyvaultPermissionsNotConfigured")
+        if not missing:
+            return Finding(check, "pass", f"the backup service may use key {key_ref}")
+        return Finding(check, "fail", f"disk {disk} is encrypted with key {key_ref}, and key "
+                       f"vault {vault} does not grant {BACKUP_PRINCIPAL} "
+                       f"{' and '.join(missing)}", "UserErrorKeyvaultPermissionsNotConfigured",
+                       [f"frostpoint keyvault grant {vault} --principal {BACKUP_PRINCIPAL}"],
+                       "keyvault-grant", risky=True, args={"keyvault": vault})
 
     def _vault(self, mid: str) -> list[Finding]:
         with self.rt.sessions() as s:
@@ -288,6 +306,8 @@ class Doctor:
             m.agent_restart(name)
         elif r == "agent-install":
             m.agent_install(name)
+        elif r == "keyvault-grant":  # risky: it lets the service read the disk's data
+            m.keyvaults.grant(a["keyvault"], BACKUP_PRINCIPAL)
         elif r in ("remove-failed-extensions", "remove-extension"):
             exts = [a["extension"]] if "extension" in a else [
                 e["name"] for e in m.show(name)["extensions"]

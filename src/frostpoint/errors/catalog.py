@@ -65,9 +65,11 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "frostpoint backup now {machine} --wait"]),
     _spec("UserErrorKeyvaultPermissionsNotConfigured", "user", False,
           "The backup service has no access to the key of an encrypted disk.",
-          ["The key vault holding the disk's key does not grant get/unwrap to the "
-           "backup service."],
-          ["Grant the backup service get/unwrap on the disk's key in its key vault",
+          ["The key vault holding the disk's key does not grant get/unwrapKey to the "
+           "backup service (principal frostpoint-backup).",
+           "The grant was revoked, or the key vault or key was replaced."],
+          ["frostpoint vm show {machine}  # each disk's encryption_key is KEYVAULT/KEY",
+           "frostpoint keyvault grant KEYVAULT --principal frostpoint-backup",
            "frostpoint backup now {machine} --wait"]),
     _spec("ExtensionSnapshotFailedNoNetwork", "user", True,
           "Inside the machine the fabric's host endpoint cannot be reached.",

@@ -30,10 +30,18 @@ class DiskSpec:
     size_bytes: int
     filesystem: str
     image_path: Path
+    encrypted: bool = False
+    key: bytes | None = field(default=None, repr=False)  # its data key, to attach it
 
     @property
     def mountpoint(self) -> str:
         return f"{DISK_ROOT}/{self.name}"
+
+    @property
+    def raw_mountpoint(self) -> str:
+        """Where an encrypted disk's filesystem itself is mounted, out of the way; its
+        encrypted volume is bind-mounted at the mount point."""
+        return f"{DISK_ROOT}/.disks/{self.name}" if self.encrypted else self.mountpoint
 
 
 @dataclass
@@ -75,7 +83,9 @@ class Sandbox:
             if disk.filesystem == "xfs":
                 run(["mkfs.xfs", "-q", str(disk.image_path)])
             else:
-                run(["mkfs.ext4", "-q", "-F", "-L", disk.name, str(disk.image_path)])
+                encrypt = ["-O", "encrypt"] if disk.encrypted else []
+                run(["mkfs.ext4", "-q", "-F", *encrypt, "-L", disk.name,
+                     str(disk.image_path)])
         for sub in ("etc", "lib", "log"):
             (self.guest_dir(spec.name) / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.guest_dir(spec.name) / "etc", 0o700)
@@ -118,12 +128,22 @@ class Sandbox:
             loop = self._attach_loop(disk.image_path)
             # nouuid: a restored copy of an XFS disk shares its UUID with the original.
             opts = "-o nouuid " if disk.filesystem == "xfs" else ""
-            script += [f"mkdir -p {disk.mountpoint}", f"mount {opts}{loop} {disk.mountpoint}"]
+            script += [f"mkdir -p {disk.mountpoint} {disk.raw_mountpoint}",
+                       f"mount {opts}{loop} {disk.raw_mountpoint}"]
         g = self.guest_dir(spec.name)
         for sub, target in (("etc", GUEST_ETC), ("lib", GUEST_LIB), ("log", GUEST_LOG)):
             (g / sub).mkdir(parents=True, exist_ok=True)
             script.append(f"mount --bind {g / sub} {target}")
-        run(["nsenter", f"--mount={nsfile}", "--", "sh", "-ec", "; ".join(script)])
+        enter = ["nsenter", f"--mount={nsfile}", "--"]
+        run(enter + ["sh", "-ec", "; ".join(script)])
+        for disk in spec.disks:
+            if disk.encrypted:  # the key goes in on stdin, never on a command line
+                if disk.key is None:
+                    raise ValueError(f"disk {disk.name} is encrypted: its key is needed")
+                volume = run(enter + [sys.executable, "-m", "frostpoint.fabric.fscrypt",
+                                      "unlock", disk.raw_mountpoint],
+                             input=disk.key.hex().encode()).stdout.decode().strip()
+                run(enter + ["mount", "--bind", volume, disk.mountpoint])
 
     @staticmethod
     def _attach_loop(image: Path) -> str:
@@ -174,7 +194,8 @@ class Sandbox:
             if not pids:
                 break
         if mounted:
-            mounts = " ".join(d.mountpoint for d in spec.disks)
+            mounts = " ".join(m for d in spec.disks
+                              for m in dict.fromkeys((d.mountpoint, d.raw_mountpoint)))
             run(["nsenter", f"--mount={nsfile}", "--", "sh", "-c",
                  f"for m in {mounts}; do umount $m; done; true"], check=False)
             run(["umount", str(nsfile)], check=False)

@@ -17,6 +17,7 @@ from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
+from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
 
@@ -28,6 +29,16 @@ class DiskIn(BaseModel):
     name: str = "data"
     size: str = "256M"
     filesystem: str = "ext4"
+    encryption_key: str | None = None  # "KEYVAULT/KEY": an encrypted disk
+
+
+class NameIn(BaseModel):
+    name: str
+
+
+class GrantIn(BaseModel):
+    principal: str = BACKUP_PRINCIPAL
+    permissions: list[str] = Field(default_factory=lambda: list(NEEDED))
 
 
 class MachineIn(BaseModel):
@@ -317,6 +328,33 @@ def create_app(svc: Services) -> FastAPI:
     def delete_lock(name: str) -> dict[str, Any]:
         svc.protection.delete_lock(name)
         return {"deleted": name}
+
+    # key vaults
+    kv = svc.machines.keyvaults
+
+    @app.post("/keyvaults", dependencies=r)
+    def create_keyvault(body: NameIn) -> dict[str, Any]:
+        return kv.create(body.name)
+
+    @app.get("/keyvaults", dependencies=r)
+    def list_keyvaults() -> list[dict[str, Any]]:
+        return kv.list()
+
+    @app.get("/keyvaults/{name}", dependencies=r)
+    def show_keyvault(name: str) -> dict[str, Any]:
+        return kv.show(name)
+
+    @app.post("/keyvaults/{name}/keys", dependencies=r)
+    def create_key(name: str, body: NameIn) -> dict[str, Any]:
+        return kv.create_key(name, body.name)
+
+    @app.post("/keyvaults/{name}/grants", dependencies=r)
+    def grant(name: str, body: GrantIn) -> dict[str, Any]:
+        return kv.grant(name, body.principal, body.permissions)
+
+    @app.delete("/keyvaults/{name}/grants/{principal}", dependencies=r)
+    def revoke(name: str, principal: str) -> dict[str, Any]:
+        return kv.revoke(name, principal)
 
     @app.get("/resource-groups", dependencies=r)
     def list_rgs() -> list[dict[str, Any]]:

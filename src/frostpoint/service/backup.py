@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from frostpoint.errors.catalog import CATALOG, FrostpointError
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
+from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
     Job,
@@ -119,8 +120,15 @@ class Backups:
                     {"agent_installed": False})
             disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in m.disks]
             images = [(d.name, Path(d.image_path)) for d in m.disks]
+            for d in m.disks:
+                if d.key_ref and d.wrapped_key:  # the service itself must be let in
+                    self.machines.keyvaults.unwrap(d.key_ref, d.wrapped_key,
+                                                   BACKUP_PRINCIPAL)
+            # An encrypted disk's wrapped data key goes into the restore point with it.
             disk_info = [{"name": d.name, "size_bytes": d.size_bytes,
-                          "filesystem": d.filesystem, "mountpoint": d.mountpoint}
+                          "filesystem": d.filesystem, "mountpoint": d.mountpoint,
+                          **({"encryption_key": d.key_ref, "wrapped_key": d.wrapped_key}
+                             if d.key_ref else {})}
                          for d in m.disks]
             machine_id = m.id
         assert rpc is not None

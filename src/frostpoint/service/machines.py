@@ -22,6 +22,7 @@ from frostpoint.fabric.packages import Package, build_packages
 from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
 from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
+from frostpoint.service.keyvault import PLATFORM, KeyVaults
 from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
 from frostpoint.service.runtime import Runtime
 
@@ -45,12 +46,14 @@ def token_hash(token: str) -> str:
 
 def machine_spec(m: Machine) -> MachineSpec:
     return MachineSpec(m.name, m.slot, [DiskSpec(d.name, d.size_bytes, d.filesystem,
-                                                 Path(d.image_path)) for d in m.disks])
+                                                 Path(d.image_path), d.encrypted)
+                                        for d in m.disks])
 
 
 class Machines:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.keyvaults = KeyVaults(rt)
         self.packages: dict[str, Package] = build_packages(rt.data_dir / "packages")
         self.package: Package = self.packages[SNAPSHOT_EXTENSION]
         self._token_cache: dict[str, tuple[str, float]] = {}
@@ -85,7 +88,15 @@ class Machines:
                                       f"disk {d['name']} is too small for {fs}")
             if not NAME_RE.match(d["name"]):
                 raise FrostpointError("InvalidInput", f"bad disk name {d['name']!r}")
-            specs.append((i, d["name"], size, fs))
+            key_ref, wrapped, dek = d.get("encryption_key"), d.get("wrapped_key"), None
+            if key_ref and fs != "ext4":
+                raise FrostpointError("InvalidInput", f"disk {d['name']}: only ext4 disks "
+                                      "can be encrypted")
+            if key_ref and wrapped:  # a restored disk keeps the data key it was made with
+                dek = self.keyvaults.unwrap(key_ref, wrapped, PLATFORM)
+            elif key_ref:
+                dek, wrapped = self.keyvaults.new_data_key(key_ref)
+            specs.append((i, d["name"], size, fs, key_ref, wrapped, dek))
         token = secrets.token_urlsafe(32)
         with self.rt.sessions.begin() as s:
             if s.scalar(select(Machine).where(Machine.name == name)):
@@ -98,12 +109,15 @@ class Machines:
                         address=self.rt.network.machine_address(slot),
                         agent_token_hash=token_hash(token), agent_installed=agent,
                         provisioning_state="Creating", power_state="Stopped")
-            for lun, dname, size, fs in specs:
+            for lun, dname, size, fs, key_ref, wrapped, _ in specs:
                 m.disks.append(Disk(name=dname, lun=lun, size_bytes=size, filesystem=fs,
                                     image_path=str(self.rt.pool.disk_path(name, dname)),
-                                    mountpoint=f"/mnt/{dname}"))
+                                    mountpoint=f"/mnt/{dname}", encrypted=bool(key_ref),
+                                    key_ref=key_ref, wrapped_key=wrapped))
             s.add(m)
         spec = machine_spec(m)
+        for disk, (*_, dek) in zip(spec.disks, specs, strict=True):
+            disk.key = dek
         try:
             self.rt.sandbox.create_disks(spec)
             etc = self.rt.sandbox.guest_dir(name) / "etc"
@@ -142,10 +156,18 @@ class Machines:
             with self.rt.sessions.begin() as s:
                 self.get(s, name).provisioning_state = before
 
+    def keyed_spec(self, m: Machine) -> MachineSpec:
+        """The machine's spec with its encrypted disks' data keys, to attach them."""
+        spec = machine_spec(m)
+        for disk, d in zip(spec.disks, m.disks, strict=True):
+            if d.key_ref and d.wrapped_key:
+                disk.key = self.keyvaults.unwrap(d.key_ref, d.wrapped_key, PLATFORM)
+        return spec
+
     def start(self, name: str) -> dict[str, Any]:
         with self._updating(name) as m:
             if not self.rt.sandbox.is_running(name):
-                self.rt.sandbox.start(machine_spec(m))
+                self.rt.sandbox.start(self.keyed_spec(m))
         with self.rt.sessions.begin() as s:
             self.get(s, name).power_state = "Running"
         return self.show(name)
@@ -257,7 +279,8 @@ class Machines:
                       "version": m.agent_version, "last_heartbeat_age_s": age,
                       **m.agent_info},
             "disks": [{"name": d.name, "size_bytes": d.size_bytes, "filesystem": d.filesystem,
-                       "mountpoint": d.mountpoint, "encrypted": d.encrypted} for d in m.disks],
+                       "mountpoint": d.mountpoint, "encrypted": d.encrypted,
+                       "encryption_key": d.key_ref} for d in m.disks],
             "extensions": [{"name": e.name, "version": e.version,
                             "provisioning_state": e.provisioning_state,
                             "sequence": e.sequence, "status": e.status} for e in m.extensions],

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -95,11 +95,44 @@ class Disk(Base):
     machine: Mapped[Machine] = relationship(back_populates="disks")
     name: Mapped[str] = mapped_column(String(64))
     lun: Mapped[int] = mapped_column(Integer, default=0)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     filesystem: Mapped[str] = mapped_column(String(16), default="ext4")
     image_path: Mapped[str] = mapped_column(String(1024))
     mountpoint: Mapped[str] = mapped_column(String(256))
     encrypted: Mapped[bool] = mapped_column(default=False)
+    # An encrypted disk's data key, wrapped by a key vault key ("KEYVAULT/KEY").
+    key_ref: Mapped[str | None] = mapped_column(String(260), nullable=True)
+    wrapped_key: Mapped[str | None] = mapped_column(String(256), nullable=True)  # hex
+
+
+class KeyVault(Base):
+    __tablename__ = "key_vaults"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    keys: Mapped[list[KeyVaultKey]] = relationship(cascade="all, delete-orphan")
+    grants: Mapped[list[KeyVaultGrant]] = relationship(cascade="all, delete-orphan")
+
+
+class KeyVaultKey(Base):
+    """A key-encryption key; its material is a file in DATA/keys, never in the database."""
+    __tablename__ = "key_vault_keys"
+    __table_args__ = (UniqueConstraint("key_vault_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key_vault_id: Mapped[str] = mapped_column(ForeignKey("key_vaults.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KeyVaultGrant(Base):
+    """An access policy: what a principal may do with the vault's keys."""
+    __tablename__ = "key_vault_grants"
+    __table_args__ = (UniqueConstraint("key_vault_id", "principal"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key_vault_id: Mapped[str] = mapped_column(ForeignKey("key_vaults.id"))
+    principal: Mapped[str] = mapped_column(String(128))
+    permissions: Mapped[list[Any]] = mapped_column(default=list)  # e.g. ["get", "unwrapKey"]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Extension(Base):

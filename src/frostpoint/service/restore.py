@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric import fscrypt
 from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.system import run
 from frostpoint.service.jobs import JobRunner, describe_job
+from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.machines import Machines
 from frostpoint.service.models import Job, RestorePoint, SubTask, utcnow
 from frostpoint.service.protection import Protection
@@ -137,7 +139,10 @@ class Restores:
     def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             self.machines.create(name, [{"name": d["name"], "size": str(d["size_bytes"]),
-                                         "filesystem": d["filesystem"]} for d in rp.disks])
+                                         "filesystem": d["filesystem"],
+                                         "encryption_key": d.get("encryption_key"),
+                                         "wrapped_key": d.get("wrapped_key")}
+                                        for d in rp.disks])
             self.machines.stop(name)
             with self.rt.sessions() as s:
                 m = Machines.get(s, name)
@@ -154,10 +159,14 @@ class Restores:
                       source: str = "auto") -> dict[str, Any]:
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             dname = disk or rp.disks[0]["name"]
-            fs = next((d["filesystem"] for d in rp.disks if d["name"] == dname), None)
-            if fs is None:
+            info = next((d for d in rp.disks if d["name"] == dname), None)
+            if info is None:
                 raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {dname}",
                                       {"disks": [d["name"] for d in rp.disks]})
+            fs, key = info["filesystem"], None
+            if info.get("encryption_key"):  # reading files needs the service's key access
+                key = self.machines.keyvaults.unwrap(info["encryption_key"],
+                                                     info["wrapped_key"], BACKUP_PRINCIPAL)
             work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.pool.root))
             image, mnt = work / f"{dname}.img", work / "mnt"
             mnt.mkdir()
@@ -166,8 +175,9 @@ class Restores:
             try:
                 run(["mount", "-o", f"loop,{opts}", str(image), str(mnt)])
                 try:
-                    inner = (mnt / path.lstrip("/")).resolve()
-                    if not str(inner).startswith(str(mnt)) or not inner.exists():
+                    root = fscrypt.unlock(mnt, key) if key else mnt
+                    inner = (root / path.lstrip("/")).resolve()
+                    if not str(inner).startswith(str(root)) or not inner.exists():
                         raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)

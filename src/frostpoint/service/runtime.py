@@ -106,10 +106,14 @@ class Runtime:
         self.sandbox.prepare()
 
     def vault_key(self, vault_id: str, create: bool = False) -> bytes:
+        return self.secret(f"{vault_id}.key", create)
+
+    def secret(self, name: str, create: bool = False, size: int = 32) -> bytes:
+        """Random key material in DATA/keys (0600), made once; never in the database."""
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
-        path = self.keys_dir / f"{vault_id}.key"
+        path = self.keys_dir / name
         if create and not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
+                f.write(secrets.token_bytes(size))
         return path.read_bytes()
