@@ -399,10 +399,11 @@ def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, az
 CRASH_SCRIPT = """
 import sys
 from pathlib import Path
-from frostpoint.vault import Vault
+from frostpoint.vault import Vault, store
 from frostpoint.vault.azure import AzureBlobBackend
 url, key, rp, img = sys.argv[1:5]
 v = Vault.open(AzureBlobBackend.from_url(url), bytes.fromhex(key))
+store.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
 print("ready", flush=True)
 v.backup(rp, {"disk0": Path(img)}, progress=lambda d, t: print(d, flush=True))
 print("done", flush=True)

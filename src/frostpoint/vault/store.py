@@ -34,10 +34,12 @@ Progress = Callable[[int, int], None]
 DEFAULT_THREADS = max(2, min(8, os.cpu_count() or 2))
 RESTORE_THREADS = 4
 VERIFY_THREADS = 4
-# How often a backup asks should_cancel during its block loop. The service's check is
-# a database query, too dear for every block; the last check before the manifest is
-# always made.
+# How often a backup asks should_cancel during its block loop, and how often backup
+# and restore report progress. The service's callbacks are database queries and
+# writes, too dear for every block (a 2 GiB disk has 2048 blocks). The check before
+# the manifest and the final progress report are always made.
 CANCEL_CHECK_S = 0.05
+PROGRESS_EVERY_S = 0.1
 
 
 @dataclass
@@ -102,18 +104,43 @@ def _cancelled() -> FrostpointError:
                            "was created")
 
 
+class _Every:
+    """Calling it says whether `seconds` have passed since it last said so (the first
+    call says yes)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.next_at = float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.seconds
+        return True
+
+
 def _cancel_check(should_cancel: Callable[[], bool] | None) -> Callable[[], None]:
     """Raises JobCancelled when should_cancel says so, asking at most every
-    CANCEL_CHECK_S seconds (the first call always asks)."""
-    next_at = [float("-inf")]
+    CANCEL_CHECK_S seconds."""
+    due = _Every(CANCEL_CHECK_S)
 
     def check() -> None:
-        now = time.monotonic()
-        if should_cancel is not None and now >= next_at[0]:
-            next_at[0] = now + CANCEL_CHECK_S
-            if should_cancel():
-                raise _cancelled()
+        if should_cancel is not None and due() and should_cancel():
+            raise _cancelled()
     return check
+
+
+def _throttled(progress: Progress | None) -> Progress | None:
+    """progress, called at most every PROGRESS_EVERY_S seconds, and always at the end."""
+    if progress is None:
+        return None
+    due = _Every(PROGRESS_EVERY_S)
+
+    def report(done: int, total: int) -> None:
+        if done >= total or due():
+            progress(done, total)
+    return report
 
 
 class _PackWriter:
@@ -397,6 +424,7 @@ class Vault:
                 stats.bytes_total = sum(sizes.values())
                 writer = _PackWriter(self, stats)
                 cancel_check = _cancel_check(should_cancel)
+                progress = _throttled(progress)
                 manifest_disks: dict[str, Any] = {}
                 for name in disks:
                     prev = self._previous_blocks(name, sizes[name], previous, stats)
@@ -644,6 +672,7 @@ class Vault:
                 "NotFound", f"restore point {rp_id} has no disk {disk_name}",
                 {"restore_point": rp_id, "disk": disk_name, "disks": sorted(doc["disks"])})
         size, bs, blocks = int(disk["size"]), int(disk["block_size"]), disk["blocks"]
+        progress = _throttled(progress)
         target = Path(target)
         # Written under another name, renamed when complete: a failed restore never
         # leaves a file that looks like a finished one.
