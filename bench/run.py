@@ -140,7 +140,7 @@ def image_diff(a: Path, b: Path, block: int = BLOCK_SIZE, page: int = 4096) -> d
             base += block
     floors = {(f"{g >> 20}MiB" if g >= 1 << 20 else f"{g >> 10}KiB"):
               len({p // g for p in pages}) * g
-              for g in (64 << 10, 256 << 10, 1 << 20, block)}
+              for g in sorted({64 << 10, 256 << 10, 1 << 20, 4 << 20, block})}
     blocks = len({p // block for p in pages})
     return {"changed_bytes": len(pages) * page, "changed_pages": len(pages),
             "changed_vault_blocks": blocks, "changed_vault_block_bytes": blocks * block,
@@ -504,7 +504,7 @@ def report(res: dict[str, Any], out: Console) -> None:
     out.print(
         f"change: {m['change_written_bytes'] / MB:.1f} MB written by the change script; "
         f"{m['changed_bytes'] / MB:.1f} MB of 4 KiB pages differ between the snapshots, in "
-        f"{m['changed_vault_blocks']} of the vault's 4 MiB blocks "
+        f"{m['changed_vault_blocks']} of the vault's {BLOCK_SIZE >> 10} KiB blocks "
         f"({m['changed_vault_blocks'] * BLOCK_SIZE / MB:.0f} MB: the least a block-level "
         f"incremental can read); frostpoint read {m['fp_incr_bytes_read'] / MB:.1f} MB")
     floors = res["runs"][0]["change"]["read_floor_bytes"]
