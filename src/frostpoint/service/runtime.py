@@ -37,6 +37,11 @@ class Timeouts:
         default_factory=lambda: _env_float("FROSTPOINT_HEARTBEAT_STALE_S", 60))
     job_heartbeat_stale: float = field(
         default_factory=lambda: _env_float("FROSTPOINT_JOB_STALE_S", 20))
+    # How often expired restore points are cleaned up (instant and vault retention).
+    cleanup_interval: float = field(
+        default_factory=lambda: _env_float("FROSTPOINT_CLEANUP_S", 60))
+    # How often each vault is garbage-collected (with the default 24 h grace).
+    gc_interval: float = field(default_factory=lambda: _env_float("FROSTPOINT_GC_S", 6 * 3600))
 
     def __post_init__(self) -> None:
         # Each wait must outlast the one inside it, or the outer one reports the wrong

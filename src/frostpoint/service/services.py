@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +21,7 @@ from frostpoint.service.models import (
     ProtectedItem,
     RestorePoint,
     RestorePointCollection,
+    Vault,
     utcnow,
 )
 from frostpoint.service.protection import Protection
@@ -39,6 +41,7 @@ class Services:
         self.restores = Restores(rt, self.machines, self.protection)
         self.vault_checks = VaultChecks(rt, self.protection)
         self.stopping = threading.Event()
+        self._last_gc = time.monotonic()
 
     def list_machines(self) -> list[dict[str, Any]]:
         with self.rt.sessions() as s:
@@ -118,7 +121,7 @@ class Services:
         return due
 
     def _cleanup_loop(self) -> None:
-        while not self.stopping.wait(60):
+        while not self.stopping.wait(self.rt.timeouts.cleanup_interval):
             try:
                 self.cleanup_all()
             except Exception:
@@ -134,6 +137,22 @@ class Services:
             if not busy:
                 self.backups.cleanup_machine(mid)
         self.expire_vault_restore_points()
+        if time.monotonic() - self._last_gc >= self.rt.timeouts.gc_interval:
+            self._last_gc = time.monotonic()
+            self.gc_all()
+
+    def gc_all(self) -> None:
+        """Reclaim what expired restore points left; backups go on meanwhile."""
+        with self.rt.sessions() as s:
+            names = list(s.scalars(select(Vault.name)))
+        for name in names:
+            try:
+                r = self.vault_checks.gc(name)
+                log.info("vault %s gc: %d restore points, %d packs deleted (%d bytes), "
+                         "%d pending", name, r["restore_points"], r["packs_deleted"],
+                         r["bytes_deleted"], r["packs_pending"])
+            except Exception:
+                log.exception("gc of vault %s", name)
 
     def expire_vault_restore_points(self) -> None:
         now = utcnow()
