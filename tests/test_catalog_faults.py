@@ -221,6 +221,26 @@ def test_post_script_faults_are_warnings_on_a_kept_restore_point(
     assert job["status"] == "Completed" and not job["warnings"], (job["error"], job["warnings"])
 
 
+def test_a_script_longer_than_the_backup_may_wait_ends_as_a_script_timeout(
+        service: Service) -> None:
+    # timeoutInSeconds allows 30 min, but the service waits 25 s for the extension: the
+    # script is stopped within that wait and named, not left to make the extension silent.
+    service.exec(M, "printf '#!/bin/sh\\nexec sleep 300\\n' > /etc/frostpoint/long.sh; "
+                    "chmod 700 /etc/frostpoint/long.sh")
+    cfg = service.guest_file(M, "etc") / "vmbackup.json"
+    cfg.write_text('{"preScriptLocation": "/etc/frostpoint/long.sh", '
+                   '"timeoutInSeconds": 1800}')
+    os.chmod(cfg, 0o600)
+    try:
+        t0 = time.monotonic()
+        job = failed_with(service, "Pre-ScriptTimeout")
+        assert time.monotonic() - t0 < 25, "within the service's extension wait"
+        assert "the backup's deadline" in job["error"]["message"]
+    finally:
+        cfg.unlink()
+    succeeds(service)
+
+
 def test_loose_script_config_is_refused(service: Service) -> None:
     cfg = service.guest_file(M, "etc") / "vmbackup.json"
     cfg.write_text("{}")

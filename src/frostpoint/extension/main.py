@@ -19,6 +19,8 @@ import httpx
 
 from frostpoint.extension.scripts import ScriptConfig, ScriptError, run_script
 
+RESERVE_S = 5.0  # of the service's wait, kept for the freeze, the report and slack
+
 
 class Extension:
     def __init__(self) -> None:
@@ -30,6 +32,11 @@ class Extension:
         self.lines: list[str] = []  # buffered: nothing is written while frozen
         self.warnings: list[dict[str, str]] = []
         self.t0 = time.monotonic()
+        # The service waits deadlineSeconds for this run's status. Scripts get what is
+        # left after a reserve for the snapshot call and the report, so a slow script
+        # ends as a script timeout (its own code), not as a silent extension.
+        reserve = float(self.settings.get("hostCallTimeoutSeconds", 10)) + RESERVE_S
+        self.deadline = self.t0 + float(self.settings.get("deadlineSeconds", 1e9)) - reserve
 
     def log(self, msg: str) -> None:
         self.lines.append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{self.seq}] {msg}")
@@ -60,7 +67,8 @@ class Extension:
         if not cfg.pre:
             return False
         try:
-            out = run_script("Pre", cfg.pre, cfg.pre_params, cfg.pre_retries, cfg.timeout)
+            out = run_script("Pre", cfg.pre, cfg.pre_params, cfg.pre_retries, cfg.timeout,
+                             self.deadline)
             self.log(f"pre-script ok: {out.strip()[:200]}")
             return True
         except ScriptError as e:
@@ -75,7 +83,8 @@ class Extension:
         if not cfg.post:
             return
         try:
-            run_script("Post", cfg.post, cfg.post_params, cfg.post_retries, cfg.timeout)
+            run_script("Post", cfg.post, cfg.post_params, cfg.post_retries, cfg.timeout,
+                       self.deadline)
             self.log("post-script ok")
         except ScriptError as e:
             self.log(f"post-script failed: {e.code} {e.message}")

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,9 @@ class ScriptConfig:
 
 
 def run_script(kind: str, path: str, params: list[str], retries: int,
-               timeout: float) -> str:
-    """Run a pre ("Pre") or post ("Post") script; returns its output or raises."""
+               timeout: float, deadline: float = float("inf")) -> str:
+    """Run a pre ("Pre") or post ("Post") script; returns its output or raises.
+    No attempt runs past deadline (time.monotonic()), whatever timeout says."""
     p = Path(path)
     if not p.exists():
         raise ScriptError(f"{kind}-ScriptNotFound", f"{path} does not exist")
@@ -84,11 +86,17 @@ def run_script(kind: str, path: str, params: list[str], retries: int,
                           f"{path} must be root-owned, executable, not writable by others")
     last = ""
     for _attempt in range(retries + 1):
+        limit = min(timeout, deadline - time.monotonic())
+        if limit <= 0:
+            code = f"{kind}-ScriptTimeout"
+            last = last or "no time left before the backup's deadline"
+            break
         try:
-            proc = subprocess.run([path, *params], capture_output=True, timeout=timeout,
+            proc = subprocess.run([path, *params], capture_output=True, timeout=limit,
                                   start_new_session=True)
         except subprocess.TimeoutExpired:
-            last = f"timed out after {timeout:.0f} s"
+            last = f"timed out after {limit:.0f} s" + (
+                "" if limit == timeout else " (the backup's deadline)")
             code = f"{kind}-ScriptTimeout"
             continue
         if proc.returncode == 0:

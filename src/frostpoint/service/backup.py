@@ -272,7 +272,7 @@ class Backups:
                 {"agent_version": version, "min_agent_version": MIN_AGENT_VERSION})
         seq = self.machines.set_extension(machine_id, {
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
-            "hostCallTimeoutSeconds": t.host_call})
+            "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
         deadline = time.monotonic() + t.extension_wait
         seen_transitioning = False
         while time.monotonic() < deadline:
