@@ -70,6 +70,30 @@ def test_agent_down_gives_guest_agent_status_unavailable(service: Service) -> No
     succeeds(service)
 
 
+def test_no_lease_to_discover_the_fabric_gives_guest_agent_status_unavailable(
+        service: Service) -> None:
+    # The agent finds the fabric from the machine's lease (its default route); a
+    # machine without one leaves a restarted agent unable to find the endpoint.
+    service.exec(M, "ip route del default")
+    service.cli_json("vm", "agent", "restart", M)
+    time.sleep(13)  # past the heartbeat limit
+    failed_with(service, "UserErrorGuestAgentStatusUnavailable")
+    log = (service.guest_file(M, "log") / "agent.log").read_text()
+    assert "no default route" in log
+    report = doctor(service)
+    disc = next(f for f in report["findings"] if f["check"] == "guest.network.discovery")
+    assert disc["status"] == "fail" and disc["code"] == "UserErrorGuestAgentStatusUnavailable"
+    assert "no default route" in disc["message"] and not disc["risky"]
+    doctor(service, "--fix")  # names the fabric's well-known address: safe
+    assert "Endpoint.Address=10.213.0.1" in service.exec(M, "cat /etc/frostpoint/agent.conf")
+    succeeds(service)
+    # Back to discovery, lease restored, for the tests after this one.
+    service.exec(M, "ip route add default via 10.213.0.1")
+    guest_config(service, "Endpoint.Address", "auto")
+    service.cli_json("vm", "agent", "restart", M)
+    succeeds(service)
+
+
 def test_extensions_disabled_gives_snapshot_task_status_error(service: Service) -> None:
     guest_config(service, "Extensions.Enabled", "n")
     service.cli_json("vm", "agent", "restart", M)

@@ -20,10 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frostpoint.agent.config import AgentConfig, installed_version
+from frostpoint.agent.config import AgentConfig, EndpointNotFound, installed_version
 from frostpoint.agent.frozen import MARKER
 from frostpoint.extension.scripts import ScriptConfig, ScriptError
-from frostpoint.protocol import AGENT_CONFIG, DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
+from frostpoint.protocol import (
+    AGENT_CONFIG,
+    DISK_ROOT,
+    FABRIC_ADDRESS,
+    GUEST_ETC,
+    GUEST_LIB,
+    GUEST_LOG,
+)
 
 FREEZABLE = {"ext4", "xfs", "btrfs", "ext3"}
 
@@ -76,7 +83,17 @@ def check_config(cfg: AgentConfig) -> list[dict[str, Any]]:
 
 def check_endpoint(cfg: AgentConfig) -> list[dict[str, Any]]:
     out = []
-    addr = cfg.values["Endpoint.Address"]
+    try:
+        addr = cfg.address
+    except EndpointNotFound as e:
+        return [finding("network.discovery", "fail", str(e),
+                        "UserErrorGuestAgentStatusUnavailable",
+                        [f"ip route add default via {FABRIC_ADDRESS}",
+                         f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address={FABRIC_ADDRESS}/'"
+                         f" {AGENT_CONFIG}"], fixable="set-endpoint")]
+    if cfg.discovery:
+        out.append(finding("network.discovery", "pass",
+                           f"fabric endpoint {addr} found by discovery (default route)"))
     for name, port, code in (("wire", int(cfg.values["Endpoint.WirePort"]),
                               "UserErrorGuestAgentStatusUnavailable"),
                              ("host", int(cfg.values["Endpoint.HostPort"]),

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from frostpoint.agent.config import AgentConfig, installed_version
+from frostpoint.agent.config import AgentConfig, EndpointNotFound, installed_version
 from frostpoint.agent.extensions import ExtensionHandler
 from frostpoint.agent.frozen import thaw_leftovers
 from frostpoint.protocol import GUEST_LIB, GUEST_LOG
@@ -143,6 +143,13 @@ def main() -> None:
     cfg = AgentConfig.load()
     if args[0] == "run":
         setup_logging(cfg)
+        while True:
+            try:
+                cfg = cfg.resolved()
+                break
+            except EndpointNotFound as e:  # no heartbeat until the fabric is found
+                log.error("%s; retrying in 5 s", e)
+                time.sleep(5)
         Agent(cfg).run()
     elif args[0] == "version":
         print(installed_version())

@@ -19,7 +19,12 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
+from frostpoint.protocol import (
+    FABRIC_ADDRESS,
+    MIN_AGENT_VERSION,
+    SNAPSHOT_EXTENSION,
+    version_tuple,
+)
 from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
@@ -170,11 +175,11 @@ class Doctor:
                             "UserErrorGuestAgentStatusUnavailable")]
         out = []
         remedies = {"enable": "enable-extensions", "remount-exec": "remount-exec",
-                    "thaw": "thaw"}
+                    "thaw": "thaw", "set-endpoint": "set-endpoint"}
         for f in items:
             remedy = remedies.get(f.get("fixable", ""))
             check = f["check"]
-            if check.startswith("network.") and f["status"] == "fail":
+            if remedy is None and check.startswith("network.") and f["status"] == "fail":
                 remedy = "open-port"
             out.append(Finding(f"guest.{check}", f["status"], f["message"], f.get("code"),
                                [f"frostpoint vm exec {name} -- {c}" for c in f["fix"]],
@@ -324,6 +329,10 @@ class Doctor:
             mount = a.get("mount")
             self._guest(name, f"fsfreeze -u {mount}" if mount else
                         f"{sys.executable} -m frostpoint.agent.main thaw")
+        elif r == "set-endpoint":  # discovery found nothing: name the well-known address
+            self._guest(name, f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address="
+                              f"{FABRIC_ADDRESS}/' /etc/frostpoint/agent.conf")
+            m.agent_restart(name)
         elif r == "open-port":
             # Delete every OUTPUT rule that drops or rejects the port.
             self._guest(name, f"iptables -S OUTPUT | grep -- '--dport {a['port']} ' | "

@@ -53,6 +53,8 @@ class FabricNetwork:
                  f"{self.machine_address(slot)}/{PREFIX_LEN}", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # The lease: a default route via the fabric, which is how agents discover it.
+        run(["ip", "-n", ns, "route", "replace", "default", "via", FABRIC_ADDRESS])
 
     def detach_machine(self, machine: str) -> None:
         ns = self.machine_ns(machine)
