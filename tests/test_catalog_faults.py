@@ -464,3 +464,37 @@ def test_agent_below_the_minimum_version_gives_snapshot_task_status_error(
     assert service.cli_json("vm", "show", "oldagent")["agent"]["version"] == __version__
     assert service.backup("oldagent")["status"] == "Completed"
     c.delete("/machines/oldagent")
+
+
+def test_protection_stopped_gives_bcm_datasource_not_present(service: Service) -> None:
+    service.cli_json("protect", "stop", M)
+    p = service.cli("backup", "now", M, "--json", check=False)
+    err = json.loads(p.stdout)["error"]
+    assert p.returncode == 1 and err["code"] == "UserErrorBcmDatasourceNotPresent"
+    assert err["details"]["protection_state"] == "ProtectionStopped" and err["actions"]
+    report = doctor(service)
+    assert "UserErrorBcmDatasourceNotPresent" in codes_found(report)
+    fixed = doctor(service, "--fix")  # protect resume is safe
+    assert any(a["check"] == "protection" for a in fixed["applied"])
+    succeeds(service)
+
+
+def test_a_second_backup_while_one_runs_gives_backup_operation_in_progress(
+        service: Service) -> None:
+    cfg = service.hold_freeze(M, 15)
+    first = service.client.post("/backups", {"machine": M})
+    try:
+        assert service.wait_frozen(M)
+        p = service.cli("backup", "now", M, "--json", check=False)
+        err = json.loads(p.stdout)["error"]
+        assert err["code"] == "UserErrorBackupOperationInProgress"
+        assert err["details"]["running_job"] == first["id"]
+        jobs = [f for f in doctor(service)["findings"] if f["check"] == "jobs"]
+        assert [f["code"] for f in jobs] == ["UserErrorBackupOperationInProgress"]
+        assert jobs[0]["fix"] == [f"frostpoint job cancel {first['id']}"]
+        service.cli_json("job", "cancel", first["id"])  # the recommended action
+        done = service.wait_job(first["id"], timeout=60)
+        assert done["status"] == "Cancelled", done
+    finally:
+        cfg.unlink()
+    succeeds(service)
