@@ -43,14 +43,13 @@ class JobRunner:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def watch(self, job_id: str, stop: threading.Event,
+    def watch(self, job_id: str, stop: threading.Event, expired: threading.Event,
               force_finish: Callable[[], None]) -> None:
-        """Heartbeat the job; past its deadline ask it to stop, and if it does not
-        stop within a grace period (a body blocked in I/O), finish it anyway."""
+        """Heartbeat the job; past its deadline ask it to stop (and set expired), and if
+        it does not stop within a grace period (a body blocked in I/O), finish it."""
         deadline = self.rt.timeouts.job_deadline
         grace = min(60.0, max(5.0, deadline / 10))
         started = time.monotonic()
-        asked = False
         while not stop.wait(min(3.0, deadline / 4)):
             elapsed = time.monotonic() - started
             with self.rt.sessions.begin() as s:
@@ -58,18 +57,12 @@ class JobRunner:
                 if job is None or job.status not in ACTIVE:
                     return
                 job.heartbeat_at = utcnow()
-                if elapsed > deadline and not asked:
-                    asked = True
+                if elapsed > deadline and not expired.is_set():
+                    expired.set()
                     job.cancel_requested = True
-                    job.details = {**job.details, "deadline_exceeded": True}
             if elapsed > deadline + grace:
                 force_finish()
                 return
-
-    def past_deadline(self, job_id: str) -> bool:
-        with self.rt.sessions() as s:
-            job = s.get(Job, job_id)
-            return bool(job and job.details.get("deadline_exceeded"))
 
     def deadline_outcome(self, job_id: str, machine: str | None
                          ) -> tuple[str, dict[str, Any] | None, list[Any]]:
@@ -116,9 +109,10 @@ class JobRunner:
                     on_end(job_id, status)
 
         def target() -> None:
-            stop = threading.Event()
+            stop, expired = threading.Event(), threading.Event()
             threading.Thread(target=self.watch, daemon=True, args=(
-                job_id, stop, lambda: end(*self.deadline_outcome(job_id, machine)))).start()
+                job_id, stop, expired,
+                lambda: end(*self.deadline_outcome(job_id, machine)))).start()
             error = None
             warnings: list[Any] = []
             try:
@@ -132,7 +126,7 @@ class JobRunner:
                                    {"traceback": traceback.format_exc()[-4000:]}, machine)
             finally:
                 stop.set()
-            if status == "Cancelled" and self.past_deadline(job_id):
+            if status == "Cancelled" and expired.is_set():
                 status, error, deadline_warnings = self.deadline_outcome(job_id, machine)
                 warnings = list(warnings) + deadline_warnings
             end(status, error, warnings)
