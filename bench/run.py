@@ -57,6 +57,7 @@ def say(msg: str) -> None:
 
 # -- helpers -----------------------------------------------------------------------
 QUIET_WAIT = 120.0  # --quiet-wait
+VAULT_BLOCK = BLOCK_SIZE  # --block-size: the benchmark vault's block size
 
 
 def prepare_step() -> dict[str, Any]:
@@ -307,7 +308,7 @@ def one_run(work_root: Path, n: int) -> dict[str, Any]:
         say(f"[bold]run {n}[/]: work dir {work}; starting frostpoint server")
         svc.start()
         c = svc.client
-        c.post("/vaults", {"name": VAULT})
+        c.post("/vaults", {"name": VAULT, "block_size": str(VAULT_BLOCK)})
         c.post("/policies", {"name": POLICY})
         say(f"creating machine {MACHINE} with a {DISK_SIZE} ext4 disk")
         c.post("/machines", {"name": MACHINE, "disks": [{"name": DISK, "size": DISK_SIZE,
@@ -330,7 +331,7 @@ def one_run(work_root: Path, n: int) -> dict[str, Any]:
         first, second = Path(full["snapshot"]), Path(incr["snapshot"])
 
         say("comparing the two snapshot images (not timed)")
-        change.update(image_diff(first, second))
+        change.update(image_diff(first, second, VAULT_BLOCK))
         change["snapshot_allocated_bytes"] = allocated(second)
         say(f"  {change['changed_bytes'] / MB:.1f} MB differ, in "
             f"{change['changed_vault_blocks']} vault blocks")
@@ -504,8 +505,8 @@ def report(res: dict[str, Any], out: Console) -> None:
     out.print(
         f"change: {m['change_written_bytes'] / MB:.1f} MB written by the change script; "
         f"{m['changed_bytes'] / MB:.1f} MB of 4 KiB pages differ between the snapshots, in "
-        f"{m['changed_vault_blocks']} of the vault's {BLOCK_SIZE >> 10} KiB blocks "
-        f"({m['changed_vault_blocks'] * BLOCK_SIZE / MB:.0f} MB: the least a block-level "
+        f"{m['changed_vault_blocks']} of the vault's {VAULT_BLOCK >> 10} KiB blocks "
+        f"({m['changed_vault_blocks'] * VAULT_BLOCK / MB:.0f} MB: the least a block-level "
         f"incremental can read); frostpoint read {m['fp_incr_bytes_read'] / MB:.1f} MB")
     floors = res["runs"][0]["change"]["read_floor_bytes"]
     out.print("least read for a block-level incremental by block size (run 1): " + ", ".join(
@@ -542,7 +543,7 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def main() -> int:
-    global QUIET_WAIT
+    global QUIET_WAIT, VAULT_BLOCK
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "1")),
                     help="repeat the whole benchmark, each on fresh state, and report "
@@ -554,8 +555,12 @@ def main() -> int:
     ap.add_argument("--work-dir", default=os.environ.get("FROSTPOINT_BENCH_DIR", "/var/tmp"),
                     help="where the temporary data dir and repositories go (a disk, not "
                          "tmpfs; default /var/tmp or $FROSTPOINT_BENCH_DIR)")
+    ap.add_argument("--block-size", type=int,
+                    default=int(os.environ.get("BENCH_BLOCK_SIZE", BLOCK_SIZE)),
+                    help=f"the vault's block size in bytes (default {BLOCK_SIZE}, the "
+                         "product's default, or $BENCH_BLOCK_SIZE)")
     args = ap.parse_args()
-    QUIET_WAIT = args.quiet_wait
+    QUIET_WAIT, VAULT_BLOCK = args.quiet_wait, args.block_size
     if os.geteuid() != 0:
         print("bench/run.py needs root (sandbox machines, loop devices, drop_caches)",
               file=sys.stderr)
@@ -580,6 +585,7 @@ def main() -> int:
         "started": started, "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "frostpoint_version": FROSTPOINT_VERSION, "source": source, "tools": tools,
         "machine": machine_info(work_root), "targets": TARGETS,
+        "vault_block_size": VAULT_BLOCK,
         "targets_met": {k: med[k] <= TARGETS[k] for k in TARGETS},
         "ratios": {k: med[k] for k in ("full_vs_borg", "incremental_vs_borg",
                                         "restore_vs_restic")},

@@ -305,10 +305,12 @@ def vault_create(name: str,
                      None, help="Folder (local), or azure://CONTAINER[/PREFIX]"
                      "[?connection_string_env=VAR] (azure)."),
                  backend: str = typer.Option("local", help="local | azure"),
+                 block_size: str = typer.Option(
+                     None, help="Block (chunk) size, 64K-16M in 4K steps; default 4M."),
                  as_json: bool = JSON) -> None:
     """Create a vault. Azure reads the connection string from the service's env."""
     emit(Client().post("/vaults", {"name": name, "location": location,
-                                   "backend": backend}), as_json)
+                                   "backend": backend, "block_size": block_size}), as_json)
 
 
 @vault.command("list")

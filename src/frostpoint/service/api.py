@@ -18,6 +18,7 @@ from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
+from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
 
@@ -62,6 +63,7 @@ class VaultIn(BaseModel):
     name: str
     location: str | None = None
     backend: str = "local"
+    block_size: str | None = None  # e.g. "4M" (default) or "1M"
 
 
 class PolicyIn(BaseModel):
@@ -216,7 +218,9 @@ def create_app(svc: Services) -> FastAPI:
     # vaults, policies, protection
     @app.post("/vaults", dependencies=r)
     def create_vault(body: VaultIn) -> dict[str, Any]:
-        return svc.protection.create_vault(body.name, body.location, body.backend)
+        return svc.protection.create_vault(
+            body.name, body.location, body.backend,
+            parse_size(body.block_size) if body.block_size else None)
 
     @app.get("/vaults", dependencies=r)
     def list_vaults() -> list[dict[str, Any]]:

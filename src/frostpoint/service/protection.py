@@ -23,6 +23,7 @@ from frostpoint.service.models import (
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.backend import Backend, LocalBackend
+from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault as VaultStore
 
 TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -55,7 +56,7 @@ class Protection:
         raise FrostpointError("InvalidInput", f"vault backend {kind!r} is local or azure")
 
     def create_vault(self, name: str, location: str | None = None,
-                     backend: str = "local") -> dict[str, Any]:
+                     backend: str = "local", block_size: int | None = None) -> dict[str, Any]:
         if backend == "azure" and not location:
             raise FrostpointError("InvalidInput", "an Azure vault needs --location "
                                   "azure://CONTAINER[/PREFIX][?connection_string_env=VAR]")
@@ -69,7 +70,8 @@ class Protection:
             s.flush()
             vid = v.id
         try:
-            self._stores[vid] = VaultStore.create(store_backend, self.rt.vault_key(vid, True))
+            self._stores[vid] = VaultStore.create(store_backend, self.rt.vault_key(vid, True),
+                                                  block_size=block_size or BLOCK_SIZE)
         except Exception:
             with self.rt.sessions.begin() as s:
                 s.delete(s.get(Vault, vid))
@@ -92,8 +94,11 @@ class Protection:
             assert v is not None
             count = s.scalar(select(func.count()).select_from(RestorePoint)
                              .where(RestorePoint.vault_id == v.id))
-            return {"name": v.name, "id": v.id, "backend": v.backend, "location": v.location,
-                    "restore_points": count, "created_at": v.created_at.isoformat() + "Z"}
+            vid = v.id
+            out = {"name": v.name, "id": v.id, "backend": v.backend, "location": v.location,
+                   "restore_points": count, "created_at": v.created_at.isoformat() + "Z"}
+        store = self._stores.get(vid)  # opened vaults only: no storage call to list them
+        return {**out, "block_size": store.config.block_size} if store else out
 
     def list_vaults(self) -> list[dict[str, Any]]:
         with self.rt.sessions() as s:
