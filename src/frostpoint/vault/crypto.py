@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from dataclasses import dataclass
 
 import blake3
 import zstandard
@@ -29,16 +30,28 @@ ZSTD_LEVEL = 3
 # does not leak compressibility in clear).
 FLAG_RAW = 0x00
 FLAG_ZSTD = 0x01
-# Chunks: independent zstd frames of 1 MiB, each "raw length, stored length, bytes"
-# (stored raw when zstd does not shrink it). A partly changed block recompresses only
-# the frames that changed and copies the others from the previous chunk.
+# Chunks: independent frames of 1 MiB, each "raw length, stored length, keyed digest of
+# its plaintext, stored bytes" (zstd, or raw when zstd does not shrink it). The chunk id
+# is computed from the frame digests, so a partly changed block decompresses and hashes
+# only the frames that changed and copies the others (bytes and digest) as they are.
 FLAG_FRAMES = 0x02
 FRAME = 1024 * 1024
-_FRAME_HEAD = struct.Struct("<II")
+DIGEST_SIZE = 32
+_FRAME_HEAD = struct.Struct("<II32s")  # raw length, stored length, frame digest
 
-Frame = tuple[int, bytes, bytes]  # raw length, stored bytes, plaintext
 
-_INFO_ID = b"frostpoint-vault v1 id-key"
+@dataclass(frozen=True)
+class Frame:
+    """One frame of an opened chunk, not decompressed."""
+
+    raw_len: int
+    digest: bytes
+    encoded: memoryview  # head + stored bytes, as in the chunk: reusable as it is
+    stored: memoryview   # zstd frame, or the plaintext when len(stored) == raw_len
+
+
+_INFO_FRAME = b"frostpoint-vault v2 frame-key"
+_INFO_ID = b"frostpoint-vault v2 id-key"
 _INFO_ENC = b"frostpoint-vault v1 enc-key"
 
 # Upper bound for one decompressed object; guards against a damaged length header.
@@ -55,11 +68,14 @@ class VaultKeys:
     def __init__(self, master_key: bytes) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) != MASTER_KEY_SIZE:
             raise FrostpointError("InvalidInput", "vault master key must be 32 bytes")
+        # Two hash keys: frame digests and chunk ids can never be mistaken for each other.
+        self.frame_key = _derive(bytes(master_key), _INFO_FRAME)
         self.id_key = _derive(bytes(master_key), _INFO_ID)
         self.enc_key = _derive(bytes(master_key), _INFO_ENC)
         self._aead = AESGCM(self.enc_key)
         # zstd contexts are not thread-safe; one per thread (cheap, reused).
         self._local = threading.local()
+        self._zero_frames: dict[int, tuple[bytes, bytes]] = {}
 
     def _cctx(self) -> zstandard.ZstdCompressor:
         c = getattr(self._local, "cctx", None)
@@ -73,86 +89,130 @@ class VaultKeys:
             d = self._local.dctx = zstandard.ZstdDecompressor()
         return d
 
-    def chunk_id(self, plaintext: bytes) -> bytes:
-        """Keyed BLAKE3: equal data dedups, but ids reveal nothing without the key."""
-        return blake3.blake3(plaintext, key=self.id_key).digest()
+    def frame_digest(self, raw: bytes | bytearray | memoryview) -> bytes:
+        return blake3.blake3(raw, key=self.frame_key).digest()
+
+    def frame_digests(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
+        """Keyed BLAKE3 of each 1 MiB frame of a block (the last one may be short)."""
+        view = memoryview(plaintext)
+        return [self.frame_digest(view[s:s + FRAME]) for s in range(0, len(view), FRAME)]
+
+    def id_of_digests(self, digests: list[bytes]) -> bytes:
+        """Chunk id from the frame digests: keyed BLAKE3 (another key) over them, in
+        order. Equal data dedups, but ids reveal nothing without the key."""
+        return blake3.blake3(b"".join(digests), key=self.id_key).digest()
+
+    def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
+        return self.id_of_digests(self.frame_digests(plaintext))
+
+    def zero_frame(self, n: int) -> tuple[bytes, bytes]:
+        """(digest, encoded frame) of n zero bytes; cached, the same for every block."""
+        hit = self._zero_frames.get(n)
+        if hit is None:
+            digest = self.frame_digest(bytes(n))
+            hit = self._zero_frames[n] = (digest, self.encode_frame(bytes(n), digest))
+        return hit
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """nonce(12) || AES-256-GCM(flag(1) || payload) with tag; payload zstd'd if smaller."""
         # Random-looking data (media, encrypted files) does not shrink: a 64 KiB sample
         # tells, and saves compressing megabytes for nothing.
-        sample = plaintext[:SAMPLE]
-        if len(plaintext) > 4 * SAMPLE and len(self._cctx().compress(sample)) > (
-                len(sample) * 0.98):
-            compressed = plaintext
-        else:
-            compressed = self._cctx().compress(plaintext)
+        compressed = self._cctx().compress(plaintext) if self._compressible(
+            plaintext) else plaintext
         if len(compressed) < len(plaintext):
             body = bytes((FLAG_ZSTD,)) + compressed
         else:
             body = bytes((FLAG_RAW,)) + plaintext
         return self._seal_body(body, aad)
 
-    def _compressible(self, plaintext: bytes) -> bool:
+    def _compressible(self, plaintext: bytes | bytearray | memoryview) -> bool:
         sample = plaintext[:SAMPLE]
         return len(plaintext) <= 4 * SAMPLE or len(self._cctx().compress(sample)) <= (
             len(sample) * 0.98)
 
-    def _frame(self, raw: bytes | bytearray) -> bytes:
-        c = self._cctx().compress(raw)
-        stored = c if len(c) < len(raw) else bytes(raw)
-        return _FRAME_HEAD.pack(len(raw), len(stored)) + stored
+    def encode_frame(self, raw: bytes | bytearray | memoryview, digest: bytes,
+                     compress: bool | None = None) -> bytes:
+        """head || stored bytes of one frame. compress=None: tries zstd unless a sample
+        says the frame does not shrink; False: stored raw."""
+        if compress is None:
+            compress = self._compressible(raw)
+        c = self._cctx().compress(raw) if compress else None
+        if c is not None and len(c) < len(raw):
+            return _FRAME_HEAD.pack(len(raw), len(c), digest) + c
+        return b"".join((_FRAME_HEAD.pack(len(raw), len(raw), digest), raw))  # one copy
 
-    def seal_chunk(self, plaintext: bytes, aad: bytes,
-                   reuse: dict[int, bytes] | None = None) -> bytes:
-        """Seal a block: framed zstd (or raw when it does not compress).
+    def seal_chunk(self, plaintext: bytes, digests: list[bytes], aad: bytes) -> bytes:
+        """Seal a block read whole, with its frame digests: framed zstd, or all frames
+        raw when a sample of the block does not compress (random data)."""
+        compress = self._compressible(plaintext)
+        view = memoryview(plaintext)
+        return self.seal_frames([self.encode_frame(view[s:s + FRAME], d, compress)
+                                 for s, d in zip(range(0, len(view), FRAME), digests,
+                                                 strict=True)], aad)
 
-        reuse maps a frame index to its already encoded frame (from the previous chunk)
-        for frames whose bytes did not change."""
-        if not self._compressible(plaintext):
-            return self._seal_body(bytes((FLAG_RAW,)) + plaintext, aad)
-        parts = [bytes((FLAG_FRAMES,))]
-        for n, start in enumerate(range(0, len(plaintext), FRAME)):
-            hit = reuse.get(n) if reuse else None
-            parts.append(hit if hit is not None else self._frame(
-                plaintext[start:start + FRAME]))
-        body = b"".join(parts)
-        if len(body) > len(plaintext):
-            body = bytes((FLAG_RAW,)) + plaintext
-        return self._seal_body(body, aad)
+    def seal_frames(self, encoded: list[bytes | bytearray | memoryview], aad: bytes) -> bytes:
+        """Seal a chunk from its encoded frames (new, or reused from another chunk)."""
+        return self._seal_body(b"".join([bytes((FLAG_FRAMES,)), *encoded]), aad)
 
     def _seal_body(self, body: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, body, aad)
 
-    def open_frames(self, blob: bytes, aad: bytes) -> list[bytes] | tuple[bytes, list[Frame]]:
-        """Open a chunk keeping its frames: (plaintext, frames), or [plaintext] when the
-        chunk is not framed. Damage -> VaultDataCorrupt."""
+    def open_frames(self, blob: bytes, aad: bytes) -> list[Frame]:
+        """Decrypt a chunk and read its frame table; nothing is decompressed or hashed.
+        Damage -> VaultDataCorrupt."""
         body = self._open_body(blob, aad)
         if body[0] != FLAG_FRAMES:
-            return [self._decode(body)]
-        frames = self._frames(memoryview(body)[1:])
-        return b"".join(f[2] for f in frames), frames
-
-    def _frames(self, view: memoryview) -> list[Frame]:
+            raise FrostpointError("VaultDataCorrupt", f"chunk has seal flag {body[0]:#x}, "
+                                  "not frames")
+        view = memoryview(body)
         out: list[Frame] = []
-        pos = 0
+        pos = 1
         try:
             while pos < len(view):
-                raw_len, stored_len = _FRAME_HEAD.unpack_from(view, pos)
-                end = pos + _FRAME_HEAD.size + stored_len
-                stored = bytes(view[pos + _FRAME_HEAD.size:end])
-                if len(stored) != stored_len or raw_len > FRAME:
+                raw_len, stored_len, digest = _FRAME_HEAD.unpack_from(view, pos)
+                start = pos + _FRAME_HEAD.size
+                end = start + stored_len
+                if end > len(view) or raw_len > FRAME or stored_len > raw_len or (
+                        raw_len == 0):
                     raise ValueError("frame overruns the chunk")
-                plain = stored if stored_len == raw_len else self._dctx().decompress(
-                    stored, max_output_size=raw_len)
-                if len(plain) != raw_len:
-                    raise ValueError("frame has the wrong length")
-                out.append((raw_len, bytes(view[pos:end]), plain))
+                out.append(Frame(raw_len, digest, view[pos:end], view[start:end]))
                 pos = end
-        except (struct.error, ValueError, zstandard.ZstdError) as e:
+        except (struct.error, ValueError) as e:
             raise FrostpointError("VaultDataCorrupt", f"chunk frames are damaged: {e}") from None
+        if not out:
+            raise FrostpointError("VaultDataCorrupt", "chunk has no frames")
         return out
+
+    def frame_plaintext(self, frame: Frame) -> bytes | memoryview:
+        """Decompress one frame (not hashed; a raw frame is not copied). Damage ->
+        VaultDataCorrupt."""
+        if len(frame.stored) == frame.raw_len:
+            return frame.stored
+        try:
+            plain = self._dctx().decompress(frame.stored, max_output_size=frame.raw_len)
+        except zstandard.ZstdError as e:
+            raise FrostpointError("VaultDataCorrupt", f"chunk frame does not decompress: {e}"
+                                  ) from None
+        if len(plain) != frame.raw_len:
+            raise FrostpointError("VaultDataCorrupt", "chunk frame has the wrong length")
+        return plain
+
+    def open_chunk(self, blob: bytes, aad: bytes) -> tuple[list[bytes | memoryview], bytes]:
+        """Decrypt, decompress and re-hash a whole chunk: (frame plaintexts, the chunk id
+        they hash to). A frame whose digest in the table is not its plaintext's ->
+        VaultDataCorrupt; the caller compares the id with the one it asked for."""
+        plains: list[bytes | memoryview] = []
+        digests: list[bytes] = []
+        for k, f in enumerate(self.open_frames(blob, aad)):
+            plain = self.frame_plaintext(f)
+            digest = self.frame_digest(plain)
+            if digest != f.digest:
+                raise FrostpointError("VaultDataCorrupt",
+                                      f"frame {k} of the chunk does not match its digest")
+            plains.append(plain)
+            digests.append(digest)
+        return plains, self.id_of_digests(digests)
 
     def _open_body(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE + 1:
@@ -167,8 +227,6 @@ class VaultKeys:
         flag, payload = body[0], body[1:]
         if flag == FLAG_RAW:
             return payload
-        if flag == FLAG_FRAMES:
-            return b"".join(f[2] for f in self._frames(memoryview(body)[1:]))
         if flag == FLAG_ZSTD:
             try:
                 return self._dctx().decompress(payload, max_output_size=_MAX_PLAINTEXT)
@@ -178,5 +236,6 @@ class VaultKeys:
         raise FrostpointError("VaultDataCorrupt", f"unknown seal flag {flag:#x}")
 
     def open_sealed(self, blob: bytes, aad: bytes) -> bytes:
-        """Inverse of seal and seal_chunk. Damage, wrong key or aad -> VaultDataCorrupt."""
+        """Inverse of seal (chunks: open_chunk). Damage, wrong key or aad ->
+        VaultDataCorrupt."""
         return self._decode(self._open_body(blob, aad))

@@ -12,7 +12,9 @@ from typing import Any
 from frostpoint.errors.catalog import FrostpointError
 
 FORMAT_NAME = "frostpoint-vault"
-FORMAT_VERSION = 1
+# 2: chunk ids from keyed digests of the chunk's 1 MiB frames, kept in its frame table
+# (docs/vault-format.md). Version 1 vaults are refused (pre-release: no migration).
+FORMAT_VERSION = 2
 # Block (= chunk) size of new vaults: 4 MiB, as the architecture has it. Each vault
 # records its own in `config` (vault create --block-size), and every manifest the one it
 # was written with. 1 MiB (one zstd frame) makes incrementals of small scattered changes

@@ -464,10 +464,11 @@ class Vault:
     def _prepare(self, writer: _PackWriter, data: bytes) -> tuple[bytes, bytes | None]:
         # Runs in the pool. Skip sealing for chunks already stored; a duplicate that
         # races in flight is sealed twice and dropped by writer.add (rare, harmless).
-        cid = self._keys.chunk_id(data)
+        digests = self._keys.frame_digests(data)
+        cid = self._keys.id_of_digests(digests)
         if writer.knows(cid):
             return cid, None
-        return cid, self._keys.seal_chunk(data, fmt.chunk_aad(cid))
+        return cid, self._keys.seal_chunk(data, digests, fmt.chunk_aad(cid))
 
     def _previous_blocks(self, name: str, size: int,
                          previous: Mapping[str, tuple[Path, str]] | None,
@@ -492,50 +493,90 @@ class Vault:
             return None
         return fd, list(disk["blocks"])
 
-    def _previous_frames(self, cid: bytes) -> tuple[bytes, list[Frame] | None]:
-        """The previous chunk's plaintext and encoded frames; checked against its id."""
+    def _previous_frames(self, cid: bytes) -> list[Frame]:
+        """The previous chunk's frames, decrypted but not decompressed; their digests
+        checked against its id (the frames themselves are authenticated by AES-GCM)."""
         blob, _pack, _details = self._fetch_sealed(cid, {})
-        opened = self._keys.open_frames(blob, fmt.chunk_aad(cid))
-        plain, frames = (opened[0], None) if isinstance(opened, list) else opened
-        if self._keys.chunk_id(plain) != cid:
+        frames = self._keys.open_frames(blob, fmt.chunk_aad(cid))
+        if self._keys.id_of_digests([f.digest for f in frames]) != cid:
             raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} does not match")
-        return plain, frames
+        return frames
 
     def _prepare_patch(self, writer: _PackWriter, fd: int, off: int, n: int,
                        prev_cid: bytes | None, ranges: extents.Ranges,
                        disk: str) -> tuple[bytes, bytes | None]:
-        """A partly changed block: the previous chunk (zeros if it had none), with only
-        what changed read from the disk and holes zeroed; only the frames that changed
-        are compressed again. Runs in the pool."""
-        frames: list[Frame] | None = None
-        try:
-            base = bytes(n) if prev_cid is None else None
-            if base is None:
-                base, frames = self._previous_frames(prev_cid)  # type: ignore[arg-type]
-        except FrostpointError:
-            base = b""  # a damaged previous chunk: never build on it, read the block
-        if len(base) != n:
-            return self._prepare(writer, os.pread(fd, n, off))  # layout changed
-        buf = bytearray(base)
-        touched: set[int] = set()
-        for a, b, read in ranges:
-            if read:
-                part = os.pread(fd, b - a, off + a)
-                if len(part) != b - a:
-                    raise FrostpointError("BackUpOperationFailed",
-                                          f"disk {disk} shrank while it was read")
-                buf[a:b] = part
-            else:
-                buf[a:b] = bytes(b - a)
-            touched.update(range(a // FRAME, (b - 1) // FRAME + 1))
-        data = bytes(buf)
-        if data == bytes(n):
+        """A partly changed block: the previous chunk (zeros if it had none) with only
+        what changed read from the disk and holes zeroed. Only the frames the changed
+        ranges touch are decompressed, hashed and compressed again; the others keep
+        their stored bytes and digests. Runs in the pool."""
+        keys = self._keys
+        spans = [(s, min(n, s + FRAME)) for s in range(0, n, FRAME)]
+        if prev_cid is None:
+            frames = None
+        else:
+            try:
+                frames = self._previous_frames(prev_cid)
+            except FrostpointError:
+                frames = []  # a damaged previous chunk: never build on it
+            if [f.raw_len for f in frames] != [b - a for a, b in spans]:
+                return self._prepare(writer, self._pread(fd, n, off, disk))  # read whole
+        digests: list[bytes] = []
+        encoded: list[bytes | bytearray | memoryview] = []
+        compress: dict[int, bool] = {}
+        zero_frames = True
+        for k, (fa, fb) in enumerate(spans):
+            parts = [(max(a, fa), min(b, fb), read) for a, b, read in ranges
+                     if a < fb and b > fa]
+            if not parts:  # unchanged frame: reused as it is
+                if frames is None:
+                    digest, enc = keys.zero_frame(fb - fa)
+                else:
+                    digest, enc = frames[k].digest, frames[k].encoded
+                    zero_frames = zero_frames and digest == keys.zero_frame(fb - fa)[0]
+                digests.append(digest)
+                encoded.append(enc)
+                continue
+            buf = bytearray(fb - fa) if frames is None else bytearray(
+                keys.frame_plaintext(frames[k]))
+            view = memoryview(buf)
+            for a, b, read in parts:
+                if read:
+                    self._pread_into(fd, view[a - fa:b - fa], off + a, disk)
+                else:
+                    view[a - fa:b - fa] = bytes(b - a)
+            digest = keys.frame_digest(buf)
+            zero_frames = zero_frames and digest == keys.zero_frame(fb - fa)[0]
+            digests.append(digest)
+            encoded.append(buf)  # encoded below, only if the chunk is new
+            # A frame that compressed before is compressed again without a sample.
+            if frames is not None and len(frames[k].stored) < frames[k].raw_len:
+                compress[k] = True
+        if zero_frames:
             return b"", None  # became all zeros: recorded as a zero block
-        cid = self._keys.chunk_id(data)
+        cid = keys.id_of_digests(digests)
         if writer.knows(cid):
             return cid, None
-        reuse = {k: f[1] for k, f in enumerate(frames or []) if k not in touched}
-        return cid, self._keys.seal_chunk(data, fmt.chunk_aad(cid), reuse)
+        encoded = [keys.encode_frame(e, d, compress.get(k)) if isinstance(e, bytearray)
+                   else e for k, (e, d) in enumerate(zip(encoded, digests, strict=True))]
+        return cid, keys.seal_frames(encoded, fmt.chunk_aad(cid))
+
+    @staticmethod
+    def _pread(fd: int, n: int, off: int, disk: str) -> bytes:
+        data = os.pread(fd, n, off)
+        if len(data) != n:
+            raise FrostpointError("BackUpOperationFailed",
+                                  f"disk {disk} shrank while it was read", {"disk": disk})
+        return data
+
+    @staticmethod
+    def _pread_into(fd: int, view: memoryview, off: int, disk: str) -> None:
+        """Read exactly len(view) bytes at off into view (no intermediate copy)."""
+        while view:
+            got = os.preadv(fd, [view], off)
+            if got == 0:
+                raise FrostpointError("BackUpOperationFailed",
+                                      f"disk {disk} shrank while it was read", {"disk": disk})
+            view, off = view[got:], off + got
 
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
@@ -607,10 +648,7 @@ class Vault:
                 while len(inflight) > limit:
                     drain_one()
                 continue
-            data = os.pread(fd, n, off)
-            if len(data) != n:
-                raise FrostpointError("BackUpOperationFailed",
-                                      f"disk {name} shrank while it was read", {"disk": name})
+            data = self._pread(fd, n, off, name)
             if data == (zero if n == bs else zero[:n]):
                 stats.zero_blocks += 1
                 inflight.append((i, n, n, None))
@@ -625,8 +663,9 @@ class Vault:
 
     # --- restore ------------------------------------------------------------------
 
-    def _read_chunk(self, cid: bytes, where: dict[str, Any]) -> bytes:
-        """Fetch, decrypt and re-hash one chunk; any problem -> VaultDataCorrupt."""
+    def _read_chunk(self, cid: bytes, where: dict[str, Any]) -> list[bytes | memoryview]:
+        """Fetch, decrypt and re-hash one chunk: its frames' plaintexts, in order; any
+        problem -> VaultDataCorrupt."""
         blob, pack_id, details = self._fetch_sealed(cid, where)
         return self._check_chunk(cid, pack_id, blob, details)
 
@@ -649,19 +688,21 @@ class Vault:
         return blob, pack_id, details
 
     def _check_chunk(self, cid: bytes, pack_id: str, blob: bytes,
-                     details: dict[str, Any]) -> bytes:
+                     details: dict[str, Any]) -> list[bytes | memoryview]:
         h = cid.hex()
         try:
-            plain = self._keys.open_sealed(blob, fmt.chunk_aad(cid))
-        except FrostpointError:
+            plains, actual = self._keys.open_chunk(blob, fmt.chunk_aad(cid))
+        except FrostpointError as e:
+            what = e.detail.removeprefix("sealed object ")  # failed authentication, ...
+            if what == e.detail:
+                what = f"is damaged: {what}"  # frames that do not decompress or match
             raise FrostpointError(
-                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} failed authentication",
-                details) from None
-        if self._keys.chunk_id(plain) != cid:
+                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} {what}", details) from None
+        if actual != cid:
             raise FrostpointError(
                 "VaultDataCorrupt", f"chunk {h} in pack {pack_id} does not match its id",
                 details)
-        return plain
+        return plains
 
     def restore_disk(self, rp_id: str, disk_name: str, target: Path,
                      progress: Progress | None = None) -> None:
@@ -683,13 +724,20 @@ class Vault:
             os.ftruncate(fd, size)  # holes everywhere; zero blocks are never written
 
             def fetch(cid: bytes, off: int, n: int) -> None:
-                plain = self._read_chunk(
+                frames = self._read_chunk(
                     cid, {"restore_point": rp_id, "disk": disk_name, "offset": off})
-                if len(plain) != n:
+                length = sum(map(len, frames))
+                if length != n:
                     raise FrostpointError(
-                        "VaultDataCorrupt", f"chunk {cid.hex()} has length {len(plain)}, "
+                        "VaultDataCorrupt", f"chunk {cid.hex()} has length {length}, "
                         f"block at {off} needs {n}", {"chunk": cid.hex(), "offset": off})
-                os.pwrite(fd, plain, off)
+                while frames:  # pwritev: no joined copy of the block
+                    wrote = os.pwritev(fd, frames, off)
+                    off += wrote
+                    while frames and wrote >= len(frames[0]):
+                        wrote -= len(frames.pop(0))
+                    if frames and wrote:
+                        frames[0] = frames[0][wrote:]
 
             done = 0
             inflight: deque[tuple[int, Future[None]]] = deque()
