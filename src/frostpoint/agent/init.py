@@ -18,6 +18,9 @@ from frostpoint.agent.config import AgentConfig
 from frostpoint.protocol import AGENT_INSTALLED, GUEST_LIB
 
 STATE = Path(GUEST_LIB) / "supervisor.json"
+# `frostpoint-agent restart` leaves this before it stops the agent: that exit is asked
+# for, not a crash, and does not count toward giving up.
+RESTART_REQUESTED = Path(GUEST_LIB) / "restart-requested"
 INSTALLED = Path(AGENT_INSTALLED)  # the agent package is on this machine
 
 
@@ -39,6 +42,9 @@ def main() -> None:
         child = subprocess.Popen([sys.executable, "-m", "frostpoint.agent.main", "run"])
         code = child.wait()
         now = time.time()
+        if RESTART_REQUESTED.exists():
+            RESTART_REQUESTED.unlink(missing_ok=True)
+            continue
         crashes = [t for t in crashes if now - t < 60] + [now]
         state = {"last_exit": code, "restarts_last_minute": len(crashes), "at": now}
         if not AgentConfig.load().flag("Agent.AutoRestart"):

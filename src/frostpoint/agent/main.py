@@ -21,6 +21,7 @@ import httpx
 from frostpoint.agent.config import AgentConfig, EndpointNotFound, installed_version
 from frostpoint.agent.extensions import ExtensionHandler
 from frostpoint.agent.frozen import thaw_leftovers
+from frostpoint.agent.init import RESTART_REQUESTED
 from frostpoint.protocol import GUEST_LIB, GUEST_LOG
 
 log = logging.getLogger("frostpoint.agent")
@@ -129,6 +130,8 @@ def _restart() -> None:
     gave_up = sup.exists() and "gave_up" in json.loads(sup.read_text())
     if gave_up:
         procs.kill("frostpoint.agent.init")
+    elif procs.find("frostpoint.agent.main run"):
+        RESTART_REQUESTED.touch()  # the supervisor restarts it without counting a crash
     procs.kill("frostpoint.agent.main run")
     if gave_up or not procs.find("frostpoint.agent.init"):
         sup.unlink(missing_ok=True)
