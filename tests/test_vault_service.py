@@ -56,3 +56,31 @@ def test_verify_names_the_damaged_chunk_its_restore_point_and_file(
     # The instant restore point is intact and still restores.
     j = service.cli_json("restore", "disks", rp, "--to", str(out), "--source", "instant")
     assert j["status"] == "Completed"
+
+
+def test_vault_delete_removes_its_data_and_key_once_nothing_is_protected_into_it(
+        service: Service) -> None:
+    c = service.client
+    c.post("/vaults", {"name": "gone"})
+    c.post("/policies", {"name": "pg"})
+    c.post("/machines", {"name": "vdel", "disks": [{"name": "data", "size": "32M"}]})
+    c.post("/protection/enable", {"machine": "vdel", "vault": "gone", "policy": "pg"})
+    service.wait_agent_ready("vdel")
+    assert service.backup("vdel")["status"] == "Completed"
+    vault = next(v for v in c.get("/vaults") if v["name"] == "gone")
+    location, key = Path(vault["location"]), service.data_dir / "keys" / f"{vault['id']}.key"
+    assert key.exists() and any(p.is_file() for p in location.rglob("*"))
+
+    p = service.cli("vault", "delete", "gone", "--yes", "--json", check=False)
+    assert p.returncode == 1 and json.loads(p.stdout)["error"]["code"] == "Conflict"
+    p = service.cli("vault", "delete", "gone", "--json", check=False)  # not confirmed
+    assert p.returncode == 1 and json.loads(p.stdout)["error"]["code"] == "InvalidInput"
+    assert any(v["name"] == "gone" for v in c.get("/vaults"))
+
+    c.delete("/machines/vdel")
+    out = service.cli_json("vault", "delete", "gone", "--yes")
+    assert out["deleted"] == "gone" and out["restore_points_deleted"] == 1
+    assert out["objects_deleted"] > 0
+    assert not any(v["name"] == "gone" for v in c.get("/vaults"))
+    assert not any(p.is_file() for p in location.rglob("*")) and not key.exists()
+    assert not [r for r in c.get("/restore-points") if r["machine"] == "vdel"]

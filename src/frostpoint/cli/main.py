@@ -313,6 +313,19 @@ def vault_create(name: str,
                                    "backend": backend, "block_size": block_size}), as_json)
 
 
+@vault.command("delete")
+@api
+def vault_delete(name: str, yes: bool = typer.Option(False, "--yes",
+                                                     help="Do not ask; required with --json."),
+                 as_json: bool = JSON) -> None:
+    """Delete a vault with all its data and its key (no machine may be protected into it)."""
+    if not yes and (as_json or not sys.stdin.isatty() or not typer.confirm(
+            f"delete vault {name}, every restore point in it, and its key?")):
+        show_error(error_dict("InvalidInput", "not confirmed: add --yes"), as_json)
+        raise typer.Exit(1)
+    emit(Client().delete(f"/vaults/{name}"), as_json)
+
+
 @vault.command("list")
 @api
 def vault_list(as_json: bool = JSON) -> None:

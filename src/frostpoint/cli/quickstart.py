@@ -135,7 +135,9 @@ def run_quickstart(quiet: bool = False) -> dict[str, Any]:
     _say(quiet, f"creating sandbox machine {MACHINE} with a 512 MiB data disk")
     c.post("/machines", {"name": MACHINE, "disks": [{"name": "data", "size": "512M"}]})
     _exec(c, SETUP)
-    _ensure(c, "/vaults", {"name": VAULT}, VAULT)
+    if any(v["name"] == VAULT for v in c.get("/vaults")):  # a fresh demo vault, too
+        c.delete(f"/vaults/{VAULT}")
+    c.post("/vaults", {"name": VAULT})
     _ensure(c, "/policies", {"name": POLICY, "schedule_time": "23:30"}, POLICY)
     c.post("/protection/enable", {"machine": MACHINE, "vault": VAULT, "policy": POLICY})
     deadline = time.monotonic() + 30

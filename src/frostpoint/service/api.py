@@ -226,6 +226,10 @@ def create_app(svc: Services) -> FastAPI:
     def list_vaults() -> list[dict[str, Any]]:
         return svc.protection.list_vaults()
 
+    @app.delete("/vaults/{name}", dependencies=r)
+    def delete_vault(name: str) -> dict[str, Any]:
+        return svc.protection.delete_vault(name)
+
     @app.post("/vaults/{name}/verify", dependencies=r)
     def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:
         return svc.vault_checks.verify(name, sample)

@@ -78,6 +78,37 @@ class Protection:
             raise
         return self.describe_vault(vid)
 
+    def delete_vault(self, name: str) -> dict[str, Any]:
+        """Delete a vault, its objects and its key. Refused while a machine is protected
+        into it; restore points that lived only there go, instant ones stay."""
+        with self.rt.sessions.begin() as s:
+            v = s.scalar(select(Vault).where(Vault.name == name))
+            if v is None:
+                raise FrostpointError("NotFound", f"no vault named {name!r}")
+            users = [m for (m,) in s.execute(
+                select(Machine.name).join(ProtectedItem, ProtectedItem.machine_id == Machine.id)
+                .where(ProtectedItem.vault_id == v.id))]
+            if users:
+                raise FrostpointError("Conflict", f"vault {name} holds the protection of "
+                                      f"{', '.join(users)}: delete those machines first",
+                                      {"machines": users})
+            vid, kind, location = v.id, v.backend, v.location
+            gone = 0
+            for rp in s.scalars(select(RestorePoint).where(RestorePoint.vault_id == vid)):
+                if rp.tier == "Vault":
+                    s.delete(rp)
+                    gone += 1
+                else:
+                    rp.tier, rp.vault_id, rp.vault_expires_at = "Snapshot", None, None
+            s.delete(v)
+        self._stores.pop(vid, None)
+        backend = self._backend(kind, location)
+        objects = backend.list("")
+        for obj in objects:
+            backend.delete(obj)
+        (self.rt.keys_dir / f"{vid}.key").unlink(missing_ok=True)
+        return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": len(objects)}
+
     def store(self, vault_id: str) -> VaultStore:
         if vault_id not in self._stores:
             with self.rt.sessions() as s:
