@@ -110,13 +110,17 @@ class Service:
         """Host path of the machine's /etc/frostpoint (etc), /var/lib/.. (lib), /var/log/.."""
         return self.data_dir / "machines" / machine / sub
 
+    def script_config(self, machine: str, text: str, mode: int = 0o600) -> Path:
+        """Write the machine's /etc/frostpoint/vmbackup.json; returns its host path."""
+        path = self.guest_file(machine, "etc") / "vmbackup.json"
+        path.write_text(text)
+        os.chmod(path, mode)
+        return path
+
     def hold_freeze(self, machine: str, seconds: float) -> Path:
         """A guest script config that keeps the next freeze for that long (the widened
         window tests kill things in); returns the file, to delete afterwards."""
-        cfg = self.guest_file(machine, "etc") / "vmbackup.json"
-        cfg.write_text(json.dumps({"holdFrozenSeconds": seconds}))
-        os.chmod(cfg, 0o600)
-        return cfg
+        return self.script_config(machine, json.dumps({"holdFrozenSeconds": seconds}))
 
     def wait_frozen(self, machine: str, timeout: float = 30) -> bool:
         """Wait until the freeze watchdog has written its marker (the freeze begins)."""

@@ -175,6 +175,17 @@ def test_extension_killed_from_outside_is_named_by_the_doctor(service: Service) 
     succeeds(service)  # an on-demand backup reinstalls/re-runs the snapshot extension
 
 
+def install_fault_scripts(service: Service) -> None:
+    """A script others may write (loose.sh), a slow one, and a failing one that counts
+    its runs in /tmp/script-runs."""
+    service.exec(M, "printf '#!/bin/sh\\nexit 0\\n' > /etc/frostpoint/loose.sh; "
+                    "chmod 777 /etc/frostpoint/loose.sh; "
+                    "printf '#!/bin/sh\\nsleep 5\\n' > /etc/frostpoint/slow.sh; "
+                    "printf '#!/bin/sh\\necho n >> /tmp/script-runs; echo broken >&2; "
+                    "exit 2\\n' > /etc/frostpoint/fail.sh; rm -f /tmp/script-runs; "
+                    "chmod 700 /etc/frostpoint/slow.sh /etc/frostpoint/fail.sh")
+
+
 @pytest.mark.parametrize("config,code", [
     ('{"preScriptLocation": "/etc/frostpoint/none.sh"}', "Pre-ScriptNotFound"),
     ('{"preScriptLocation": "/etc/frostpoint/loose.sh"}',
@@ -185,14 +196,8 @@ def test_extension_killed_from_outside_is_named_by_the_doctor(service: Service) 
     ('{"preScriptLocation": ', "IncorrectJSONConfigFile"),
 ])
 def test_script_faults(service: Service, config: str, code: str) -> None:
-    service.exec(M, "printf '#!/bin/sh\\nexit 0\\n' > /etc/frostpoint/loose.sh; "
-                    "chmod 777 /etc/frostpoint/loose.sh; "
-                    "printf '#!/bin/sh\\nsleep 5\\n' > /etc/frostpoint/slow.sh; "
-                    "printf '#!/bin/sh\\necho broken >&2; exit 2\\n' > /etc/frostpoint/fail.sh; "
-                    "chmod 700 /etc/frostpoint/slow.sh /etc/frostpoint/fail.sh")
-    cfg = service.guest_file(M, "etc") / "vmbackup.json"
-    cfg.write_text(config)
-    os.chmod(cfg, 0o600)
+    install_fault_scripts(service)
+    cfg = service.script_config(M, config)
     try:
         failed_with(service, code)
         if code in ("Pre-ScriptNotFound", "InsufficientPermissionforPre-Script",
@@ -217,15 +222,8 @@ def test_post_script_faults_are_warnings_on_a_kept_restore_point(
     # After the snapshot a failed post-script cannot unmake it: the restore point stands
     # and the job completes with the script's code as a warning.
     service.cli_json("rp", "delete-collection", M)  # this module's backups stay under 18
-    service.exec(M, "printf '#!/bin/sh\\nexit 0\\n' > /etc/frostpoint/loose.sh; "
-                    "chmod 777 /etc/frostpoint/loose.sh; "
-                    "printf '#!/bin/sh\\nsleep 5\\n' > /etc/frostpoint/slow.sh; "
-                    "printf '#!/bin/sh\\necho n >> /tmp/post-runs; echo broken >&2; exit 2\\n'"
-                    " > /etc/frostpoint/fail.sh; rm -f /tmp/post-runs; "
-                    "chmod 700 /etc/frostpoint/slow.sh /etc/frostpoint/fail.sh")
-    cfg = service.guest_file(M, "etc") / "vmbackup.json"
-    cfg.write_text(config)
-    os.chmod(cfg, 0o600)
+    install_fault_scripts(service)
+    cfg = service.script_config(M, config)
     try:
         job = service.backup(M)
         assert job["status"] == "CompletedWithWarnings", job
@@ -236,7 +234,7 @@ def test_post_script_faults_are_warnings_on_a_kept_restore_point(
         assert any(r["id"] == rp for r in service.client.get(
             "/restore-points", params={"machine": M}))
         if code == "Post-ScriptExecutionFailed":  # retried once as configured
-            assert service.exec(M, "cat /tmp/post-runs").split() == ["n", "n"]
+            assert service.exec(M, "cat /tmp/script-runs").split() == ["n", "n"]
         if code in ("Post-ScriptNotFound", "InsufficientPermissionforPost-Script"):
             assert code in codes_found(doctor(service))
     finally:
@@ -251,10 +249,8 @@ def test_a_script_longer_than_the_backup_may_wait_ends_as_a_script_timeout(
     # script is stopped within that wait and named, not left to make the extension silent.
     service.exec(M, "printf '#!/bin/sh\\nexec sleep 300\\n' > /etc/frostpoint/long.sh; "
                     "chmod 700 /etc/frostpoint/long.sh")
-    cfg = service.guest_file(M, "etc") / "vmbackup.json"
-    cfg.write_text('{"preScriptLocation": "/etc/frostpoint/long.sh", '
-                   '"timeoutInSeconds": 1800}')
-    os.chmod(cfg, 0o600)
+    cfg = service.script_config(M, '{"preScriptLocation": "/etc/frostpoint/long.sh", '
+                                   '"timeoutInSeconds": 1800}')
     try:
         t0 = time.monotonic()
         job = failed_with(service, "Pre-ScriptTimeout")
@@ -266,9 +262,7 @@ def test_a_script_longer_than_the_backup_may_wait_ends_as_a_script_timeout(
 
 
 def test_loose_script_config_is_refused(service: Service) -> None:
-    cfg = service.guest_file(M, "etc") / "vmbackup.json"
-    cfg.write_text("{}")
-    os.chmod(cfg, 0o666)
+    cfg = service.script_config(M, "{}", 0o666)
     try:
         failed_with(service, "IncorrectJSONConfigFile")
     finally:

@@ -34,9 +34,7 @@ def script_config(service: Service, machine: str, **cfg: object) -> None:
     body = {"preScriptLocation": "/etc/frostpoint/scripts/pre.sh",
             "postScriptLocation": "/etc/frostpoint/scripts/post.sh",
             "timeoutInSeconds": 30, **cfg}
-    path = service.guest_file(machine, "etc") / "vmbackup.json"
-    path.write_text(json.dumps(body))
-    os.chmod(path, 0o600)
+    service.script_config(machine, json.dumps(body))
 
 
 def files_in_snapshot(service: Service, rp_id: str, tmp: Path) -> set[str]:
