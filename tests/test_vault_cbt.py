@@ -13,6 +13,7 @@ import pytest
 from conftest import needs_root
 from frostpoint.fabric.pool import reflink
 from frostpoint.vault.backend import LocalBackend
+from frostpoint.vault.crypto import FRAME
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault
 
@@ -70,9 +71,11 @@ def test_incremental_reads_only_changed_blocks(xfs: Path, tmp_path: Path, bs: in
     incr = vault.backup("rp2", {"d": snap2}, previous={"d": (snap1, "rp1")})
     assert incr.cbt["d"].startswith("incremental")
     # Block 7 was rewritten whole: read. Blocks 3 and 14 changed a few KiB: only the
-    # changed filesystem blocks are read, over the previous chunk (or zeros).
+    # frame holding each change is read; block 3's new chunk stores that frame and
+    # names the others in the previous chunk, which is not read (or zeros, block 14).
     assert incr.blocks_patched == 2
-    assert BS < incr.bytes_read <= BS + 64 * 1024, incr.bytes_read
+    assert incr.bytes_read == BS + 2 * FRAME, incr.bytes_read
+    assert incr.bytes_stored < BS + 3 * FRAME, incr.bytes_stored
     assert incr.blocks_unchanged == 10 and incr.blocks_hole == 3
     for rp, snap in (("rp1", snap1), ("rp2", snap2)):
         out = tmp_path / f"{rp}.img"

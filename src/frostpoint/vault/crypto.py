@@ -10,6 +10,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import blake3
 import zstandard
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault.format import chunk_data_aad, chunk_table_aad
 
 MASTER_KEY_SIZE = 32
 SAMPLE = 64 * 1024
@@ -27,27 +29,66 @@ TAG_SIZE = 16
 ZSTD_LEVEL = 3
 
 # Flag byte, first byte of the plaintext inside the AEAD (so it is authenticated and
-# does not leak compressibility in clear).
+# does not leak compressibility in clear). Used by index, manifest and key check.
 FLAG_RAW = 0x00
 FLAG_ZSTD = 0x01
-# Chunks: independent frames of 1 MiB, each "raw length, stored length, keyed digest of
-# its plaintext, stored bytes" (zstd, or raw when zstd does not shrink it). The chunk id
-# is computed from the frame digests, so a partly changed block decompresses and hashes
-# only the frames that changed and copies the others (bytes and digest) as they are.
-FLAG_FRAMES = 0x02
-FRAME = 1024 * 1024
+# Chunks (docs/vault-format.md): independent frames of 256 KiB, each with the keyed
+# digest of its plaintext; the chunk id is computed from the digests. A chunk is a
+# sealed frame table and sealed frame data. A frame is stored in the chunk, or is
+# frame k of a base chunk: an incremental stores only the frames a change touches and
+# names the rest, so it reads only the previous chunk's table and writes only new
+# frames. Bases never have bases (one hop at most).
+FRAME = 256 * 1024
 DIGEST_SIZE = 32
-_FRAME_HEAD = struct.Struct("<II32s")  # raw length, stored length, frame digest
+CHUNK_KIND = 0x03
+INLINE, IN_BASE = 0, 1
+NO_BASE = bytes(32)
+_CHUNK_HEAD = struct.Struct("<I")          # sealed table length (clear; checked by AEAD)
+_TABLE_HEAD = struct.Struct("<B32s")       # kind, base chunk id (zeros: no base)
+_TABLE_FRAME = struct.Struct("<II32sB")    # raw length, stored length, digest, where
+
+
+def frames_of(block_len: int) -> int:
+    return -(-block_len // FRAME)
+
+
+def table_read_size(block_len: int) -> int:
+    """Bytes at the start of a chunk of block_len bytes that hold its sealed table."""
+    return (_CHUNK_HEAD.size + NONCE_SIZE + TAG_SIZE + _TABLE_HEAD.size
+            + frames_of(block_len) * _TABLE_FRAME.size)
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One frame of an opened chunk, not decompressed."""
+    """One frame of a chunk, not decompressed. stored is None for a frame kept in the
+    base chunk (same position)."""
 
     raw_len: int
     digest: bytes
-    encoded: memoryview  # head + stored bytes, as in the chunk: reusable as it is
-    stored: memoryview   # zstd frame, or the plaintext when len(stored) == raw_len
+    stored: bytes | bytearray | memoryview | None  # zstd frame, or raw when as long
+
+    @property
+    def compressed(self) -> bool:
+        return self.stored is not None and len(self.stored) < self.raw_len
+
+
+class TableRow(NamedTuple):
+    raw_len: int
+    stored_len: int
+    digest: bytes
+    where: int  # INLINE or IN_BASE
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """An opened chunk: its base chunk id (None: all frames stored here), its frames."""
+
+    base: bytes | None
+    frames: list[Frame]
+
+    @property
+    def digests(self) -> list[bytes]:
+        return [f.digest for f in self.frames]
 
 
 _INFO_FRAME = b"frostpoint-vault v2 frame-key"
@@ -75,7 +116,7 @@ class VaultKeys:
         self._aead = AESGCM(self.enc_key)
         # zstd contexts are not thread-safe; one per thread (cheap, reused).
         self._local = threading.local()
-        self._zero_frames: dict[int, tuple[bytes, bytes]] = {}
+        self._zero_frames: dict[int, Frame] = {}
 
     def _cctx(self) -> zstandard.ZstdCompressor:
         c = getattr(self._local, "cctx", None)
@@ -93,7 +134,7 @@ class VaultKeys:
         return blake3.blake3(raw, key=self.frame_key).digest()
 
     def frame_digests(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
-        """Keyed BLAKE3 of each 1 MiB frame of a block (the last one may be short)."""
+        """Keyed BLAKE3 of each FRAME-byte frame of a block (the last one may be short)."""
         view = memoryview(plaintext)
         return [self.frame_digest(view[s:s + FRAME]) for s in range(0, len(view), FRAME)]
 
@@ -105,12 +146,11 @@ class VaultKeys:
     def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         return self.id_of_digests(self.frame_digests(plaintext))
 
-    def zero_frame(self, n: int) -> tuple[bytes, bytes]:
-        """(digest, encoded frame) of n zero bytes; cached, the same for every block."""
+    def zero_frame(self, n: int) -> Frame:
+        """A frame of n zero bytes (digest, compressed); cached, the same everywhere."""
         hit = self._zero_frames.get(n)
         if hit is None:
-            digest = self.frame_digest(bytes(n))
-            hit = self._zero_frames[n] = (digest, self.encode_frame(bytes(n), digest))
+            hit = self._zero_frames[n] = self.encode_frame(bytes(n), self.frame_digest(bytes(n)))
         return hit
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
@@ -127,66 +167,94 @@ class VaultKeys:
 
     def _compressible(self, plaintext: bytes | bytearray | memoryview) -> bool:
         sample = plaintext[:SAMPLE]
-        return len(plaintext) <= 4 * SAMPLE or len(self._cctx().compress(sample)) <= (
+        return len(plaintext) <= SAMPLE or len(self._cctx().compress(sample)) <= (
             len(sample) * 0.98)
 
     def encode_frame(self, raw: bytes | bytearray | memoryview, digest: bytes,
-                     compress: bool | None = None) -> bytes:
-        """head || stored bytes of one frame. compress=None: tries zstd unless a sample
+                     compress: bool | None = None) -> Frame:
+        """One frame, stored in its chunk. compress=None: tries zstd unless a sample
         says the frame does not shrink; False: stored raw."""
         if compress is None:
             compress = self._compressible(raw)
         c = self._cctx().compress(raw) if compress else None
         if c is not None and len(c) < len(raw):
-            return _FRAME_HEAD.pack(len(raw), len(c), digest) + c
-        return b"".join((_FRAME_HEAD.pack(len(raw), len(raw), digest), raw))  # one copy
+            return Frame(len(raw), digest, c)
+        return Frame(len(raw), digest, raw)
 
-    def seal_chunk(self, plaintext: bytes, digests: list[bytes], aad: bytes) -> bytes:
-        """Seal a block read whole, with its frame digests: framed zstd, or all frames
-        raw when a sample of the block does not compress (random data)."""
+    def encode_block(self, plaintext: bytes, digests: list[bytes]) -> list[Frame]:
+        """The frames of a block read whole: zstd, or all raw when a sample of the
+        block does not compress (random data)."""
         compress = self._compressible(plaintext)
         view = memoryview(plaintext)
-        return self.seal_frames([self.encode_frame(view[s:s + FRAME], d, compress)
-                                 for s, d in zip(range(0, len(view), FRAME), digests,
-                                                 strict=True)], aad)
+        return [self.encode_frame(view[s:s + FRAME], d, compress)
+                for s, d in zip(range(0, len(view), FRAME), digests, strict=True)]
 
-    def seal_frames(self, encoded: list[bytes | bytearray | memoryview], aad: bytes) -> bytes:
-        """Seal a chunk from its encoded frames (new, or reused from another chunk)."""
-        return self._seal_body(b"".join([bytes((FLAG_FRAMES,)), *encoded]), aad)
+    def seal_chunk(self, cid: bytes, frames: list[Frame], base: bytes | None = None) -> bytes:
+        """u32 table length || sealed table || sealed data of the stored frames."""
+        table = bytearray(_TABLE_HEAD.pack(CHUNK_KIND, base or NO_BASE))
+        for f in frames:
+            if f.stored is None and base is None:
+                raise ValueError("a frame kept in a base needs a base")
+            table += _TABLE_FRAME.pack(f.raw_len, 0 if f.stored is None else len(f.stored),
+                                       f.digest, IN_BASE if f.stored is None else INLINE)
+        sealed_table = self._seal_body(bytes(table), chunk_table_aad(cid))
+        data = b"".join([f.stored for f in frames if f.stored is not None])
+        return b"".join((_CHUNK_HEAD.pack(len(sealed_table)), sealed_table,
+                         self._seal_body(data, chunk_data_aad(cid))))
 
     def _seal_body(self, body: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, body, aad)
 
-    def open_frames(self, blob: bytes, aad: bytes) -> list[Frame]:
-        """Decrypt a chunk and read its frame table; nothing is decompressed or hashed.
-        Damage -> VaultDataCorrupt."""
-        body = self._open_body(blob, aad)
-        if body[0] != FLAG_FRAMES:
-            raise FrostpointError("VaultDataCorrupt", f"chunk has seal flag {body[0]:#x}, "
-                                  "not frames")
-        view = memoryview(body)
-        out: list[Frame] = []
-        pos = 1
+    def open_table(self, head: bytes | memoryview, cid: bytes
+                   ) -> tuple[bytes | None, list[TableRow], int]:
+        """The frame table at the start of a sealed chunk: (base chunk id or None, its
+        rows, where the sealed data starts). Reads nothing past the table, so an
+        incremental can fetch just table_read_size bytes. Damage -> VaultDataCorrupt."""
         try:
-            while pos < len(view):
-                raw_len, stored_len, digest = _FRAME_HEAD.unpack_from(view, pos)
-                start = pos + _FRAME_HEAD.size
-                end = start + stored_len
-                if end > len(view) or raw_len > FRAME or stored_len > raw_len or (
-                        raw_len == 0):
-                    raise ValueError("frame overruns the chunk")
-                out.append(Frame(raw_len, digest, view[pos:end], view[start:end]))
-                pos = end
+            (n,) = _CHUNK_HEAD.unpack_from(head, 0)
+        except struct.error:
+            raise FrostpointError("VaultDataCorrupt", "chunk is truncated") from None
+        end = _CHUNK_HEAD.size + n
+        if end > len(head):
+            raise FrostpointError("VaultDataCorrupt", "chunk table is truncated")
+        table = self._open_body(bytes(head[_CHUNK_HEAD.size:end]), chunk_table_aad(cid))
+        try:
+            kind, base = _TABLE_HEAD.unpack_from(table, 0)
+            rows = [TableRow(*r) for r in
+                    _TABLE_FRAME.iter_unpack(memoryview(table)[_TABLE_HEAD.size:])]
+            if kind != CHUNK_KIND or not rows:
+                raise ValueError(f"kind {kind:#x} with {len(rows)} frames")
+            for r in rows:
+                if not 0 < r.raw_len <= FRAME or r.stored_len > r.raw_len or (
+                        (r.where == INLINE) != (r.stored_len > 0)) or r.where not in (
+                        INLINE, IN_BASE) or (r.where == IN_BASE and base == NO_BASE):
+                    raise ValueError("a frame entry is out of range")
         except (struct.error, ValueError) as e:
-            raise FrostpointError("VaultDataCorrupt", f"chunk frames are damaged: {e}") from None
-        if not out:
-            raise FrostpointError("VaultDataCorrupt", "chunk has no frames")
-        return out
+            raise FrostpointError("VaultDataCorrupt", f"chunk table is damaged: {e}"
+                                  ) from None
+        return (None if base == NO_BASE else base), rows, end
+
+    def open_chunk(self, blob: bytes | memoryview, cid: bytes) -> Chunk:
+        """Decrypt a whole chunk (table and data); nothing is decompressed or hashed."""
+        base, rows, start = self.open_table(blob, cid)
+        data = memoryview(self._open_body(bytes(blob[start:]), chunk_data_aad(cid)))
+        frames: list[Frame] = []
+        pos = 0
+        for r in rows:
+            if r.where == IN_BASE:
+                frames.append(Frame(r.raw_len, r.digest, None))
+                continue
+            frames.append(Frame(r.raw_len, r.digest, data[pos:pos + r.stored_len]))
+            pos += r.stored_len
+        if pos != len(data):
+            raise FrostpointError("VaultDataCorrupt", "chunk data does not match its table")
+        return Chunk(base, frames)
 
     def frame_plaintext(self, frame: Frame) -> bytes | memoryview:
-        """Decompress one frame (not hashed; a raw frame is not copied). Damage ->
-        VaultDataCorrupt."""
+        """Decompress one stored frame (not hashed; a raw frame is not copied). Damage
+        -> VaultDataCorrupt."""
+        assert frame.stored is not None
         if len(frame.stored) == frame.raw_len:
             return frame.stored
         try:
@@ -197,22 +265,6 @@ class VaultKeys:
         if len(plain) != frame.raw_len:
             raise FrostpointError("VaultDataCorrupt", "chunk frame has the wrong length")
         return plain
-
-    def open_chunk(self, blob: bytes, aad: bytes) -> tuple[list[bytes | memoryview], bytes]:
-        """Decrypt, decompress and re-hash a whole chunk: (frame plaintexts, the chunk id
-        they hash to). A frame whose digest in the table is not its plaintext's ->
-        VaultDataCorrupt; the caller compares the id with the one it asked for."""
-        plains: list[bytes | memoryview] = []
-        digests: list[bytes] = []
-        for k, f in enumerate(self.open_frames(blob, aad)):
-            plain = self.frame_plaintext(f)
-            digest = self.frame_digest(plain)
-            if digest != f.digest:
-                raise FrostpointError("VaultDataCorrupt",
-                                      f"frame {k} of the chunk does not match its digest")
-            plains.append(plain)
-            digests.append(digest)
-        return plains, self.id_of_digests(digests)
 
     def _open_body(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE + 1:

@@ -12,9 +12,10 @@ from typing import Any
 from frostpoint.errors.catalog import FrostpointError
 
 FORMAT_NAME = "frostpoint-vault"
-# 2: chunk ids from keyed digests of the chunk's 1 MiB frames, kept in its frame table
-# (docs/vault-format.md). Version 1 vaults are refused (pre-release: no migration).
-FORMAT_VERSION = 2
+# 3: chunks are a sealed frame table and sealed frames of 256 KiB; a frame may be kept
+# in a base chunk (docs/vault-format.md). Older vaults are refused (pre-release: no
+# migration).
+FORMAT_VERSION = 3
 # Block (= chunk) size of new vaults: 4 MiB, as the architecture has it. Each vault
 # records its own in `config` (vault create --block-size), and every manifest the one it
 # was written with. 1 MiB (one zstd frame) makes incrementals of small scattered changes
@@ -32,8 +33,11 @@ MANIFESTS = "manifests/"
 
 KEYCHECK_PLAINTEXT = b"frostpoint-vault keycheck v1"
 
-_INDEX_MAGIC = b"FPIX\x01"
-_INDEX_REC = struct.Struct("<32sQI")  # chunk id, offset in pack, sealed length
+_INDEX_MAGIC = b"FPIX\x02"
+# chunk id, offset in pack, sealed length, base chunk id (zeros: none). GC keeps a
+# chunk's base alive without opening the chunk.
+_INDEX_REC = struct.Struct("<32sQI32s")
+_NO_BASE = bytes(32)
 _PACK_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _RP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -67,8 +71,12 @@ def check_rp_id(rp_id: str) -> None:
 
 # --- AAD: binds each sealed object to its role and name, so objects cannot be swapped.
 
-def chunk_aad(chunk_id: bytes) -> bytes:
-    return chunk_id  # 32 bytes; every other AAD is longer and starts with b"frostpoint:"
+def chunk_table_aad(chunk_id: bytes) -> bytes:
+    return b"frostpoint:chunk-table:" + chunk_id
+
+
+def chunk_data_aad(chunk_id: bytes) -> bytes:
+    return b"frostpoint:chunk-data:" + chunk_id
 
 
 def index_aad(pack_id: str) -> bytes:
@@ -139,13 +147,13 @@ class VaultConfig:
 
 # --- index ------------------------------------------------------------------------------
 
-IndexEntry = tuple[bytes, int, int]  # chunk id, offset, length
+IndexEntry = tuple[bytes, int, int, bytes | None]  # chunk id, offset, length, base
 
 
 def encode_index(entries: list[IndexEntry]) -> bytes:
     out = bytearray(_INDEX_MAGIC)
-    for cid, off, length in entries:
-        out += _INDEX_REC.pack(cid, off, length)
+    for cid, off, length, base in entries:
+        out += _INDEX_REC.pack(cid, off, length, base or _NO_BASE)
     return bytes(out)
 
 
@@ -153,7 +161,8 @@ def decode_index(data: bytes) -> list[IndexEntry]:
     body = memoryview(data)[len(_INDEX_MAGIC):]
     if data[:len(_INDEX_MAGIC)] != _INDEX_MAGIC or len(body) % _INDEX_REC.size:
         raise FrostpointError("VaultDataCorrupt", "index has an unknown layout")
-    return list(_INDEX_REC.iter_unpack(body))
+    return [(cid, off, length, None if base == _NO_BASE else base)
+            for cid, off, length, base in _INDEX_REC.iter_unpack(body)]
 
 
 # --- manifest ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@ chunks referenced by any manifest (the first mark records it in `gc/pending`). A
 backup in another process that deduplicated against such a pack has written its
 manifest by the second mark, so the pack is kept. Within this process the sweep runs
 under the vault's backup lock and re-reads manifests written since the mark, so the
-lock is held only for the deletes. Packs with some live chunks are kept whole
+lock is held only for the deletes. A chunk that keeps frames in a base chunk keeps that
+base alive (the pack indexes name every chunk's base). Packs with some live chunks are kept whole
 (repacking is not done yet); their dead bytes are reported.
 """
 
@@ -58,6 +59,11 @@ def _referenced(vault: Vault, names: list[str]) -> tuple[set[bytes], int]:
     return refs, count
 
 
+def _bases_of(refs: set[bytes], bases: dict[bytes, bytes]) -> set[bytes]:
+    """The base chunks of referenced chunks: live too (a base never has a base)."""
+    return {bases[c] for c in refs if c in bases}
+
+
 def _pack_contents(vault: Vault) -> tuple[set[str], dict[str, list[fmt.IndexEntry]]]:
     packs = {n.rsplit("/", 1)[1] for n in vault.backend.list(fmt.PACKS)}
     packs = {p for p in packs if fmt.is_pack_id(p)}
@@ -80,6 +86,8 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
     names = vault.list_restore_points()
     refs, report.restore_points = _referenced(vault, names)
     packs, contents = _pack_contents(vault)
+    bases = {e[0]: e[3] for entries in contents.values() for e in entries if e[3]}
+    refs |= _bases_of(refs, bases)
     report.packs_total = len(packs)
     dead: set[str] = set()
     for pack_id in packs:
@@ -99,14 +107,15 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
         new = sorted(set(vault.list_restore_points()) - set(names))
         if new:
             more, _ = _referenced(vault, new)
+            more |= _bases_of(more, bases)
             for p in sorted(due):
                 if any(e[0] in more for e in contents.get(p, [])):
                     due.discard(p)
                     dead.discard(p)
                     report.kept_after_recheck.append(p)
         for pack_id in sorted(due):
-            for cid, _off, length in contents.get(pack_id, []):
-                vault._index.pop(cid, None)
+            for cid, _off, length, _base in contents.get(pack_id, []):
+                vault._drop_from_index(cid)
                 report.bytes_deleted += length
             # Index first: a crash between the two leaves an unindexed pack, which the
             # next run collects; never an index pointing at a missing pack.

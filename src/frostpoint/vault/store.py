@@ -26,9 +26,12 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import extents
 from frostpoint.vault import format as fmt
 from frostpoint.vault.backend import Backend
-from frostpoint.vault.crypto import FRAME, Frame, VaultKeys
+from frostpoint.vault.crypto import FRAME, Chunk, Frame, VaultKeys, table_read_size
 
 Progress = Callable[[int, int], None]
+# What the pool hands back for one block: chunk id (b"": all zeros), the sealed chunk
+# (None: already stored), its base chunk id (None: it has none).
+Prepared = tuple[bytes, bytes | None, bytes | None]
 
 # Hash+seal pool size; blake3, zstd and AES-GCM release the GIL, so threads scale.
 DEFAULT_THREADS = max(2, min(8, os.cpu_count() or 2))
@@ -97,6 +100,17 @@ def _now() -> str:
 
 def _pack_id_of(pack_obj: str) -> str:
     return pack_obj.rsplit("/", 1)[-1]
+
+
+def _frame_spans(n: int) -> list[tuple[int, int]]:
+    """(start, end) of each frame of an n-byte block, relative to the block."""
+    return [(s, min(n, s + FRAME)) for s in range(0, n, FRAME)]
+
+
+def _touched_frames(spans: list[tuple[int, int]], ranges: extents.Ranges) -> list[int]:
+    """The frames that a changed range (data or hole) of the block overlaps."""
+    return [k for k, (fa, fb) in enumerate(spans) if any(a < fb and b > fa
+                                                         for a, b, _read in ranges)]
 
 
 def _cancelled() -> FrostpointError:
@@ -172,7 +186,7 @@ class _PackWriter:
     def knows(self, cid: bytes) -> bool:
         return cid in self._vault._index or cid in self.pending or cid in self._uploading
 
-    def add(self, cid: bytes, sealed: bytes | None) -> None:
+    def add(self, cid: bytes, sealed: bytes | None, base: bytes | None = None) -> None:
         if self.knows(cid):
             self._stats.chunks_reused += 1
             return
@@ -180,7 +194,7 @@ class _PackWriter:
             raise RuntimeError(f"chunk {cid.hex()} vanished from the index")
         if self.size and self.size + len(sealed) > self._vault.config.pack_target_size:
             self.flush()
-        self.entries.append((cid, self.size, len(sealed)))
+        self.entries.append((cid, self.size, len(sealed), base))
         self.buf += sealed
         self.pending[cid] = None
         self.size += len(sealed)
@@ -229,8 +243,8 @@ class _PackWriter:
                 v.backend.put(fmt.index_name(pack_id), v._keys.seal(
                     fmt.encode_index(entries), fmt.index_aad(pack_id)))
                 # Index before uploading is cleared, so a concurrent `knows` never misses.
-                for cid, off, length in entries:
-                    v._index.setdefault(cid, (pack_obj, off, length))
+                for cid, off, length, base in entries:
+                    v._add_to_index(cid, pack_obj, off, length, base)
                     self._uploading.pop(cid, None)
                 self._stats.bytes_stored += len(data)
             except BaseException as e:  # noqa: BLE001 - re-raised in the backup's thread
@@ -252,6 +266,8 @@ class Vault:
         # chunk id -> (pack object name, offset, sealed length). Bytes keys and tuples
         # that share one pack-name string per pack keep this small (~150 B/chunk).
         self._index: dict[bytes, tuple[str, int, int]] = {}
+        # chunk id -> its base chunk id, for the chunks that have one (see crypto.Chunk)
+        self._bases: dict[bytes, bytes] = {}
         self.damaged_indexes: list[str] = []
         self.threads = DEFAULT_THREADS
         self._backup_lock = threading.Lock()
@@ -322,8 +338,19 @@ class Vault:
                     self.damaged_indexes.append(pack_id)
                     continue
                 pack_obj = fmt.pack_name(pack_id)
-                for cid, off, length in entries:
-                    self._index.setdefault(cid, (pack_obj, off, length))
+                for cid, off, length, base in entries:
+                    self._add_to_index(cid, pack_obj, off, length, base)
+
+    def _add_to_index(self, cid: bytes, pack_obj: str, off: int, length: int,
+                      base: bytes | None) -> None:
+        if cid not in self._index:
+            self._index[cid] = (pack_obj, off, length)
+            if base is not None:
+                self._bases[cid] = base
+
+    def _drop_from_index(self, cid: bytes) -> None:
+        self._index.pop(cid, None)
+        self._bases.pop(cid, None)
 
     def read_index(self, pack_id: str) -> list[fmt.IndexEntry]:
         """The index of one pack; FileNotFoundError if it has none."""
@@ -461,14 +488,14 @@ class Vault:
             stats.duration_s = time.monotonic() - t0
             return stats
 
-    def _prepare(self, writer: _PackWriter, data: bytes) -> tuple[bytes, bytes | None]:
+    def _prepare(self, writer: _PackWriter, data: bytes) -> Prepared:
         # Runs in the pool. Skip sealing for chunks already stored; a duplicate that
         # races in flight is sealed twice and dropped by writer.add (rare, harmless).
         digests = self._keys.frame_digests(data)
         cid = self._keys.id_of_digests(digests)
         if writer.knows(cid):
-            return cid, None
-        return cid, self._keys.seal_chunk(data, digests, fmt.chunk_aad(cid))
+            return cid, None, None
+        return cid, self._keys.seal_chunk(cid, self._keys.encode_block(data, digests)), None
 
     def _previous_blocks(self, name: str, size: int,
                          previous: Mapping[str, tuple[Path, str]] | None,
@@ -493,72 +520,73 @@ class Vault:
             return None
         return fd, list(disk["blocks"])
 
-    def _previous_frames(self, cid: bytes) -> list[Frame]:
-        """The previous chunk's frames, decrypted but not decompressed; their digests
-        checked against its id (the frames themselves are authenticated by AES-GCM)."""
-        blob, _pack, _details = self._fetch_sealed(cid, {})
-        frames = self._keys.open_frames(blob, fmt.chunk_aad(cid))
-        if self._keys.id_of_digests([f.digest for f in frames]) != cid:
-            raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} does not match")
-        return frames
+    def _previous_chunk(self, cid: bytes, n: int
+                        ) -> tuple[bytes, list[Frame], list[bool | None]]:
+        """What a block built on the previous chunk cid (n bytes) needs of it: the base
+        to name (cid itself, or its base), the frames as the new chunk keeps them
+        (stored None: named in that base), and whether each frame compressed (None:
+        unknown). A chunk without a base costs one ranged read of its table; one with
+        a base is read whole, to copy the frames it stores. Its digests must give cid."""
+        keys = self._keys
+        if cid in self._bases:
+            blob, _pack, _details = self._fetch_sealed(cid, {})
+            chunk = keys.open_chunk(blob, cid)
+            if chunk.base is None:
+                raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} has no base")
+            base, frames = chunk.base, chunk.frames
+            hints: list[bool | None] = [f.compressed if f.stored is not None else None
+                                        for f in frames]
+        else:
+            pack_obj, off, length = self._index[cid]
+            head = self.backend.get_range(pack_obj, off, min(length, table_read_size(n)))
+            base_of_it, rows, _ = keys.open_table(head, cid)
+            if base_of_it is not None:
+                raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} has a base "
+                                      "its index does not name")
+            base = cid
+            frames = [Frame(r.raw_len, r.digest, None) for r in rows]
+            hints = [r.stored_len < r.raw_len for r in rows]
+        if keys.id_of_digests([f.digest for f in frames]) != cid or base not in self._index:
+            raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} cannot be built on")
+        return base, frames, hints
 
     def _prepare_patch(self, writer: _PackWriter, fd: int, off: int, n: int,
                        prev_cid: bytes | None, ranges: extents.Ranges,
-                       disk: str) -> tuple[bytes, bytes | None]:
-        """A partly changed block: the previous chunk (zeros if it had none) with only
-        what changed read from the disk and holes zeroed. Only the frames the changed
-        ranges touch are decompressed, hashed and compressed again; the others keep
-        their stored bytes and digests. Runs in the pool."""
+                       disk: str) -> Prepared:
+        """A partly changed block: the frames a changed range touches are read from the
+        disk, hashed and compressed; every other frame is named in the base chunk (the
+        previous chunk, or its base), which is not read. Over a zero block, the other
+        frames are zero frames. Runs in the pool."""
         keys = self._keys
-        spans = [(s, min(n, s + FRAME)) for s in range(0, n, FRAME)]
+        spans = _frame_spans(n)
+        base: bytes | None = None
+        hints: list[bool | None] = [None] * len(spans)
         if prev_cid is None:
-            frames = None
+            frames = [keys.zero_frame(b - a) for a, b in spans]
         else:
             try:
-                frames = self._previous_frames(prev_cid)
+                base, frames, hints = self._previous_chunk(prev_cid, n)
             except FrostpointError:
                 frames = []  # a damaged previous chunk: never build on it
             if [f.raw_len for f in frames] != [b - a for a, b in spans]:
                 return self._prepare(writer, self._pread(fd, n, off, disk))  # read whole
-        digests: list[bytes] = []
-        encoded: list[bytes | bytearray | memoryview] = []
-        compress: dict[int, bool] = {}
-        zero_frames = True
-        for k, (fa, fb) in enumerate(spans):
-            parts = [(max(a, fa), min(b, fb), read) for a, b, read in ranges
-                     if a < fb and b > fa]
-            if not parts:  # unchanged frame: reused as it is
-                if frames is None:
-                    digest, enc = keys.zero_frame(fb - fa)
-                else:
-                    digest, enc = frames[k].digest, frames[k].encoded
-                    zero_frames = zero_frames and digest == keys.zero_frame(fb - fa)[0]
-                digests.append(digest)
-                encoded.append(enc)
-                continue
-            buf = bytearray(fb - fa) if frames is None else bytearray(
-                keys.frame_plaintext(frames[k]))
-            view = memoryview(buf)
-            for a, b, read in parts:
-                if read:
-                    self._pread_into(fd, view[a - fa:b - fa], off + a, disk)
-                else:
-                    view[a - fa:b - fa] = bytes(b - a)
-            digest = keys.frame_digest(buf)
-            zero_frames = zero_frames and digest == keys.zero_frame(fb - fa)[0]
-            digests.append(digest)
-            encoded.append(buf)  # encoded below, only if the chunk is new
-            # A frame that compressed before is compressed again without a sample.
-            if frames is not None and len(frames[k].stored) < frames[k].raw_len:
-                compress[k] = True
-        if zero_frames:
-            return b"", None  # became all zeros: recorded as a zero block
-        cid = keys.id_of_digests(digests)
+        touched = _touched_frames(spans, ranges)
+        for k in touched:
+            fa, fb = spans[k]
+            raw = self._pread(fd, fb - fa, off + fa, disk)
+            frames[k] = Frame(fb - fa, keys.frame_digest(raw), raw)  # encoded if new
+        if all(f.digest == keys.zero_frame(f.raw_len).digest for f in frames):
+            return b"", None, None  # became all zeros: recorded as a zero block
+        cid = keys.id_of_digests([f.digest for f in frames])
         if writer.knows(cid):
-            return cid, None
-        encoded = [keys.encode_frame(e, d, compress.get(k)) if isinstance(e, bytearray)
-                   else e for k, (e, d) in enumerate(zip(encoded, digests, strict=True))]
-        return cid, keys.seal_frames(encoded, fmt.chunk_aad(cid))
+            return cid, None, None
+        for k in touched:
+            f = frames[k]
+            assert f.stored is not None
+            frames[k] = keys.encode_frame(f.stored, f.digest, hints[k])
+        if all(f.stored is not None for f in frames):
+            base = None  # every frame is stored here: the chunk needs no base
+        return cid, keys.seal_chunk(cid, frames, base), base
 
     @staticmethod
     def _pread(fd: int, n: int, off: int, disk: str) -> bytes:
@@ -600,17 +628,16 @@ class Vault:
         # whatever the disk size. Results are consumed in order, so packs are laid out
         # in disk order.
         limit = 2 * self.threads
-        inflight: deque[tuple[int, int, int, Future[tuple[bytes, bytes | None]] | None]] = (
-            deque())
+        inflight: deque[tuple[int, int, int, Future[Prepared] | None]] = deque()
 
         def drain_one() -> None:
             i, n, read, fut = inflight.popleft()
             if fut is not None:
-                cid, sealed = fut.result()
+                cid, sealed, base = fut.result()
                 if cid == b"":  # a patched block that became all zeros
                     stats.zero_blocks += 1
                 else:
-                    writer.add(cid, sealed)
+                    writer.add(cid, sealed, base)
                     blocks[i] = cid.hex()
             stats.bytes_read += read
             stats.bytes_scanned += n
@@ -641,7 +668,8 @@ class Vault:
                 i] is not None else None
             if plan[i] is extents.Block.PATCH and (prev_cid is None or prev_cid in self._index):
                 ranges = patches[i]
-                read = sum(b - a for a, b, r in ranges if r)
+                spans = _frame_spans(n)
+                read = sum(spans[k][1] - spans[k][0] for k in _touched_frames(spans, ranges))
                 stats.blocks_patched += 1
                 inflight.append((i, n, read, pool.submit(
                     self._prepare_patch, writer, fd, off, n, prev_cid, ranges, name)))
@@ -687,21 +715,52 @@ class Vault:
                                   details) from None
         return blob, pack_id, details
 
-    def _check_chunk(self, cid: bytes, pack_id: str, blob: bytes,
+    def _check_chunk(self, cid: bytes, pack_id: str, blob: bytes | memoryview,
                      details: dict[str, Any]) -> list[bytes | memoryview]:
+        """Decrypt a chunk, take the frames it names from its base, decompress and
+        re-hash every frame: the frame plaintexts, in order. The digests must give
+        cid. Any problem -> VaultDataCorrupt naming the chunk (and its base)."""
         h = cid.hex()
-        try:
-            plains, actual = self._keys.open_chunk(blob, fmt.chunk_aad(cid))
-        except FrostpointError as e:
-            what = e.detail.removeprefix("sealed object ")  # failed authentication, ...
-            if what == e.detail:
-                what = f"is damaged: {what}"  # frames that do not decompress or match
-            raise FrostpointError(
-                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} {what}", details) from None
-        if actual != cid:
-            raise FrostpointError(
-                "VaultDataCorrupt", f"chunk {h} in pack {pack_id} does not match its id",
-                details)
+        keys = self._keys
+
+        def damaged(what: str) -> FrostpointError:
+            return FrostpointError("VaultDataCorrupt", f"chunk {h} in pack {pack_id} {what}",
+                                   details)
+
+        def opened(c: bytes, sealed: bytes | memoryview) -> Chunk:
+            try:
+                return keys.open_chunk(sealed, c)
+            except FrostpointError as e:
+                what = e.detail.removeprefix("sealed object ")  # failed authentication..
+                if what == e.detail:
+                    what = f"is damaged: {what}"
+                if c != cid:
+                    what = f"has a damaged base chunk {c.hex()}: {what}"
+                raise damaged(what) from None
+
+        chunk = opened(cid, blob)
+        base: Chunk | None = None
+        if chunk.base is not None:
+            try:
+                base_blob, _pack, _ = self._fetch_sealed(chunk.base, {})
+            except FrostpointError as e:
+                raise damaged(f"needs base chunk {chunk.base.hex()}: {e.detail}") from None
+            base = opened(chunk.base, base_blob)
+            if base.base is not None or len(base.frames) != len(chunk.frames):
+                raise damaged(f"has a base chunk {chunk.base.hex()} of another layout")
+        plains: list[bytes | memoryview] = []
+        for k, f in enumerate(chunk.frames):
+            src = f if f.stored is not None or base is None else base.frames[k]
+            try:
+                plain = keys.frame_plaintext(src)
+            except FrostpointError as e:
+                raise damaged(f"is damaged: {e.detail} (frame {k})") from None
+            if len(plain) != f.raw_len or keys.frame_digest(plain) != f.digest:
+                raise damaged(f"is damaged: frame {k} does not match its digest"
+                              + ("" if src is f else f" (kept in base {chunk.base.hex()})"))
+            plains.append(plain)
+        if keys.id_of_digests(chunk.digests) != cid:
+            raise damaged("does not match its id")
         return plains
 
     def restore_disk(self, rp_id: str, disk_name: str, target: Path,
