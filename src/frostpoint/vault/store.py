@@ -8,6 +8,7 @@ moment leaves either a complete restore point or none.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import random
@@ -100,6 +101,11 @@ def _now() -> str:
 
 def _pack_id_of(pack_obj: str) -> str:
     return pack_obj.rsplit("/", 1)[-1]
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(n: int) -> bytes:
+    return bytes(n)
 
 
 def _frame_spans(n: int) -> list[tuple[int, int]]:
@@ -520,6 +526,14 @@ class Vault:
             return None
         return fd, list(disk["blocks"])
 
+    def _read_block(self, writer: _PackWriter, fd: int, off: int, n: int,
+                    disk: str) -> Prepared:
+        """A block read whole: all zeros (b"") or prepared. Runs in the pool."""
+        data = self._pread(fd, n, off, disk)
+        if data == _zeros(n):  # a memcmp
+            return b"", None, None
+        return self._prepare(writer, data)
+
     def _previous_chunk(self, cid: bytes, n: int
                         ) -> tuple[bytes, list[Frame], list[bool | None]]:
         """What a block built on the previous chunk cid (n bytes) needs of it: the base
@@ -612,7 +626,6 @@ class Vault:
                      cancel_check: Callable[[], None],
                      prev: tuple[int, list[str | None]] | None = None) -> list[str | None]:
         bs = self.config.block_size
-        zero = bytes(bs)  # compared with ==, a memcmp
         nblocks = -(-size // bs)
         blocks: list[str | None] = [None] * nblocks
         stats.blocks_total += nblocks
@@ -676,13 +689,8 @@ class Vault:
                 while len(inflight) > limit:
                     drain_one()
                 continue
-            data = self._pread(fd, n, off, name)
-            if data == (zero if n == bs else zero[:n]):
-                stats.zero_blocks += 1
-                inflight.append((i, n, n, None))
-            else:
-                inflight.append((i, n, n, pool.submit(self._prepare, writer, data)))
-            del data
+            # Read in the pool too: two reads in flight, overlapping compression.
+            inflight.append((i, n, n, pool.submit(self._read_block, writer, fd, off, n, name)))
             while len(inflight) > limit:
                 drain_one()
         while inflight:
