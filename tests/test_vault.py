@@ -502,6 +502,32 @@ def test_damaged_index_is_reported_and_healed_by_next_backup(
     assert sha256(out) == sha256(img)
 
 
+def kill_at_progress(argv: list[str], stop_at: int) -> None:
+    """Run a backup script that prints "ready", then its progress in bytes, then
+    "done"; kill -9 it once the progress reaches stop_at (or when it is done)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for line in proc.stdout:
+            if line.strip() == "done" or int(line) >= stop_at:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+
+def open_checked(vault_dir: Path, key: bytes, what: str) -> Vault:
+    """Open a vault after a crash, checking first that no index lacks its pack."""
+    backend = LocalBackend(vault_dir)
+    for name in backend.list("index/"):
+        p = name.split("/")[1]
+        assert backend.exists(f"packs/{p[:2]}/{p}"), f"{what}: index without pack"
+    return Vault.open(backend, key)
+
+
 def test_twenty_random_kills_never_leave_a_half_restore_point(
         tmp_path: Path, vault_dir: Path, key: bytes, big_image: Path) -> None:
     """kill -9 a backup at 20 random moments in a row, on one vault: after each, verify
@@ -509,29 +535,13 @@ def test_twenty_random_kills_never_leave_a_half_restore_point(
     the killed ones uploaded."""
     rng = random.Random(20)
     Vault.create(LocalBackend(vault_dir), key, pack_target_size=4 * 1024 * 1024)
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
     finished: set[str] = set()
     for trial in range(20):
         rp = f"trial{trial}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), rp,
-             str(big_image)], stdout=subprocess.PIPE, text=True, env=env)
-        assert proc.stdout is not None
         stop_at = rng.randrange(0, BIG + BIG // 16)  # past the end: may finish
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            for line in proc.stdout:
-                if line.strip() == "done" or int(line) >= stop_at:
-                    break
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-            proc.stdout.close()
-        backend = LocalBackend(vault_dir)
-        for name in backend.list("index/"):
-            p = name.split("/")[1]
-            assert backend.exists(f"packs/{p[:2]}/{p}"), f"trial {trial}: index without pack"
-        v = Vault.open(backend, key)
+        kill_at_progress([sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), rp,
+                          str(big_image)], stop_at)
+        v = open_checked(vault_dir, key, f"trial {trial}")
         listed = set(v.list_restore_points())
         assert listed - finished <= {rp}, f"trial {trial}: unexpected {listed - finished}"
         if rp in listed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from frostpoint.vault.backend import LocalBackend
 from frostpoint.vault.crypto import FRAME
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault
+from test_vault import kill_at_progress, open_checked
 
 pytestmark = needs_root
 MiB = 1 << 20
@@ -175,7 +175,6 @@ def test_kill_9_during_incrementals_with_bases_leaves_a_usable_vault(
     vault.backup("s0", {"d": snap})
     finished = {"s0": sha(snap)}
     last = (snap, "s0")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
     def change() -> Path:
         with open(disk, "r+b") as f:
@@ -189,25 +188,10 @@ def test_kill_9_during_incrementals_with_bases_leaves_a_usable_vault(
 
     for trial in range(1, 11):
         snap, rp = change(), f"t{trial}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH_INCREMENTAL, str(vault_dir), key.hex(), rp,
-             str(snap), str(last[0]), last[1]], stdout=subprocess.PIPE, text=True, env=env)
-        assert proc.stdout is not None
         stop_at = rng.randrange(0, nblocks * BS + BS)  # past the end: may finish
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            for line in proc.stdout:
-                if line.strip() == "done" or int(line) >= stop_at:
-                    break
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-            proc.stdout.close()
-        backend = LocalBackend(vault_dir)
-        for name in backend.list("index/"):
-            p = name.split("/")[1]
-            assert backend.exists(f"packs/{p[:2]}/{p}"), f"trial {trial}: index without pack"
-        v = Vault.open(backend, key)
+        kill_at_progress([sys.executable, "-c", CRASH_INCREMENTAL, str(vault_dir), key.hex(),
+                          rp, str(snap), str(last[0]), last[1]], stop_at)
+        v = open_checked(vault_dir, key, f"trial {trial}")
         listed = set(v.list_restore_points())
         assert listed - set(finished) <= {rp}, f"trial {trial}: {listed - set(finished)}"
         if rp in listed:
