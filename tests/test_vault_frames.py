@@ -254,3 +254,44 @@ def test_damaged_base_is_reported_for_the_restore_points_of_its_patches(
         vault.restore_disk("rp1", "d", tmp_path / "out.img")
     assert e.value.code == "VaultDataCorrupt" and base.hex() in e.value.detail
     assert not (tmp_path / "out.img").exists()
+
+
+def test_gc_keeps_the_base_of_an_unused_chunk_in_a_kept_pack(tmp_path: Path,
+                                                             vault: Vault) -> None:
+    """A chunk no restore point uses, in a pack that a live chunk keeps, stays in the
+    index, and a later backup may dedup against it: GC must keep its base too."""
+    disk = tmp_path / "d.img"
+    old = text_block(30)
+    disk.write_bytes(old)
+    base = _stored(vault, disk)  # rp0: the full chunk, in a pack of its own
+    new = bytearray(old)
+    new[10:20] = b"0123456789"
+    disk.write_bytes(new)
+    other_data = rand_block(31)
+    writer = _PackWriter(vault, BackupStats())
+    fd = os.open(disk, os.O_RDONLY)
+    try:  # the patch and an unrelated chunk, in one pack
+        patch, sealed, got = vault._prepare_patch(writer, fd, 0, BS, base, [(10, 20, True)],
+                                                  "d")
+        other, other_sealed, _ = vault._prepare(writer, other_data)
+        writer.add(patch, sealed, got)
+        writer.add(other, other_sealed, None)
+        writer.finish()
+    finally:
+        os.close(fd)
+    assert got == base
+    assert vault.locate_chunk(patch.hex())[0] == vault.locate_chunk(other.hex())[0]
+    keeper = tmp_path / "k.img"
+    keeper.write_bytes(other_data)
+    vault.backup("keeper", {"d": keeper})  # uses the unrelated chunk only
+    vault.delete_restore_point("rp0")      # nothing uses the base or the patch now
+    for _ in range(2):
+        vault.gc(grace_seconds=0)
+    assert vault.locate_chunk(patch.hex()) is not None  # kept with its pack...
+    assert vault.locate_chunk(base.hex()) is not None   # ...and so its base
+    vault.backup("again", {"d": disk})  # the same block again: dedups to the patch
+    assert vault.read_manifest("again")["disks"]["d"]["blocks"][0] == patch.hex()
+    out = tmp_path / "out.img"
+    vault.restore_disk("again", "d", out)
+    assert out.read_bytes() == bytes(new)
+    assert vault.verify().ok

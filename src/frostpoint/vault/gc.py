@@ -6,8 +6,9 @@ backup in another process that deduplicated against such a pack has written its
 manifest by the second mark, so the pack is kept. Within this process the sweep runs
 under the vault's backup lock and re-reads manifests written since the mark, so the
 lock is held only for the deletes. A chunk that keeps frames in a base chunk keeps that
-base alive (the pack indexes name every chunk's base). Packs with some live chunks are kept whole
-(repacking is not done yet); their dead bytes are reported.
+base alive (the pack indexes name every chunk's base), and so does every chunk of a
+kept pack, live or not: no indexed chunk ever names a deleted base. Packs with some
+live chunks are kept whole (repacking is not done yet); their dead bytes are reported.
 """
 
 from __future__ import annotations
@@ -59,9 +60,19 @@ def _referenced(vault: Vault, names: list[str]) -> tuple[set[bytes], int]:
     return refs, count
 
 
-def _bases_of(refs: set[bytes], bases: dict[bytes, bytes]) -> set[bytes]:
-    """The base chunks of referenced chunks: live too (a base never has a base)."""
-    return {bases[c] for c in refs if c in bases}
+def _keep(refs: set[bytes], contents: dict[str, list[fmt.IndexEntry]]) -> set[bytes]:
+    """refs and what keeping them implies. A pack with a live chunk is kept whole, so
+    all its chunks stay in the index, where a later backup may dedup against any of
+    them: the base of every chunk in a kept pack must stay too. Keeping a base keeps
+    its pack, whose chunks may have bases in turn: repeated until nothing is added."""
+    live = set(refs)
+    while True:
+        extra = {e[3] for entries in contents.values()
+                 if any(e[0] in live for e in entries)
+                 for e in entries if e[3] is not None and e[3] not in live}
+        if not extra:
+            return live
+        live |= extra
 
 
 def _pack_contents(vault: Vault) -> tuple[set[str], dict[str, list[fmt.IndexEntry]]]:
@@ -86,8 +97,7 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
     names = vault.list_restore_points()
     refs, report.restore_points = _referenced(vault, names)
     packs, contents = _pack_contents(vault)
-    bases = {e[0]: e[3] for entries in contents.values() for e in entries if e[3]}
-    refs |= _bases_of(refs, bases)
+    refs = _keep(refs, contents)
     report.packs_total = len(packs)
     dead: set[str] = set()
     for pack_id in packs:
@@ -107,7 +117,7 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
         new = sorted(set(vault.list_restore_points()) - set(names))
         if new:
             more, _ = _referenced(vault, new)
-            more |= _bases_of(more, bases)
+            more = _keep(refs | more, contents)
             for p in sorted(due):
                 if any(e[0] in more for e in contents.get(p, [])):
                     due.discard(p)
