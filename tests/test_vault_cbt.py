@@ -205,7 +205,7 @@ def test_kill_9_during_incrementals_with_bases_leaves_a_usable_vault(
     assert stats.cbt["d"].startswith("incremental") and stats.blocks_patched == nblocks
     assert stats.bytes_read < nblocks * BS
     finished["after"] = sha(snap)
-    assert len(v._bases) > 0, "the incrementals stored chunks with bases"
+    assert len(v._index.bases()) > 0, "the incrementals stored chunks with bases"
     out = tmp_path / "out.img"
     for rp, digest in finished.items():
         v.restore_disk(rp, "d", out)

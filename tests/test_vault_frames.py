@@ -178,7 +178,8 @@ def _replace_chunk(root: Path, vault: Vault, cid: bytes, sealed: bytes) -> None:
     blob = bytearray(pack_path.read_bytes())
     blob[off:off + length] = sealed
     pack_path.write_bytes(bytes(blob))
-    vault._index[cid] = (vault._index[cid][0], off, len(sealed))
+    vault._index.drop(cid)
+    vault._index.add(cid, fmt.pack_name(pack), off, len(sealed), None)
 
 
 def _two_restore_points(tmp_path: Path, vault: Vault) -> tuple[Path, bytes, bytes]:
@@ -215,7 +216,7 @@ def test_restore_is_identical_after_patched_incremental(tmp_path: Path, vault: V
     assert vault.verify().ok
     # the base is named in the pack's index: a vault opened afresh knows it
     again = Vault.open(LocalBackend(tmp_path / "vault"), key)
-    assert again._bases == {cid: base}
+    assert again._index.bases() == {cid: base}
     again.restore_disk("rp1", "d", out)
     assert sha256(out) == sha256(disk)
 
@@ -234,7 +235,7 @@ def test_gc_keeps_a_base_that_only_a_patch_uses(tmp_path: Path, vault: Vault) ->
     for _ in range(2):
         vault.gc(grace_seconds=0)
     assert vault.locate_chunk(base.hex()) is None and vault.locate_chunk(cid.hex()) is None
-    assert vault._bases == {}
+    assert vault._index.bases() == {}
 
 
 def test_damaged_base_is_reported_for_the_restore_points_of_its_patches(

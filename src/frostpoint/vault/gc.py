@@ -125,7 +125,7 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
                     report.kept_after_recheck.append(p)
         for pack_id in sorted(due):
             for cid, _off, length, _base in contents.get(pack_id, []):
-                vault._drop_from_index(cid)
+                vault._index.drop(cid)
                 report.bytes_deleted += length
             # Index first: a crash between the two leaves an unindexed pack, which the
             # next run collects; never an index pointing at a missing pack.

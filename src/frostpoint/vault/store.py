@@ -28,6 +28,7 @@ from frostpoint.vault import extents
 from frostpoint.vault import format as fmt
 from frostpoint.vault.backend import Backend
 from frostpoint.vault.crypto import FRAME, Chunk, Frame, VaultKeys, table_read_size
+from frostpoint.vault.index import ChunkIndex
 
 Progress = Callable[[int, int], None]
 # What the pool hands back for one block: chunk id (b"": all zeros), the sealed chunk
@@ -250,7 +251,7 @@ class _PackWriter:
                     fmt.encode_index(entries), fmt.index_aad(pack_id)))
                 # Index before uploading is cleared, so a concurrent `knows` never misses.
                 for cid, off, length, base in entries:
-                    v._add_to_index(cid, pack_obj, off, length, base)
+                    v._index.add(cid, pack_obj, off, length, base)
                     self._uploading.pop(cid, None)
                 self._stats.bytes_stored += len(data)
             except BaseException as e:  # noqa: BLE001 - re-raised in the backup's thread
@@ -269,11 +270,9 @@ class Vault:
         self.backend = backend
         self.config = config
         self._keys = keys
-        # chunk id -> (pack object name, offset, sealed length). Bytes keys and tuples
-        # that share one pack-name string per pack keep this small (~150 B/chunk).
-        self._index: dict[bytes, tuple[str, int, int]] = {}
-        # chunk id -> its base chunk id, for the chunks that have one (see crypto.Chunk)
-        self._bases: dict[bytes, bytes] = {}
+        # chunk id -> (pack object name, offset, sealed length), and its base chunk
+        # (see crypto.Chunk); about 60 bytes per chunk (vault/index.py)
+        self._index = ChunkIndex()
         self.damaged_indexes: list[str] = []
         self.threads = DEFAULT_THREADS
         self._backup_lock = threading.Lock()
@@ -336,6 +335,7 @@ class Vault:
             except FrostpointError:
                 return pack_id, None
 
+        loaded: list[tuple[str, list[fmt.IndexEntry]]] = []
         with ThreadPoolExecutor(VERIFY_THREADS) as pool:
             for pack_id, entries in pool.map(load, pack_ids):
                 if entries is None:
@@ -343,24 +343,10 @@ class Vault:
                     # reports it, and restore points using them report missing chunks.
                     self.damaged_indexes.append(pack_id)
                     continue
-                pack_obj = fmt.pack_name(pack_id)
-                for cid, off, length, base in entries:
-                    self._add_to_index(cid, pack_obj, off, length, base)
-        # Never dedup against a chunk whose base is gone (GC keeps bases; this is for a
-        # damaged or hand-edited vault): verify reports restore points that use it.
-        for cid in [c for c, base in self._bases.items() if base not in self._index]:
-            self._drop_from_index(cid)
-
-    def _add_to_index(self, cid: bytes, pack_obj: str, off: int, length: int,
-                      base: bytes | None) -> None:
-        if cid not in self._index:
-            self._index[cid] = (pack_obj, off, length)
-            if base is not None:
-                self._bases[cid] = base
-
-    def _drop_from_index(self, cid: bytes) -> None:
-        self._index.pop(cid, None)
-        self._bases.pop(cid, None)
+                loaded.append((fmt.pack_name(pack_id), entries))
+        # A chunk whose base is in no index is left out (GC keeps bases; this is for
+        # a damaged vault): nothing is built on it, and verify reports its users.
+        self._index.load(loaded)
 
     def read_index(self, pack_id: str) -> list[fmt.IndexEntry]:
         """The index of one pack; FileNotFoundError if it has none."""
@@ -546,7 +532,7 @@ class Vault:
         unknown). A chunk without a base costs one ranged read of its table; one with
         a base is read whole, to copy the frames it stores. Its digests must give cid."""
         keys = self._keys
-        if cid in self._bases:
+        if self._index.base(cid) is not None:
             blob, _pack, _details = self._fetch_sealed(cid, {})
             chunk = keys.open_chunk(blob, cid)
             if chunk.base is None:
