@@ -296,3 +296,19 @@ def test_gc_keeps_the_base_of_an_unused_chunk_in_a_kept_pack(tmp_path: Path,
     vault.restore_disk("again", "d", out)
     assert out.read_bytes() == bytes(new)
     assert vault.verify().ok
+
+
+def test_a_previous_chunk_whose_pack_is_gone_means_a_whole_read(tmp_path: Path,
+                                                               vault: Vault) -> None:
+    disk = tmp_path / "d.img"
+    data = bytearray(text_block(40))
+    disk.write_bytes(data)
+    prev = _stored(vault, disk)
+    pack, _off, _n = vault.locate_chunk(prev.hex())
+    (tmp_path / "vault" / "packs" / pack[:2] / pack).unlink()
+    data[100:200] = b"z" * 100
+    disk.write_bytes(data)
+    cid, sealed, base = _patch(vault, disk, prev, [(100, 200, True)])
+    assert cid == vault._keys.chunk_id(bytes(data)) and base is None  # built from the disk
+    assert sealed is not None and _stored_frames(vault, cid, sealed) == list(
+        range(BS // FRAME))

@@ -49,12 +49,12 @@ def test_answers_across_merges_drops_and_duplicates(monkeypatch: pytest.MonkeyPa
     idx = ChunkIndex()
     idx.load([("packs/aa/p0", [(c, k, 100 + k, None) for k, c in enumerate(ids[:100])])])
     for k, c in enumerate(ids[100:], start=100):  # several merges on the way
-        idx.add(c, "packs/bb/p1", k, 100 + k, ids[k - 100])
+        idx.add(c, "packs/bb/p1", k, 100 + k, ids[k % 100])  # bases have no base
     assert len(idx) == 300
     for k, c in enumerate(ids):
         assert c in idx
         assert idx[c] == ("packs/aa/p0" if k < 100 else "packs/bb/p1", k, 100 + k)
-        assert idx.base(c) == (None if k < 100 else ids[k - 100])
+        assert idx.base(c) == (None if k < 100 else ids[k % 100])
     assert os.urandom(32) not in idx and idx.get(os.urandom(32)) is None
     with pytest.raises(KeyError):
         idx[os.urandom(32)]
@@ -75,7 +75,7 @@ def test_a_chunk_whose_base_is_gone_is_not_indexed() -> None:
     a, b, gone = _ids(3)
     idx = ChunkIndex()
     idx.load([("packs/aa/p", [(a, 0, 10, None), (b, 10, 10, gone)])])
-    assert a in idx and b not in idx
+    assert a in idx and b not in idx and idx.orphans == {b: gone}
 
 
 def test_readers_never_miss_while_a_writer_merges(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +99,27 @@ def test_readers_never_miss_while_a_writer_merges(monkeypatch: pytest.MonkeyPatc
     for t in readers:
         t.join()
     assert misses == [] and len(idx) == 22_000
+
+
+def test_of_two_copies_of_an_id_the_usable_one_is_kept() -> None:
+    """An id stored twice (a re-store after a damaged index, two writers): whatever the
+    order the packs are listed in, the index keeps a copy a reader can use."""
+    c, gone, p, q, d = _ids(5)
+    for order in (0, 1):
+        # c: one copy names a base that is in no index, one has no base
+        # p: one copy has a base (q), one has none; d names p as its base
+        packs = [("packs/aa/old", [(c, 0, 10, gone), (p, 10, 10, q), (q, 20, 10, None),
+                                   (d, 30, 10, p)]),
+                 ("packs/bb/new", [(c, 0, 11, None), (p, 11, 11, None)])]
+        idx = ChunkIndex()
+        idx.load(packs if order == 0 else packs[::-1])
+        assert idx[c] == ("packs/bb/new", 0, 11) and idx.base(c) is None
+        assert idx[p] == ("packs/bb/new", 11, 11) and idx.base(p) is None
+        assert idx.base(d) == p  # one hop: its base has no base
+
+
+def test_a_chunk_named_as_base_only_by_a_copy_with_a_base_is_left_out() -> None:
+    p, q, d = _ids(3)
+    idx = ChunkIndex()
+    idx.load([("packs/aa/x", [(p, 0, 10, q), (q, 10, 10, None), (d, 20, 10, p)])])
+    assert p in idx and d not in idx and idx.orphans == {d: p}

@@ -193,6 +193,8 @@ class VaultKeys:
 
     def seal_chunk(self, cid: bytes, frames: list[Frame], base: bytes | None = None) -> bytes:
         """u32 table length || sealed table || sealed data of the stored frames."""
+        if all(f.stored is None for f in frames):
+            raise ValueError("a chunk stores at least one frame (else it is its base)")
         table = bytearray(_TABLE_HEAD.pack(CHUNK_KIND, base or NO_BASE))
         for f in frames:
             if f.stored is None and base is None:

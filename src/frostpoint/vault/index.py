@@ -15,7 +15,6 @@ import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from operator import itemgetter
 
 ID = 32
 _NO_BASE = -1
@@ -71,6 +70,8 @@ class ChunkIndex:
         self._state: tuple[_Sorted, dict[bytes, tuple[int, int, int, bytes | None]]] = (
             _Sorted(), {})
         self._lock = threading.Lock()  # writers only
+        # chunks left out because their base is not indexed -> that base (for verify)
+        self.orphans: dict[bytes, bytes] = {}
 
     # --- reading --------------------------------------------------------------------
 
@@ -80,9 +81,10 @@ class ChunkIndex:
         if hit is not None:
             return self._packs[hit[0]], hit[1], hit[2]
         i = table.find(cid)
-        if i < 0:
+        n = table.lens[i] if i >= 0 else 0  # read once: a drop may zero it meanwhile
+        if not n:
             return None
-        return self._packs[table.packs[i]], table.offs[i], table.lens[i]
+        return self._packs[table.packs[i]], table.offs[i], n
 
     def __contains__(self, cid: object) -> bool:
         return isinstance(cid, bytes) and self.get(cid) is not None
@@ -176,7 +178,15 @@ class ChunkIndex:
                              None if b == _NO_BASE else table.id_at(b)))
         rows.extend((cid, p, off, n, b) for cid, (p, off, n, b) in recent.items())
         rows.extend(more)
-        rows.sort(key=itemgetter(0))  # stable: the first of equal ids stays first
+        # The same id may be stored more than once (a re-store after a damaged index,
+        # two writers). Keep the copy a reader can use: one without a base, else one
+        # whose base has a copy without a base (one hop), else none; then the first.
+        baseless = {r[0] for r in rows if r[4] is None}
+
+        def rank(r: _Row) -> tuple[bytes, int]:
+            return r[0], 0 if r[4] is None else 1 if r[4] in baseless else 2
+
+        rows.sort(key=rank)  # stable: among equals, the first stays first
         rows = [r for k, r in enumerate(rows) if k == 0 or r[0] != rows[k - 1][0]]
         new = _Sorted()
         new.ids = bytearray(b"".join([r[0] for r in rows]))
@@ -188,8 +198,9 @@ class ChunkIndex:
         with_base = [(i, r[4]) for i, r in enumerate(rows) if r[4] is not None]
         for i, b in with_base:
             j = new.find(b)
-            if j < 0:
-                new.lens[i] = 0  # its base is gone: never deduped or built on
+            if j < 0 or b not in baseless:
+                new.lens[i] = 0  # no usable base: never read, deduped or built on
+                self.orphans[rows[i][0]] = b
             else:
                 new.bases[i] = j
         self._state = (new, {})

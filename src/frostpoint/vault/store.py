@@ -542,7 +542,11 @@ class Vault:
                                         for f in frames]
         else:
             pack_obj, off, length = self._index[cid]
-            head = self.backend.get_range(pack_obj, off, min(length, table_read_size(n)))
+            try:
+                head = self.backend.get_range(pack_obj, off, min(length, table_read_size(n)))
+            except FileNotFoundError:
+                raise FrostpointError("VaultDataCorrupt", f"pack of chunk {cid.hex()} is "
+                                      "missing") from None
             base_of_it, rows, _ = keys.open_table(head, cid)
             if base_of_it is not None:
                 raise FrostpointError("VaultDataCorrupt", f"chunk {cid.hex()} has a base "
@@ -749,13 +753,13 @@ class Vault:
         plains: list[bytes | memoryview] = []
         for k, f in enumerate(chunk.frames):
             src = f if f.stored is not None or base is None else base.frames[k]
+            where = "" if src is f else f" (kept in base chunk {chunk.base.hex()})"
             try:
                 plain = keys.frame_plaintext(src)
             except FrostpointError as e:
-                raise damaged(f"is damaged: {e.detail} (frame {k})") from None
+                raise damaged(f"is damaged: {e.detail} (frame {k}{where})") from None
             if len(plain) != f.raw_len or keys.frame_digest(plain) != f.digest:
-                raise damaged(f"is damaged: frame {k} does not match its digest"
-                              + ("" if src is f else f" (kept in base {chunk.base.hex()})"))
+                raise damaged(f"is damaged: frame {k} does not match its digest{where}")
             plains.append(plain)
         if keys.id_of_digests(chunk.digests) != cid:
             raise damaged("does not match its id")
@@ -875,7 +879,9 @@ class Vault:
         for cid in refs:
             loc = self._index.get(cid)
             if loc is None:
-                report.missing.append(problem(cid, None, "chunk is in no index"))
+                base = self._index.orphans.get(cid)
+                report.missing.append(problem(cid, None, "chunk is in no index" if base is None
+                                              else f"its base chunk {base.hex()} is in no index"))
             else:
                 by_pack.setdefault(loc[0], []).append(cid)
 
