@@ -60,7 +60,7 @@ class Block(Enum):
     HOLE = "hole"  # no data: zeros without reading
     SAME = "same"  # same physical extents as the previous snapshot: reuse its chunk
     READ = "read"  # must be read
-    PATCH = "patch"  # partly changed: previous chunk + only the changed ranges read
+    PATCH = "patch"  # partly changed: only the frames the changed ranges touch are read
 
 
 Ranges = list[tuple[int, int, bool]]  # (start, end, read?) relative to the block; else zero
@@ -128,8 +128,7 @@ def plan(current_fd: int, size: int, bs: int, previous_fd: int | None = None,
     """What to do with each block of the current snapshot, and how it was decided.
 
     Without a previous snapshot (or without FIEMAP) every block with data is read.
-    For PATCH blocks, `patches` receives the ranges to read (or zero) over the
-    previous chunk.
+    For PATCH blocks, `patches` receives the ranges that changed (data, or holes).
     """
     nblocks = -(-size // bs)
     try:

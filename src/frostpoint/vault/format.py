@@ -18,8 +18,8 @@ FORMAT_NAME = "frostpoint-vault"
 FORMAT_VERSION = 3
 # Block (= chunk) size of new vaults: 4 MiB, as the architecture has it. Each vault
 # records its own in `config` (vault create --block-size), and every manifest the one it
-# was written with. 1 MiB (one zstd frame) makes incrementals of small scattered changes
-# about 40% faster for a 4x larger index and manifests: see docs/benchmarks.md.
+# was written with. An incremental stores only the 256 KiB frames a change touches,
+# whatever the block size (docs/vault-format.md).
 BLOCK_SIZE = 4 * 1024 * 1024
 MIN_BLOCK_SIZE = 64 * 1024
 MAX_BLOCK_SIZE = 16 * 1024 * 1024

@@ -59,7 +59,7 @@ class BackupStats:
     bytes_stored: int = 0     # sealed chunk bytes written to packs
     blocks_unchanged: int = 0  # same extents as the previous snapshot: not read
     blocks_hole: int = 0      # holes in the image: not read
-    blocks_patched: int = 0   # partly changed: previous chunk + changed ranges read
+    blocks_patched: int = 0   # partly changed: only the frames a change touches read
     duration_s: float = 0.0
     cbt: dict[str, str] = field(default_factory=dict)  # disk -> how blocks were chosen
 
