@@ -418,28 +418,14 @@ def test_kill_9_during_backup_leaves_a_usable_vault(
     # Small packs so that kills land between packs, between a pack and its index, ...
     Vault.create(LocalBackend(vault_dir), key, pack_target_size=8 * 1024 * 1024)
     img = big_image
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen(
+    returncode = kill_backup(
         [sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), "rp1", str(img)],
-        stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        if kind == "time":
-            time.sleep(when)
-        else:
-            for line in proc.stdout:
-                if line.strip() == "done" or int(line) >= when:
-                    break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc.stdout.close()
+        **({"after_s": when} if kind == "time" else {"at_progress": int(when)}))
 
     rps = _assert_consistent(vault_dir, key, img, tmp_path)
     assert rps in ([], ["rp1"])
     if surely_unfinished:
-        assert proc.returncode == -signal.SIGKILL and rps == []
+        assert returncode == -signal.SIGKILL and rps == []
 
     # A later backup works, re-storing whatever the crash left unindexed.
     v = Vault.open(LocalBackend(vault_dir), key)
@@ -502,21 +488,27 @@ def test_damaged_index_is_reported_and_healed_by_next_backup(
     assert sha256(out) == sha256(img)
 
 
-def kill_at_progress(argv: list[str], stop_at: int) -> None:
+def kill_backup(argv: list[str], *, at_progress: int | None = None,
+                after_s: float | None = None, env: dict[str, str] | None = None) -> int:
     """Run a backup script that prints "ready", then its progress in bytes, then
-    "done"; kill -9 it once the progress reaches stop_at (or when it is done)."""
+    "done"; kill -9 it after_s seconds after "ready", or once its progress reaches
+    at_progress (or when it is done). Returns its exit status."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(SRC)})
+                            env={**os.environ, "PYTHONPATH": str(SRC), **(env or {})})
     assert proc.stdout is not None
     try:
         assert proc.stdout.readline().strip() == "ready"
-        for line in proc.stdout:
-            if line.strip() == "done" or int(line) >= stop_at:
-                break
+        if after_s is not None:
+            time.sleep(after_s)
+        else:
+            for line in proc.stdout:
+                if line.strip() == "done" or int(line) >= (at_progress or 0):
+                    break
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         proc.stdout.close()
+    return proc.returncode
 
 
 def open_checked(vault_dir: Path, key: bytes, what: str) -> Vault:
@@ -539,8 +531,8 @@ def test_twenty_random_kills_never_leave_a_half_restore_point(
     for trial in range(20):
         rp = f"trial{trial}"
         stop_at = rng.randrange(0, BIG + BIG // 16)  # past the end: may finish
-        kill_at_progress([sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), rp,
-                          str(big_image)], stop_at)
+        kill_backup([sys.executable, "-c", CRASH_SCRIPT, str(vault_dir), key.hex(), rp,
+                     str(big_image)], at_progress=stop_at)
         v = open_checked(vault_dir, key, f"trial {trial}")
         listed = set(v.list_restore_points())
         assert listed - finished <= {rp}, f"trial {trial}: unexpected {listed - finished}"

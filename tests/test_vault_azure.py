@@ -30,7 +30,16 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import ChunkRef, Vault
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.format import BLOCK_SIZE
-from test_vault import BIG, SIZE, make_image, rand_block, sha256, standard_image, text_block
+from test_vault import (
+    BIG,
+    SIZE,
+    kill_backup,
+    make_image,
+    rand_block,
+    sha256,
+    standard_image,
+    text_block,
+)
 
 BS = BLOCK_SIZE  # the block size of new vaults
 ROOT = Path(__file__).resolve().parents[1]
@@ -448,28 +457,16 @@ def test_kill_9_during_azure_backup_leaves_a_usable_vault(
     backend = AzureBlobBackend(azurite, CONTAINER, prefix)
     Vault.create(backend, key, pack_target_size=12 * 1024 * 1024)
     img = big_image
-    env = {**os.environ, "PYTHONPATH": str(SRC), "FP_CRASH_AZ": azurite}
     url = f"azure://{CONTAINER}/{prefix}?connection_string_env=FP_CRASH_AZ"
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, url, key.hex(), "rp1",
-                             str(img)], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout is not None
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        if kind == "time":
-            time.sleep(when)
-        else:
-            for line in proc.stdout:
-                if line.strip() == "done" or int(line) >= when:
-                    break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        proc.stdout.close()
+    returncode = kill_backup(
+        [sys.executable, "-c", CRASH_SCRIPT, url, key.hex(), "rp1", str(img)],
+        env={"FP_CRASH_AZ": azurite},
+        **({"after_s": when} if kind == "time" else {"at_progress": int(when)}))
 
     rps = _assert_consistent(backend, key, img, tmp_path)
     assert rps in ([], ["rp1"])
     if surely_unfinished:
-        assert proc.returncode == -signal.SIGKILL and rps == []
+        assert returncode == -signal.SIGKILL and rps == []
 
     v = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
     stats = v.backup("after-crash", {"disk0": img})

@@ -18,7 +18,7 @@ from frostpoint.vault.backend import LocalBackend
 from frostpoint.vault.crypto import FRAME
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault
-from test_vault import kill_at_progress, open_checked
+from test_vault import kill_backup, open_checked
 
 pytestmark = needs_root
 MiB = 1 << 20
@@ -189,8 +189,8 @@ def test_kill_9_during_incrementals_with_bases_leaves_a_usable_vault(
     for trial in range(1, 11):
         snap, rp = change(), f"t{trial}"
         stop_at = rng.randrange(0, nblocks * BS + BS)  # past the end: may finish
-        kill_at_progress([sys.executable, "-c", CRASH_INCREMENTAL, str(vault_dir), key.hex(),
-                          rp, str(snap), str(last[0]), last[1]], stop_at)
+        kill_backup([sys.executable, "-c", CRASH_INCREMENTAL, str(vault_dir), key.hex(), rp,
+                     str(snap), str(last[0]), last[1]], at_progress=stop_at)
         v = open_checked(vault_dir, key, f"trial {trial}")
         listed = set(v.list_restore_points())
         assert listed - set(finished) <= {rp}, f"trial {trial}: {listed - set(finished)}"

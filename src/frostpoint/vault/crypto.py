@@ -41,7 +41,6 @@ FLAG_ZSTD = 0x01
 # names the rest, so it reads only the previous chunk's table and writes only new
 # frames. Bases never have bases (one hop at most).
 FRAME = 256 * 1024
-DIGEST_SIZE = 32
 CHUNK_KIND = 0x03
 INLINE, IN_BASE = 0, 1
 NO_BASE = bytes(32)
@@ -52,6 +51,11 @@ _TABLE_FRAME = struct.Struct("<II32sB")    # raw length, stored length, digest, 
 
 def frames_of(block_len: int) -> int:
     return -(-block_len // FRAME)
+
+
+def frame_spans(n: int) -> list[tuple[int, int]]:
+    """(start, end) of each frame of an n-byte block, relative to the block."""
+    return [(s, min(n, s + FRAME)) for s in range(0, n, FRAME)]
 
 
 def table_read_size(block_len: int) -> int:
@@ -138,7 +142,7 @@ class VaultKeys:
     def frame_digests(self, plaintext: bytes | bytearray | memoryview) -> list[bytes]:
         """Keyed BLAKE3 of each FRAME-byte frame of a block (the last one may be short)."""
         view = memoryview(plaintext)
-        return [self.frame_digest(view[s:s + FRAME]) for s in range(0, len(view), FRAME)]
+        return [self.frame_digest(view[a:b]) for a, b in frame_spans(len(view))]
 
     def id_of_digests(self, digests: list[bytes]) -> bytes:
         """Chunk id from the frame digests: keyed BLAKE3 (another key) over them, in
@@ -188,8 +192,8 @@ class VaultKeys:
         block does not compress (random data)."""
         compress = self._compressible(plaintext)
         view = memoryview(plaintext)
-        return [self.encode_frame(view[s:s + FRAME], d, compress)
-                for s, d in zip(range(0, len(view), FRAME), digests, strict=True)]
+        return [self.encode_frame(view[a:b], d, compress)
+                for (a, b), d in zip(frame_spans(len(view)), digests, strict=True)]
 
     def seal_chunk(self, cid: bytes, frames: list[Frame], base: bytes | None = None) -> bytes:
         """u32 table length || sealed table || sealed data of the stored frames."""

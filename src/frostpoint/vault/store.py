@@ -27,7 +27,7 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import extents
 from frostpoint.vault import format as fmt
 from frostpoint.vault.backend import Backend
-from frostpoint.vault.crypto import FRAME, Chunk, Frame, VaultKeys, table_read_size
+from frostpoint.vault.crypto import Chunk, Frame, VaultKeys, frame_spans, table_read_size
 from frostpoint.vault.index import ChunkIndex
 
 Progress = Callable[[int, int], None]
@@ -107,11 +107,6 @@ def _pack_id_of(pack_obj: str) -> str:
 @functools.lru_cache(maxsize=4)
 def _zeros(n: int) -> bytes:
     return bytes(n)
-
-
-def _frame_spans(n: int) -> list[tuple[int, int]]:
-    """(start, end) of each frame of an n-byte block, relative to the block."""
-    return [(s, min(n, s + FRAME)) for s in range(0, n, FRAME)]
 
 
 def _touched_frames(spans: list[tuple[int, int]], ranges: extents.Ranges) -> list[int]:
@@ -566,7 +561,7 @@ class Vault:
         previous chunk, or its base), which is not read. Over a zero block, the other
         frames are zero frames. Runs in the pool."""
         keys = self._keys
-        spans = _frame_spans(n)
+        spans = frame_spans(n)
         base: bytes | None = None
         hints: list[bool | None] = [None] * len(spans)
         if prev_cid is None:
@@ -603,16 +598,6 @@ class Vault:
             raise FrostpointError("BackUpOperationFailed",
                                   f"disk {disk} shrank while it was read", {"disk": disk})
         return data
-
-    @staticmethod
-    def _pread_into(fd: int, view: memoryview, off: int, disk: str) -> None:
-        """Read exactly len(view) bytes at off into view (no intermediate copy)."""
-        while view:
-            got = os.preadv(fd, [view], off)
-            if got == 0:
-                raise FrostpointError("BackUpOperationFailed",
-                                      f"disk {disk} shrank while it was read", {"disk": disk})
-            view, off = view[got:], off + got
 
     def _backup_disk(self, pool: ThreadPoolExecutor, writer: _PackWriter,
                      stats: BackupStats, name: str, fd: int, size: int,
@@ -675,7 +660,7 @@ class Vault:
                 i] is not None else None
             if plan[i] is extents.Block.PATCH and (prev_cid is None or prev_cid in self._index):
                 ranges = patches[i]
-                spans = _frame_spans(n)
+                spans = frame_spans(n)
                 read = sum(spans[k][1] - spans[k][0] for k in _touched_frames(spans, ranges))
                 stats.blocks_patched += 1
                 inflight.append((i, n, read, pool.submit(
