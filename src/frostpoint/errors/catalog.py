@@ -172,6 +172,13 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
     _spec("VaultDataCorrupt", "internal", False,
           "Vault data failed its integrity check.",
           ["A chunk or pack was damaged on storage."], ["frostpoint vault verify VAULT"]),
+    _spec("VaultKeyInvalid", "user", False,
+          "A key file in the data directory is missing or damaged.",
+          ["The key file was truncated or edited (a full disk, a bad copy of DATA/keys).",
+           "DATA/keys was lost or restored from an older copy.",
+           "A key export file is damaged or the passphrase is wrong."],
+          ["frostpoint vault import VAULT --backend B --location L --key FILE",
+           "restore DATA/keys from a backup of the data directory"]),
     _spec("JobCancelled", "user", False, "The job was cancelled.",
           ["A user cancelled it."], []),
 ]}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.machines import NAME_RE
 from frostpoint.service.models import (
     Lock,
     Machine,
@@ -25,9 +28,27 @@ from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.backend import Backend, LocalBackend
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault as VaultStore
+from frostpoint.vault.store import destroy
 
 TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 LOCK_KINDS = ("CanNotDelete", "ReadOnly")
+
+
+def _azure_place(location: str) -> tuple[str, str]:
+    """(container, prefix) of an azure:// location."""
+    parts = urlsplit(location)
+    return parts.netloc, parts.path.strip("/")
+
+
+def _overlap(kind: str, a: str, b: str) -> bool:
+    """Whether two vault locations of one backend kind could hold each other's objects."""
+    if kind == "local":
+        pa, pb = Path(a).resolve(), Path(b).resolve()
+        return pa == pb or pa in pb.parents or pb in pa.parents
+    (ca, xa), (cb, xb) = _azure_place(a), _azure_place(b)
+    # Any account: a location names no account, only an environment variable.
+    return ca == cb and (not xa or not xb or xa == xb or xa.startswith(xb + "/")
+                         or xb.startswith(xa + "/"))
 
 
 def _by_name(s: Session, model: Any, name: str, what: str) -> Any:
@@ -60,11 +81,31 @@ class Protection:
         if backend == "azure" and not location:
             raise FrostpointError("InvalidInput", "an Azure vault needs --location "
                                   "azure://CONTAINER[/PREFIX][?connection_string_env=VAR]")
-        location = location or str(self.rt.data_dir / "vaults" / name)
+        # The machine names' rule: the name is a path component of the default location.
+        if not NAME_RE.match(name):
+            raise FrostpointError("InvalidInput",
+                                  "vault names are 1-20 of a-z, 0-9, '-', starting a-z")
+        if backend == "local":
+            location = str(Path(location or self.rt.data_dir / "vaults" / name).resolve())
+            # Refused before anything is made there: delete removes what a vault holds.
+            if os.path.isdir(location) and any(os.scandir(location)):
+                raise FrostpointError("Conflict", f"vault location {location} is not empty: "
+                                      "a vault needs a new or empty folder",
+                                      {"location": location})
+        assert location is not None
         store_backend = self._backend(backend, location)
+        if backend == "azure" and store_backend.list(""):
+            raise FrostpointError("Conflict", f"vault location {location} already holds "
+                                  "blobs: a vault needs a prefix of its own",
+                                  {"location": location})
         with self.rt.sessions.begin() as s:
             if s.scalar(select(Vault).where(Vault.name == name)):
                 raise FrostpointError("Conflict", f"vault {name} already exists")
+            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
+                if _overlap(backend, location, other.location):
+                    raise FrostpointError(
+                        "Conflict", f"vault location {location} overlaps vault "
+                        f"{other.name} at {other.location}", {"vault": other.name})
             v = Vault(name=name, backend=backend, location=location)
             s.add(v)
             s.flush()
@@ -103,11 +144,11 @@ class Protection:
             s.delete(v)
         self._stores.pop(vid, None)
         backend = self._backend(kind, location)
-        objects = backend.list("")
-        for obj in objects:
-            backend.delete(obj)
+        objects = destroy(backend)  # the vault's own objects only
+        if isinstance(backend, LocalBackend):
+            backend.remove_empty_dirs()
         (self.rt.keys_dir / f"{vid}.key").unlink(missing_ok=True)
-        return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": len(objects)}
+        return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": objects}
 
     def store(self, vault_id: str) -> VaultStore:
         if vault_id not in self._stores:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
@@ -118,7 +121,42 @@ class Runtime:
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
         path = self.keys_dir / name
         if create and not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(size))
-        return path.read_bytes()
+            self.write_secret(name, secrets.token_bytes(size), replace=False)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FrostpointError("VaultKeyInvalid", f"key file {path} is missing",
+                                  {"key": name}) from None
+        # A short key (a crash before the fsync that durable writes now do, a full disk,
+        # an edit) would give confusing crypto failures later: say what it is.
+        if len(data) != size:
+            raise FrostpointError("VaultKeyInvalid", f"key file {path} is damaged: "
+                                  f"{len(data)} bytes, not {size}", {"key": name})
+        return data
+
+    def write_secret(self, name: str, data: bytes, replace: bool = True) -> None:
+        """Write DATA/keys/NAME durably and atomically: a temp file, fsync, rename,
+        fsync the directory. A crash leaves the old file or the whole new one.
+        replace=False: refuse (FileExistsError) to overwrite an existing key."""
+        self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.keys_dir / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.keys_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # atomic, and fails if the key exists
+                os.unlink(tmp)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(self.keys_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -161,5 +161,15 @@ class LocalBackend(Backend):
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
+    def remove_empty_dirs(self) -> None:
+        """Remove empty directories under the root, and the root if it is left empty
+        (after `vault delete`; a directory holding anything stays)."""
+        for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                continue  # not empty: holds something that is not ours
+        self._known_dirs = {self.root}
+
     def __repr__(self) -> str:
         return f"LocalBackend({str(self.root)!r})"

@@ -30,6 +30,7 @@ CONFIG = "config"
 PACKS = "packs/"
 INDEX = "index/"
 MANIFESTS = "manifests/"
+GC_PENDING = "gc/pending"
 
 KEYCHECK_PLAINTEXT = b"frostpoint-vault keycheck v1"
 
@@ -59,6 +60,21 @@ def manifest_name(rp_id: str) -> str:
 
 def is_pack_id(s: str) -> bool:
     return bool(_PACK_ID_RE.match(s))
+
+
+def is_vault_object(name: str) -> bool:
+    """Whether `name` is one the vault format writes. `vault delete` removes only these,
+    so files someone else put into the location survive."""
+    if name in (CONFIG, GC_PENDING):
+        return True
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == PACKS[:-1]:
+        return is_pack_id(parts[2]) and parts[1] == parts[2][:2]
+    if len(parts) == 2 and parts[0] == INDEX[:-1]:
+        return is_pack_id(parts[1])
+    if len(parts) == 2 and parts[0] == MANIFESTS[:-1]:
+        return bool(_RP_ID_RE.match(parts[1]))
+    return False
 
 
 def check_rp_id(rp_id: str) -> None:

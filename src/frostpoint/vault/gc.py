@@ -24,7 +24,7 @@ from frostpoint.vault import format as fmt
 if TYPE_CHECKING:
     from frostpoint.vault.store import Vault
 
-PENDING = "gc/pending"
+PENDING = fmt.GC_PENDING
 DEFAULT_GRACE = 24 * 3600.0
 
 

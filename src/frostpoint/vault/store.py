@@ -900,3 +900,14 @@ class Vault:
         report.damaged.sort(key=lambda p: p.chunk_id)
         report.missing.sort(key=lambda p: p.chunk_id)
         return report
+
+
+def destroy(backend: Backend) -> int:
+    """Delete the vault objects at backend (the names the format writes, nothing else:
+    a foreign file in the location survives); returns how many. `config` goes last, so a
+    delete that stops half way still leaves a location that reads as a vault."""
+    names = [n for n in backend.list("") if fmt.is_vault_object(n)]
+    names.sort(key=lambda n: n == fmt.CONFIG)
+    for name in names:
+        backend.delete(name)
+    return len(names)
