@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,9 @@ class Protection:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._stores: dict[str, VaultStore] = {}
+        # API threads, jobs and the GC loop ask for stores at once: one object per vault
+        # (one index in memory). Held while a vault opens; other vaults wait that long.
+        self._stores_lock = threading.Lock()
 
     # -- vaults --------------------------------------------------------------------
     @staticmethod
@@ -151,14 +155,16 @@ class Protection:
         return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": objects}
 
     def store(self, vault_id: str) -> VaultStore:
-        if vault_id not in self._stores:
-            with self.rt.sessions() as s:
-                v = s.get(Vault, vault_id)
-                assert v is not None
-                kind, location = v.backend, v.location
-            self._stores[vault_id] = VaultStore.open(self._backend(kind, location),
-                                                     self.rt.vault_key(vault_id))
-        return self._stores[vault_id]
+        with self._stores_lock:
+            if vault_id not in self._stores:
+                with self.rt.sessions() as s:
+                    v = s.get(Vault, vault_id)
+                    if v is None:
+                        raise FrostpointError("NotFound", f"no vault with id {vault_id}")
+                    kind, location = v.backend, v.location
+                self._stores[vault_id] = VaultStore.open(self._backend(kind, location),
+                                                         self.rt.vault_key(vault_id))
+            return self._stores[vault_id]
 
     def describe_vault(self, vault_id: str) -> dict[str, Any]:
         with self.rt.sessions() as s:

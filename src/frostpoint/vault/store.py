@@ -96,6 +96,19 @@ class VerifyReport:
                     or self.damaged_indexes)
 
 
+# One backup lock per vault id in this process, shared by every Vault object of that
+# vault: GC's sweep must exclude backups of the same vault whichever object runs them
+# (two objects for one vault each had a lock of their own, so a GC through one could
+# delete packs a backup through the other had written but not yet named in a manifest).
+_BACKUP_LOCKS: dict[str, threading.Lock] = {}
+_BACKUP_LOCKS_GUARD = threading.Lock()
+
+
+def backup_lock(vault_id: str) -> threading.Lock:
+    with _BACKUP_LOCKS_GUARD:
+        return _BACKUP_LOCKS.setdefault(vault_id, threading.Lock())
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -256,8 +269,9 @@ class _PackWriter:
 class Vault:
     """A vault on a Backend. Use Vault.create / Vault.open.
 
-    One backup at a time per Vault object (serialized by a lock); restores and verify
-    may run alongside. The chunk index is loaded at open; chunks written by another
+    One backup at a time per vault in a process, whichever Vault object runs it
+    (serialized by a lock keyed by vault id, which GC's sweep takes too); restores and
+    verify may run alongside. The chunk index is loaded at open; chunks written by another
     process after that are not deduplicated against (harmless: stored again).
     """
 
@@ -270,7 +284,7 @@ class Vault:
         self._index = ChunkIndex()
         self.damaged_indexes: list[str] = []
         self.threads = DEFAULT_THREADS
-        self._backup_lock = threading.Lock()
+        self._backup_lock = backup_lock(config.vault_id)
 
     # --- create / open ------------------------------------------------------------
 
