@@ -7,15 +7,15 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from frostpoint.errors.catalog import FrostpointError
 
 FORMAT_NAME = "frostpoint-vault"
 # 3: chunks are a sealed frame table and sealed frames of 256 KiB; a frame may be kept
-# in a base chunk (docs/vault-format.md). Older vaults are refused (pre-release: no
-# migration).
-FORMAT_VERSION = 3
+# in a base chunk (docs/vault-format.md). 4: `config` settings and `gc/pending` are
+# sealed too. Older vaults are refused (pre-release: no migration).
+FORMAT_VERSION = 4
 # Block (= chunk) size of new vaults: 4 MiB, as the architecture has it. Each vault
 # records its own in `config` (vault create --block-size), and every manifest the one it
 # was written with. An incremental stores only the 256 KiB frames a change touches,
@@ -114,51 +114,134 @@ def valid_block_size(n: int) -> bool:
 
 # --- config ---------------------------------------------------------------------------
 
+class Sealer(Protocol):
+    """What config and gc/pending need of crypto.VaultKeys (crypto imports this module)."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open_sealed(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+MAX_PACK_TARGET = 1 << 30
+_VAULT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def config_aad(vault_id: str) -> bytes:
+    return f"frostpoint:config:{vault_id}".encode()
+
+
+def pending_aad(vault_id: str) -> bytes:
+    return f"frostpoint:gc-pending:{vault_id}".encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 @dataclass(frozen=True)
 class VaultConfig:
     vault_id: str
     block_size: int
     pack_target_size: int
     created: str
-    keycheck: bytes
     version: int = FORMAT_VERSION
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, keys: Sealer) -> bytes:
+        """The `config` object: the vault id and a key check in clear, the settings
+        sealed (authenticated) with the vault key, bound to the vault id."""
+        settings = {"vault_id": self.vault_id, "block_size": self.block_size,
+                    "pack_target_size": self.pack_target_size, "created": self.created}
         doc = {
             "format": FORMAT_NAME,
             "version": self.version,
             "vault_id": self.vault_id,
-            "block_size": self.block_size,
-            "pack_target_size": self.pack_target_size,
-            "created": self.created,
-            "keycheck": base64.b64encode(self.keycheck).decode(),
+            "keycheck": _b64(keys.seal(KEYCHECK_PLAINTEXT, keycheck_aad(self.vault_id))),
+            "settings": _b64(keys.seal(json.dumps(settings, sort_keys=True).encode(),
+                                       config_aad(self.vault_id))),
         }
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> VaultConfig:
+    def from_bytes(cls, data: bytes, keys: Sealer) -> VaultConfig:
+        """Parse and authenticate `config`. Wrong key: InvalidInput; a config that was
+        changed on storage: VaultDataCorrupt; another format version: InvalidInput."""
         try:
             doc = json.loads(data)
-            if doc.get("format") != FORMAT_NAME:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
                 raise ValueError("not a frostpoint vault config")
             version = int(doc["version"])
-            cfg = cls(
-                vault_id=str(doc["vault_id"]),
-                block_size=int(doc["block_size"]),
-                pack_target_size=int(doc["pack_target_size"]),
-                created=str(doc["created"]),
-                keycheck=base64.b64decode(doc["keycheck"], validate=True),
-                version=version,
-            )
         except (ValueError, KeyError, TypeError) as e:
-            raise FrostpointError("InvalidInput", f"vault config is not valid: {e}") from None
+            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
+                                  ) from None
         if version != FORMAT_VERSION:
             raise FrostpointError(
                 "InvalidInput", f"vault format version {version} is not supported "
-                f"(this Frostpoint reads version {FORMAT_VERSION})")
-        if not valid_block_size(cfg.block_size) or cfg.pack_target_size <= 0:
-            raise FrostpointError("InvalidInput", "vault config has invalid sizes")
+                f"(this Frostpoint reads version {FORMAT_VERSION}; older vaults are not "
+                "migrated: see docs/vault-format.md)")
+        try:
+            vault_id = str(doc["vault_id"])
+            if not _VAULT_ID_RE.match(vault_id):
+                raise ValueError("bad vault id")
+            keycheck = base64.b64decode(doc["keycheck"], validate=True)
+            sealed = base64.b64decode(doc["settings"], validate=True)
+        except (ValueError, KeyError, TypeError) as e:
+            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
+                                  ) from None
+        try:
+            ok = keys.open_sealed(keycheck, keycheck_aad(vault_id))
+        except FrostpointError:
+            ok = b""
+        if ok != KEYCHECK_PLAINTEXT:
+            raise FrostpointError("InvalidInput", "wrong vault key", {"vault_id": vault_id})
+        try:
+            settings = json.loads(keys.open_sealed(sealed, config_aad(vault_id)))
+            cfg = cls(vault_id=str(settings["vault_id"]),
+                      block_size=int(settings["block_size"]),
+                      pack_target_size=int(settings["pack_target_size"]),
+                      created=str(settings["created"])[:64], version=version)
+        except FrostpointError:
+            raise FrostpointError(
+                "VaultDataCorrupt", "vault config failed authentication: it was changed "
+                "or damaged on storage", {"vault_id": vault_id}) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
+                                  {"vault_id": vault_id}) from None
+        if cfg.vault_id != vault_id:
+            raise FrostpointError("VaultDataCorrupt", "vault config names another vault",
+                                  {"vault_id": vault_id})
+        if not valid_block_size(cfg.block_size) or not (
+                0 < cfg.pack_target_size <= MAX_PACK_TARGET):
+            raise FrostpointError("VaultDataCorrupt", "vault config has invalid sizes",
+                                  {"vault_id": vault_id})
         return cfg
+
+
+# --- gc/pending ---------------------------------------------------------------------------
+
+MAX_PENDING = 10_000_000
+
+
+def encode_pending(pending: dict[str, float], keys: Sealer, vault_id: str) -> bytes:
+    return keys.seal(json.dumps(pending, sort_keys=True).encode(), pending_aad(vault_id))
+
+
+def decode_pending(blob: bytes, keys: Sealer, vault_id: str,
+                   now: float) -> dict[str, float]:
+    """GC's marks: pack id -> when first found unreferenced. VaultDataCorrupt when it
+    fails authentication or holds values no GC wrote (not pack ids, times in the future
+    or before 2020, too many)."""
+    try:
+        doc = json.loads(keys.open_sealed(blob, pending_aad(vault_id)))
+        if not isinstance(doc, dict) or len(doc) > MAX_PENDING:
+            raise ValueError("not a map of pack ids")
+        out = {str(k): float(v) for k, v in doc.items()}
+        if not all(is_pack_id(k) and 1.5e9 <= v <= now + 86400 for k, v in out.items()):
+            raise ValueError("a pack id or time out of range")
+    except FrostpointError:
+        raise FrostpointError("VaultDataCorrupt", "gc/pending failed authentication") from None
+    except (ValueError, TypeError) as e:
+        raise FrostpointError("VaultDataCorrupt", f"gc/pending is not valid: {e}") from None
+    return out
 
 
 # --- index ------------------------------------------------------------------------------
@@ -194,7 +277,7 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
             raise ValueError("unknown manifest version")
         for d in doc["disks"].values():
             size, bs, blocks = int(d["size"]), int(d["block_size"]), d["blocks"]
-            if bs <= 0 or len(blocks) != -(-size // bs):
+            if not valid_block_size(bs) or size < 0 or len(blocks) != -(-size // bs):
                 raise ValueError("block list does not match disk size")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FrostpointError("VaultDataCorrupt", f"manifest is not valid: {e}") from None

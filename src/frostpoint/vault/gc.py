@@ -13,7 +13,6 @@ live chunks are kept whole (repacking is not done yet); their dead bytes are rep
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,6 +38,7 @@ class GcReport:
     dead_bytes_kept: int = 0
     duration_s: float = 0.0
     kept_after_recheck: list[str] = field(default_factory=list)
+    pending_discarded: bool = False  # gc/pending failed its check: marks started afresh
 
 
 def _referenced(vault: Vault, names: list[str]) -> tuple[set[bytes], int]:
@@ -109,9 +109,16 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
             report.packs_partly_dead += 1
             report.dead_bytes_kept += sum(e[2] for e in entries if e[0] not in refs)
     try:
-        pending: dict[str, float] = json.loads(vault.backend.get(PENDING))
+        pending = fmt.decode_pending(vault.backend.get(PENDING), vault._keys,
+                                     vault.vault_id, now)
     except FileNotFoundError:
         pending = {}
+    except FrostpointError:
+        # Changed or damaged on storage: start the marks afresh. That only delays
+        # deletes by one grace period; trusting it could delete packs a backup in
+        # another process is still writing.
+        pending = {}
+        report.pending_discarded = True
     due = {p for p in dead if p in pending and now - pending[p] >= grace}
     with vault._backup_lock:  # short: only re-check and delete
         new = sorted(set(vault.list_restore_points()) - set(names))
@@ -133,7 +140,7 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
             vault.backend.delete(fmt.pack_name(pack_id))
             report.packs_deleted += 1
     still = {p: pending.get(p, now) for p in dead - due}
-    vault.backend.put(PENDING, json.dumps(still, sort_keys=True).encode())
+    vault.backend.put(PENDING, fmt.encode_pending(still, vault._keys, vault.vault_id))
     report.packs_pending = len(still)
     report.duration_s = time.monotonic() - t0
     return report

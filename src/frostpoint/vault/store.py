@@ -295,8 +295,8 @@ class Vault:
         keys = VaultKeys(master_key)
         if backend.exists(fmt.CONFIG):
             raise FrostpointError("Conflict", f"a vault already exists at {backend!r}")
-        if pack_target_size <= 0:
-            raise FrostpointError("InvalidInput", "pack_target_size must be positive")
+        if not 0 < pack_target_size <= fmt.MAX_PACK_TARGET:
+            raise FrostpointError("InvalidInput", "pack_target_size must be 1 B to 1 GiB")
         if not fmt.valid_block_size(block_size):
             raise FrostpointError("InvalidInput", "block_size must be a multiple of 4 KiB "
                                   "from 64 KiB to 16 MiB")
@@ -306,9 +306,8 @@ class Vault:
             block_size=block_size,
             pack_target_size=pack_target_size,
             created=_now(),
-            keycheck=keys.seal(fmt.KEYCHECK_PLAINTEXT, fmt.keycheck_aad(vault_id)),
         )
-        backend.put(fmt.CONFIG, config.to_bytes())
+        backend.put(fmt.CONFIG, config.to_bytes(keys))
         return cls(backend, keys, config)
 
     @classmethod
@@ -318,14 +317,7 @@ class Vault:
             raw = backend.get(fmt.CONFIG)
         except FileNotFoundError:
             raise FrostpointError("NotFound", f"no vault at {backend!r}") from None
-        config = fmt.VaultConfig.from_bytes(raw)
-        try:
-            ok = keys.open_sealed(config.keycheck, fmt.keycheck_aad(config.vault_id))
-        except FrostpointError:
-            ok = b""
-        if ok != fmt.KEYCHECK_PLAINTEXT:
-            raise FrostpointError("InvalidInput", "wrong vault key",
-                                  {"vault_id": config.vault_id})
+        config = fmt.VaultConfig.from_bytes(raw, keys)  # checks key and authenticity
         vault = cls(backend, keys, config)
         vault._load_index()
         return vault
