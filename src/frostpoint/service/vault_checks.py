@@ -16,8 +16,6 @@ from frostpoint.service.models import RestorePoint, Vault
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
-CHUNK = 4 << 20
-
 
 def ext4_files_at(image: Path, offset: int, length: int) -> list[str]:
     """Paths of the files that own bytes [offset, offset+length) of an ext4 image."""
@@ -56,22 +54,27 @@ class VaultChecks:
     def verify(self, name: str, sample: float = 100.0) -> dict[str, Any]:
         if not 0 < sample <= 100:
             raise FrostpointError("InvalidInput", "--sample is a percentage in (0, 100]")
-        report = self.protection.store(self._vault_id(name)).verify(sample=sample)
+        store = self.protection.store(self._vault_id(name))
+        report = store.verify(sample=sample)
+        # A chunk is one block: the vault's block size, not the default 4 MiB.
+        block = store.config.block_size
         problems = []
         for kind, items in (("damaged", report.damaged), ("missing", report.missing)):
             for p in items:
                 problems.append({"kind": kind, "chunk": p.chunk_id, "pack": p.pack,
                                  "reason": p.reason,
-                                 "affects": [self._affected(r.restore_point, r.disk, r.offset)
-                                             for r in p.refs]})
+                                 "affects": [self._affected(r.restore_point, r.disk, r.offset,
+                                                            block) for r in p.refs]})
         return {"vault": name, "ok": report.ok, "sample_percent": sample,
                 "restore_points": report.restore_points,
                 "chunks_checked": report.chunks_checked, "problems": problems,
                 "damaged_manifests": report.damaged_manifests,
                 "damaged_indexes": report.damaged_indexes}
 
-    def _affected(self, rp_id: str, disk: str, offset: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"restore_point": rp_id, "disk": disk, "offset": offset}
+    def _affected(self, rp_id: str, disk: str, offset: int,
+                  block: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"restore_point": rp_id, "disk": disk, "offset": offset,
+                               "length": block}
         with self.rt.sessions() as s:
             rp = s.get(RestorePoint, rp_id)
             if rp is None:
@@ -82,7 +85,7 @@ class VaultChecks:
         if image is None or not image.exists():
             out["files"] = "unknown: the instant snapshot has expired"
         elif fs == "ext4":
-            out["files"] = ext4_files_at(image, offset, CHUNK)
+            out["files"] = ext4_files_at(image, offset, block)
         else:
             out["files"] = f"unknown: file mapping on {fs} is not built yet"
         return out
