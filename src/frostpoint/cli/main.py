@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,8 @@ disk_cmd = typer.Typer(no_args_is_help=True, help="Disks of a machine.")
 vm.add_typer(disk_cmd, name="disk")
 vm.add_typer(ext, name="extension")
 vm.add_typer(agent, name="agent")
+vault_key = typer.Typer(no_args_is_help=True, help="A vault's key: export it for recovery.")
+vault.add_typer(vault_key, name="key")
 
 JSON = typer.Option(False, "--json", help="Print JSON.")
 
@@ -364,6 +368,70 @@ def vault_gc(name: str,
              as_json: bool = JSON) -> None:
     """Reclaim packs no restore point uses (mark now, delete after the margin)."""
     emit(Client().post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours}), as_json)
+
+
+def _passphrase(env: str | None, twice: bool, as_json: bool) -> str:
+    """From the environment variable env (scripts), else asked on the terminal."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            show_error(error_dict("InvalidInput", f"environment variable {env} with the "
+                                  "passphrase is not set"), as_json)
+            raise typer.Exit(1)
+        return value
+    if not sys.stdin.isatty():
+        show_error(error_dict("InvalidInput", "no terminal to ask for the passphrase: "
+                              "use --passphrase-env VAR"), as_json)
+        raise typer.Exit(1)
+    value = typer.prompt("passphrase", hide_input=True)
+    if twice and typer.prompt("passphrase again", hide_input=True) != value:
+        show_error(error_dict("InvalidInput", "the passphrases differ"), as_json)
+        raise typer.Exit(1)
+    return str(value)
+
+
+PASSPHRASE_ENV = typer.Option(None, "--passphrase-env",
+                              help="Read the passphrase from this environment variable.")
+
+
+@vault_key.command("export")
+@api
+def vault_key_export(name: str,
+                     to: Path = typer.Option(..., "--to", help="The key file to write."),
+                     passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
+    """Write the vault's key, sealed under a passphrase, for `vault import` after the
+    host is lost. Keep the file and the passphrase apart from the host."""
+    if to.exists():
+        show_error(error_dict("Conflict", f"{to} exists: choose a new file"), as_json)
+        raise typer.Exit(1)
+    doc = Client().post(f"/vaults/{name}/key/export",
+                        {"passphrase": _passphrase(passphrase_env, True, as_json)})
+    fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    emit({"vault": name, "key_file": str(to), "vault_id": doc.get("vault_id")}, as_json)
+
+
+@vault.command("import")
+@api
+def vault_import(name: str,
+                 backend: str = typer.Option("local", help="local | azure"),
+                 location: str = typer.Option(..., help="Where the vault is (as at create)."),
+                 key: Path = typer.Option(..., "--key", help="A `vault key export` file."),
+                 passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
+    """Register an existing vault from its exported key; its restore points are listed
+    again and restore from the vault."""
+    try:
+        doc = json.loads(key.read_text())
+    except (OSError, ValueError) as e:
+        show_error(error_dict("InvalidInput", f"cannot read key file {key}: {e}"), as_json)
+        raise typer.Exit(1) from None
+    emit(Client().post("/vaults/import", {
+        "name": name, "backend": backend, "location": location, "key_file": doc,
+        "passphrase": _passphrase(passphrase_env, False, as_json)}), as_json)
 
 
 @policy.command("create")

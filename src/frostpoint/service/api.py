@@ -66,6 +66,18 @@ class VaultIn(BaseModel):
     block_size: str | None = None  # e.g. "4M" (default) or "1M"
 
 
+class KeyExportIn(BaseModel):
+    passphrase: str
+
+
+class VaultImportIn(BaseModel):
+    name: str
+    backend: str = "local"
+    location: str
+    key_file: dict[str, Any]  # the content of a `vault key export` file
+    passphrase: str
+
+
 class PolicyIn(BaseModel):
     name: str
     schedule_time: str = "22:00"
@@ -229,6 +241,15 @@ def create_app(svc: Services) -> FastAPI:
     @app.delete("/vaults/{name}", dependencies=r)
     def delete_vault(name: str) -> dict[str, Any]:
         return svc.protection.delete_vault(name)
+
+    @app.post("/vaults/{name}/key/export", dependencies=r)
+    def export_vault_key(name: str, body: KeyExportIn) -> dict[str, Any]:
+        return svc.protection.export_key(name, body.passphrase)
+
+    @app.post("/vaults/import", dependencies=r)
+    def import_vault(body: VaultImportIn) -> dict[str, Any]:
+        return svc.protection.import_vault(body.name, body.backend, body.location,
+                                           body.key_file, body.passphrase)
 
     @app.post("/vaults/{name}/verify", dependencies=r)
     def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:

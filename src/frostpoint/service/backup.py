@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import timedelta
@@ -187,7 +188,10 @@ class Backups:
         try:
             store = self.protection.store(vault_id)
             stats = store.backup(rp.id, {d: Path(snap["dir"]) / f"{d}.img" for d, _ in images},
-                                 labels={"machine": machine, "job": job_id},
+                                 labels={"machine": machine, "job": job_id,
+                                         # what `vault import` needs to list it again
+                                         "consistency": str(consistency),
+                                         "disks": json.dumps(disk_info)},
                                  progress=progress,
                                  should_cancel=lambda: self.runner.cancelled(job_id),
                                  previous=self._previous_snapshot(machine_id, vault_id, rp.id))

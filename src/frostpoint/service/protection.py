@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,8 +25,11 @@ from frostpoint.service.models import (
     RestorePoint,
     RestorePointCollection,
     Vault,
+    utcnow,
 )
 from frostpoint.service.runtime import Runtime
+from frostpoint.vault import format as fmt
+from frostpoint.vault import keyfile
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.backend import Backend, LocalBackend
 from frostpoint.vault.format import BLOCK_SIZE
@@ -50,6 +55,34 @@ def _overlap(kind: str, a: str, b: str) -> bool:
     # Any account: a location names no account, only an environment variable.
     return ca == cb and (not xa or not xb or xa == xb or xa.startswith(xb + "/")
                          or xb.startswith(xa + "/"))
+
+
+def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> RestorePoint:
+    """The restore_points row of a manifest read by `vault import`. Its machine may
+    not exist here; its instant snapshot is gone with the old host."""
+    labels = doc.get("labels") or {}
+    try:
+        created = datetime.fromisoformat(str(doc["created"]).replace("Z", "+00:00"))
+        created = created.astimezone(UTC).replace(tzinfo=None)
+    except (KeyError, ValueError):
+        created = utcnow()
+    try:
+        disks = json.loads(labels["disks"])
+        if not isinstance(disks, list) or {d["name"] for d in disks} != set(doc["disks"]):
+            raise ValueError("disks do not match the manifest")
+    except (KeyError, ValueError, TypeError):
+        # A backup from before the labels: sizes are known, the filesystem is not.
+        disks = [{"name": n, "size_bytes": int(d["size"]), "filesystem": "unknown",
+                  "mountpoint": ""} for n, d in doc["disks"].items()]
+    return RestorePoint(
+        id=rp_id, machine_id=None, machine_name=str(labels.get("machine", "unknown"))[:64],
+        collection_id=None, job_id=str(labels.get("job", "imported"))[:32],
+        vault_id=vault_id, created_at=created,
+        consistency=str(labels.get("consistency", "Unknown"))[:32], tier="Vault",
+        snapshot_dir=None, instant_expires_at=created,
+        # Kept until deleted by hand: an old retention would hand them straight to the
+        # cleanup loop, and after a disaster they may be the only copies.
+        vault_expires_at=None, disks=disks, freeze_ms=None)
 
 
 def _by_name(s: Session, model: Any, name: str, what: str) -> Any:
@@ -153,6 +186,78 @@ class Protection:
             backend.remove_empty_dirs()
         (self.rt.keys_dir / f"{vid}.key").unlink(missing_ok=True)
         return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": objects}
+
+    # -- key export and import (disaster recovery) -----------------------------------
+    def export_key(self, name: str, passphrase: str) -> dict[str, Any]:
+        """The vault's key sealed under a passphrase: what `vault import` needs, with the
+        vault's names and ids in clear (docs/operations.md, disaster recovery)."""
+        with self.rt.sessions() as s:
+            v = _by_name(s, Vault, name, "vault")
+            vid, kind, location = v.id, v.backend, v.location
+        store = self.store(vid)  # proves the key opens the vault before exporting it
+        return keyfile.export_key(self.rt.vault_key(vid), passphrase, {
+            "vault": name, "service_vault_id": vid, "vault_id": store.vault_id,
+            "backend": kind, "location": location})
+
+    def import_vault(self, name: str, backend: str, location: str, key_file: Any,
+                     passphrase: str) -> dict[str, Any]:
+        """Register an existing vault from its exported key, and list its restore points
+        again (from its manifests) so they restore from the vault."""
+        if not NAME_RE.match(name):
+            raise FrostpointError("InvalidInput",
+                                  "vault names are 1-20 of a-z, 0-9, '-', starting a-z")
+        key, head = keyfile.import_key(key_file, passphrase)
+        if backend == "local":
+            location = str(Path(location).resolve())
+            if not (Path(location) / fmt.CONFIG).is_file():
+                raise FrostpointError("NotFound", f"no vault at {location}",
+                                      {"location": location})
+        store = VaultStore.open(self._backend(backend, location), key)  # wrong key: refused
+        if head.get("vault_id") not in (None, store.vault_id):
+            raise FrostpointError("InvalidInput", f"the key file is for vault "
+                                  f"{head.get('vault_id')}, {location} holds vault "
+                                  f"{store.vault_id}")
+        wanted = str(head.get("service_vault_id") or "")
+        with self.rt.sessions.begin() as s:
+            if s.scalar(select(Vault).where(Vault.name == name)):
+                raise FrostpointError("Conflict", f"vault {name} already exists")
+            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
+                if _overlap(backend, location, other.location):
+                    raise FrostpointError(
+                        "Conflict", f"vault location {location} overlaps vault "
+                        f"{other.name} at {other.location}", {"vault": other.name})
+            # Keep the old id when free: the key file name and audit trails still match.
+            free = re.fullmatch(r"[0-9a-f]{32}", wanted) and s.get(Vault, wanted) is None
+            v = Vault(name=name, backend=backend, location=location,
+                      **({"id": wanted} if free else {}))
+            s.add(v)
+            s.flush()
+            vid = v.id
+            # The key is durable before the vault is registered with it.
+            self.rt.write_secret(f"{vid}.key", key)
+        imported, damaged = self._import_restore_points(vid, store)
+        with self._stores_lock:
+            self._stores[vid] = store
+        return {**self.describe_vault(vid), "restore_points_imported": imported,
+                "damaged_manifests": damaged}
+
+    def _import_restore_points(self, vid: str, store: VaultStore) -> tuple[int, list[str]]:
+        """A restore_points row for each manifest that has none; `backup` records in the
+        labels what the row needs (machine, consistency, disks)."""
+        imported, damaged = 0, []
+        for rp_id in store.list_restore_points():
+            try:
+                doc = store.read_manifest(rp_id)
+            except FrostpointError as e:
+                if e.code == "VaultDataCorrupt":
+                    damaged.append(rp_id)
+                continue
+            with self.rt.sessions.begin() as s:
+                if s.get(RestorePoint, rp_id) is not None:
+                    continue
+                s.add(imported_restore_point(vid, rp_id, doc))
+            imported += 1
+        return imported, damaged
 
     def store(self, vault_id: str) -> VaultStore:
         with self._stores_lock:
