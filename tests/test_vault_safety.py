@@ -10,6 +10,8 @@ import pytest
 
 from conftest import Service, needs_root, running_service
 from frostpoint.cli.client import ApiError
+from frostpoint.vault.azure import AzureBlobBackend
+from test_vault_azure import azurite  # noqa: F401 - the Azurite fixture
 
 pytestmark = needs_root
 
@@ -99,3 +101,42 @@ def test_a_truncated_vault_key_gives_a_clear_error(svc: Service) -> None:
         assert v["id"] in err["message"]
     finally:
         svc.client.delete("/vaults/short-key")
+
+
+@pytest.fixture(scope="module")
+def az_svc(azurite: str) -> Iterator[Service]:  # noqa: F811
+    yield from running_service(FP_AZURE_CONN=azurite)
+
+
+def test_azure_prefixes_may_not_overlap_and_delete_spares_foreign_blobs(
+        az_svc: Service, azurite: str) -> None:  # noqa: F811
+    c = az_svc.client
+
+    def loc(path: str) -> str:
+        return f"azure://shared{path}?connection_string_env=FP_AZURE_CONN"
+
+    c.post("/vaults", {"name": "site-a", "backend": "azure", "location": loc("/site/a")})
+    try:
+        for name, where in (("whole", ""), ("parent", "/site"), ("same", "/site/a"),
+                            ("child", "/site/a/b")):
+            err = api_error(c.post, "/vaults", {"name": name, "backend": "azure",
+                                                "location": loc(where)})
+            assert err["code"] == "Conflict", (where, err)
+        # A sibling prefix is fine: "site/ab" is not inside "site/a".
+        c.post("/vaults", {"name": "site-ab", "backend": "azure",
+                           "location": loc("/site/ab")})
+        c.delete("/vaults/site-ab")
+        foreign = AzureBlobBackend(azurite, "shared", "site/a")
+        foreign.put("notes/readme.txt", b"someone else's")
+        foreign.put("manifests/sub/x", b"nor a manifest")
+        assert c.delete("/vaults/site-a")["deleted"] == "site-a"
+        assert foreign.list("") == ["manifests/sub/x", "notes/readme.txt"]
+        # Now that prefix holds foreign blobs: a new vault is refused there.
+        err = api_error(c.post, "/vaults", {"name": "again", "backend": "azure",
+                                            "location": loc("/site/a")})
+        assert err["code"] == "Conflict"
+        foreign.delete("notes/readme.txt")
+        foreign.delete("manifests/sub/x")
+    finally:
+        if any(v["name"] == "site-a" for v in c.get("/vaults")):
+            c.delete("/vaults/site-a")
