@@ -61,12 +61,25 @@ def test_delete_leaves_foreign_files_in_the_location(svc: Service, tmp_path: Pat
     (loc / "manifests" / "notes" / "todo").write_text("nor this")
     (loc / "packs" / "zz").mkdir(parents=True)
     (loc / "packs" / "zz" / "mine.bin").write_text("nor this")
+    (loc / ".config.k2j4h5.tmp").write_text("a put that a crash cut short")
+    (loc / ".holiday.jpg.x1.tmp").write_text("someone else's temp file")
     out = svc.client.delete("/vaults/shared")
     assert out["deleted"] == "shared"
     assert (loc / "README.txt").read_text() == "not the vault's"
     assert (loc / "manifests" / "notes" / "todo").read_text() == "nor this"
     assert (loc / "packs" / "zz" / "mine.bin").read_text() == "nor this"
-    assert not (loc / "config").exists()
+    assert not (loc / "config").exists() and not (loc / ".config.k2j4h5.tmp").exists()
+    assert (loc / ".holiday.jpg.x1.tmp").exists()
+    assert not (loc / "index").exists()  # emptied folders of the vault go
+
+
+def test_a_deleted_vault_can_be_made_again_in_its_default_place(svc: Service) -> None:
+    v = svc.client.post("/vaults", {"name": "again"})
+    (Path(v["location"]) / ".config.a1b2c3.tmp").write_text("cut short")
+    svc.client.delete("/vaults/again")
+    assert not Path(v["location"]).exists()
+    assert svc.client.post("/vaults", {"name": "again"})["location"] == v["location"]
+    svc.client.delete("/vaults/again")
 
 
 def test_overlapping_vault_locations_are_refused(svc: Service, tmp_path: Path) -> None:

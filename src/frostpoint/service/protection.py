@@ -183,7 +183,7 @@ class Protection:
         backend = self._backend(kind, location)
         objects = destroy(backend)  # the vault's own objects only
         if isinstance(backend, LocalBackend):
-            backend.remove_empty_dirs()
+            backend.remove_leftovers(fmt.is_vault_object)
         (self.rt.keys_dir / f"{vid}.key").unlink(missing_ok=True)
         return {"deleted": name, "restore_points_deleted": gone, "objects_deleted": objects}
 

@@ -7,9 +7,12 @@ native call there, and nothing relies on directories, renames or appends.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +59,10 @@ def _check_name(name: str) -> list[str]:
     if "\\" in name or "\x00" in name:
         raise ValueError(f"invalid object name {name!r}")
     return parts
+
+
+# What put's mkstemp(prefix=".NAME.", suffix=".tmp") makes.
+_TEMP_RE = re.compile(r"^\.(.+)\.[^./]+\.tmp$")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -161,10 +168,18 @@ class LocalBackend(Backend):
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
-    def remove_empty_dirs(self) -> None:
-        """Remove empty directories under the root, and the root if it is left empty
-        (after `vault delete`; a directory holding anything stays)."""
-        for dirpath, _dirnames, _filenames in os.walk(self.root, topdown=False):
+    def remove_leftovers(self, is_ours: Callable[[str], bool]) -> None:
+        """After `vault delete`: remove the temp files of unfinished puts of names
+        is_ours accepts, then the empty directories (and the root if left empty). A
+        directory holding anything else stays, and so does what it holds."""
+        for dirpath, _dirnames, filenames in os.walk(self.root, topdown=False):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else rel + "/"
+            for fn in filenames:
+                m = _TEMP_RE.match(fn)
+                if m and is_ours(rel + m.group(1)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, fn))
             try:
                 os.rmdir(dirpath)
             except OSError:
