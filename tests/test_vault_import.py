@@ -78,8 +78,9 @@ def test_restore_after_the_data_directory_is_lost(place: tuple[str, str], tmp_pa
         assert json.loads(bad.stdout)["error"]["code"] == "VaultKeyInvalid"
         assert not new.client.get("/vaults")
 
-        v = new.cli_json("vault", "import", "back", "--backend", backend,
-                         "--location", location, "--key", str(keyfile),
+        # Local: where the vault is comes from the key file.
+        where = ["--backend", backend, "--location", location] if backend == "azure" else []
+        v = new.cli_json("vault", "import", "back", *where, "--key", str(keyfile),
                          "--passphrase-env", "FP_PASS")
         assert v["restore_points_imported"] == 1 and v["block_size"] == 1 << 20
         [r] = new.client.get("/restore-points")

@@ -418,8 +418,10 @@ def vault_key_export(name: str,
 @vault.command("import")
 @api
 def vault_import(name: str,
-                 backend: str = typer.Option("local", help="local | azure"),
-                 location: str = typer.Option(..., help="Where the vault is (as at create)."),
+                 backend: str = typer.Option(
+                     None, help="local | azure; default: as in the key file."),
+                 location: str = typer.Option(
+                     None, help="Where the vault is now; default: as in the key file."),
                  key: Path = typer.Option(..., "--key", help="A `vault key export` file."),
                  passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
     """Register an existing vault from its exported key; its restore points are listed
@@ -429,6 +431,11 @@ def vault_import(name: str,
     except (OSError, ValueError) as e:
         show_error(error_dict("InvalidInput", f"cannot read key file {key}: {e}"), as_json)
         raise typer.Exit(1) from None
+    if not isinstance(doc, dict):
+        show_error(error_dict("InvalidInput", f"{key} is not a key file"), as_json)
+        raise typer.Exit(1)
+    backend = backend or str(doc.get("backend") or "local")
+    location = location or str(doc.get("location") or "")
     emit(Client().post("/vaults/import", {
         "name": name, "backend": backend, "location": location, "key_file": doc,
         "passphrase": _passphrase(passphrase_env, False, as_json)}), as_json)

@@ -148,8 +148,10 @@ class Protection:
             s.flush()
             vid = v.id
         try:
-            self._stores[vid] = VaultStore.create(store_backend, self.rt.vault_key(vid, True),
-                                                  block_size=block_size or BLOCK_SIZE)
+            created = VaultStore.create(store_backend, self.rt.vault_key(vid, True),
+                                        block_size=block_size or BLOCK_SIZE)
+            with self._stores_lock:
+                self._stores[vid] = created
         except Exception:
             with self.rt.sessions.begin() as s:
                 s.delete(s.get(Vault, vid))
@@ -179,7 +181,8 @@ class Protection:
                 else:
                     rp.tier, rp.vault_id, rp.vault_expires_at = "Snapshot", None, None
             s.delete(v)
-        self._stores.pop(vid, None)
+        with self._stores_lock:
+            self._stores.pop(vid, None)
         backend = self._backend(kind, location)
         objects = destroy(backend)  # the vault's own objects only
         if isinstance(backend, LocalBackend):
