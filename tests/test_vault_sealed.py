@@ -97,3 +97,20 @@ def test_a_forged_gc_pending_cannot_make_gc_delete_early(tmp_path: Path) -> None
     report = v.gc()
     assert not report.pending_discarded and report.packs_pending == len(packs)
     assert v.gc(grace_seconds=0).packs_deleted == len(packs)
+
+
+def test_a_format_3_vault_is_refused_clearly(tmp_path: Path) -> None:
+    """Format 3 kept its sizes in clear: its config cannot be told from a forged one."""
+    key = os.urandom(32)
+    d = tmp_path / "v3"
+    Vault.create(LocalBackend(d), key)
+    doc = json.loads((d / "config").read_text())
+    v3 = {"format": "frostpoint-vault", "version": 3, "vault_id": doc["vault_id"],
+          "block_size": 4 << 20, "pack_target_size": 16 << 20,
+          "created": "2026-01-01T00:00:00Z", "keycheck": doc["keycheck"]}
+    (d / "config").write_text(json.dumps(v3))
+    with pytest.raises(FrostpointError) as e:
+        Vault.open(LocalBackend(d), key)
+    assert e.value.code == "InvalidInput"
+    assert "version 3 is not supported" in e.value.detail
+    assert f"version {fmt.FORMAT_VERSION}" in e.value.detail

@@ -125,6 +125,9 @@ class Protection:
         if backend == "local":
             location = str(Path(location or self.rt.data_dir / "vaults" / name).resolve())
             # Refused before anything is made there: delete removes what a vault holds.
+            if os.path.lexists(location) and not os.path.isdir(location):
+                raise FrostpointError("Conflict", f"vault location {location} is a file",
+                                      {"location": location})
             if os.path.isdir(location) and any(os.scandir(location)):
                 raise FrostpointError("Conflict", f"vault location {location} is not empty: "
                                       "a vault needs a new or empty folder",
