@@ -122,6 +122,9 @@ class Protection:
         if not NAME_RE.match(name):
             raise FrostpointError("InvalidInput",
                                   "vault names are 1-20 of a-z, 0-9, '-', starting a-z")
+        with self.rt.sessions() as s:  # checked again below, in the transaction
+            if s.scalar(select(Vault).where(Vault.name == name)):
+                raise FrostpointError("Conflict", f"vault {name} already exists")
         if backend == "local":
             location = str(Path(location or self.rt.data_dir / "vaults" / name).resolve())
             # Refused before anything is made there: delete removes what a vault holds.
@@ -158,6 +161,7 @@ class Protection:
         except Exception:
             with self.rt.sessions.begin() as s:
                 s.delete(s.get(Vault, vid))
+            (self.rt.keys_dir / f"{vid}.key").unlink(missing_ok=True)
             raise
         return self.describe_vault(vid)
 
