@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -350,7 +350,8 @@ def create_app(svc: Services) -> FastAPI:
         return svc.backups.start(body.machine, "OnDemand", body.retain_days)
 
     @app.get("/jobs", dependencies=r)
-    def list_jobs(machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(machine: str | None = None,
+                  limit: int = Query(50, ge=1, le=10000)) -> list[dict[str, Any]]:
         with svc.rt.sessions() as s:
             q = select(Job).order_by(Job.started_at.desc()).limit(limit)
             if machine:
