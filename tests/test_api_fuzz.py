@@ -20,7 +20,7 @@ from schemathesis.checks import not_a_server_error
 
 from conftest import Service
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 # Valid requests (they reach the routes' code) and invalid ones (they test validation).
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 

@@ -39,7 +39,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/machines/{name}/exec"): A, ("DELETE", "/machines/{name}/disks/{disk}"): A,
     ("POST", "/machines/{name}/agent/restart"): A,
     ("POST", "/machines/{name}/agent/install"): A,
-    ("GET", "/machines/{name}/doctor"): R, ("POST", "/machines/{name}/doctor/fix"): A,
+    ("GET", "/machines/{name}/doctor"): OP, ("POST", "/machines/{name}/doctor/fix"): A,
     ("PUT", "/machines/{name}/extensions/{ext}"): A,
     ("DELETE", "/machines/{name}/extensions/{ext}"): A,
     ("POST", "/vaults"): A, ("GET", "/vaults"): R, ("DELETE", "/vaults/{name}"): A,

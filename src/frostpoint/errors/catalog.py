@@ -171,7 +171,7 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["Set FROSTPOINT_TOKEN or FROSTPOINT_DATA_DIR"]),
     _spec("AuthorizationFailed", "user", False,
           "The token is valid but its role may not do this.",
-          ["A reader token may only read (GET routes).",
+          ["A reader token may only read (and not run doctor, which acts in the guest).",
            "An operator token may back up, cancel jobs and restore to a new machine or "
            "into DATA/restores, but not change or delete anything else.",
            "An operator's restore target is outside DATA/restores."],

@@ -34,14 +34,17 @@ STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized":
 # The role each route needs (docs/security.md; tests/test_auth.py checks every route in
 # OpenAPI against its own copy). A route missing here needs admin, and has no role in
 # OpenAPI, which that test refuses: a new route fails closed and cannot be forgotten.
-# reader: reads only. operator: backups, job cancel, restores (disks and files only into
-# DATA/restores). admin: everything, including exec, deletes, locks and key vaults.
+# reader: reads only. operator: doctor, backups, job cancel, restores (disks and files
+# only into DATA/restores). admin: everything, including exec, deletes, locks and key vaults.
 PUBLIC = {("GET", "/health")}
 READER = {("GET", p) for p in (
-    "/errors", "/machines", "/machines/{name}", "/machines/{name}/doctor", "/vaults",
+    "/errors", "/machines", "/machines/{name}", "/vaults",
     "/policies", "/protection/{machine}", "/jobs", "/jobs/{job_id}", "/restore-points",
     "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups")}
-OPERATOR = {("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
+# doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
+# a probe file to each disk.
+OPERATOR = {("GET", "/machines/{name}/doctor"),
+            ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
             ("POST", "/restores/vm"), ("POST", "/restores/disks"),
             ("POST", "/restores/files")}
 ADMIN = {
