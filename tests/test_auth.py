@@ -326,3 +326,26 @@ def test_servers_racing_to_make_the_token_file_all_get_the_same_whole_token(
                 got = pool.map(_race, [(str(d), barrier)] * n)
         assert len(set(got)) == 1 and len(got[0]) >= 32, got
         assert sorted(os.listdir(d)) == ["api-token"]
+
+
+def test_an_operator_backs_up_and_restores_files_into_the_restore_area(
+        service: Service, tokens: dict[str, str]) -> None:
+    service.protected_machine("auth-op")
+    service.exec("auth-op", "echo operator-data > /mnt/data/op.txt && sync")
+    as_operator = {**service.env, "FROSTPOINT_TOKEN": tokens["operator"]}
+    run = [sys.executable, "-m", "frostpoint.cli.main"]
+    p = subprocess.run([*run, "backup", "now", "auth-op", "--wait", "--json"],
+                       env=as_operator, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rp = service.client.get("/restore-points", params={"machine": "auth-op"})[0]["id"]
+    area = service.data_dir / "restores"
+    p = subprocess.run([*run, "restore", "files", rp, "--path", "op.txt", "--to",
+                        str(area / "op"), "--json"],
+                       env=as_operator, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (area / "op" / "op.txt").read_text() == "operator-data\n"
+    # The same operator may not exec in the machine, nor delete it.
+    p = subprocess.run([*run, "vm", "delete", "auth-op", "--json"],
+                       env=as_operator, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and '"AuthorizationFailed"' in p.stdout
+    service.client.delete("/machines/auth-op")
