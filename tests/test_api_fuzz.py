@@ -62,7 +62,8 @@ def prepare(method: str, path: str, case: Any) -> None:
 
 def fuzz_one(op: Any, method: str, path: str, url: str, headers: dict[str, str],
              mode: GenerationMode) -> Any:
-    @settings(max_examples=READ_EXAMPLES if method == "GET" else EXAMPLES, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=READ_EXAMPLES if method == "GET" else EXAMPLES, deadline=None,
+              database=None, derandomize=True,
               phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(case=op.as_strategy(generation_mode=mode))

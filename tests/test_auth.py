@@ -153,6 +153,13 @@ def test_operator_restores_only_into_the_restore_area(
                     "restore_point": "nosuch", "to": to, "path": "x"})
                 assert r.status_code == 403, (kind, to, r.text)
                 assert r.json()["error"]["code"] == "AuthorizationFailed"
+            loop = area / "loop"
+            if not loop.is_symlink():
+                loop.symlink_to(loop)
+            for to in ("a\u0000b", "loop/x"):  # no path at all: invalid, not a 500
+                r = httpx.post(f"{service.url}/restores/{kind}", headers=op, json={
+                    "restore_point": "nosuch", "to": to, "path": "x"})
+                assert r.status_code == 422, (kind, to, r.text)
             for to in ("out", str(area / "out"), "a/../b"):  # inside: on to the lookup
                 r = httpx.post(f"{service.url}/restores/{kind}", headers=op, json={
                     "restore_point": "nosuch", "to": to, "path": "x"})
@@ -165,6 +172,7 @@ def test_operator_restores_only_into_the_restore_area(
         assert list(outside.iterdir()) == []
     finally:
         link.unlink()
+        (area / "loop").unlink(missing_ok=True)
         outside.rmdir()
 
 

@@ -80,7 +80,10 @@ def contained(area: Path, to: str) -> str:
     a relative one is taken inside it. Returns the resolved path the restore then uses,
     so the path checked is the path written."""
     base = area.resolve()
-    target = (base / to).resolve()
+    try:
+        target = (base / to).resolve()
+    except (ValueError, OSError, RuntimeError) as e:  # a NUL, a symlink loop: no path
+        raise FrostpointError("InvalidInput", f"--to is not a usable path: {to!r}") from e
     if not target.is_relative_to(base):
         raise FrostpointError("AuthorizationFailed", f"an operator restores only into "
                               f"{base}; {to} is outside it (an admin may restore anywhere)")
