@@ -41,7 +41,7 @@ def token_hash(token: str) -> str:
 
 
 def _describe(t: ApiToken) -> dict[str, Any]:
-    return {"name": t.name, "role": t.role, "created_at": t.created_at.isoformat(),
+    return {"name": t.name, "role": t.role, "created_at": t.created_at.isoformat() + "Z",
             "file": t.name == FILE_TOKEN_NAME}
 
 
