@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from frostpoint.cli.client import ApiError, Client, console, data_dir, emit, show_error
-from frostpoint.errors.catalog import CATALOG, error_dict
+from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.service.runtime import DEFAULT_LISTEN, Timeouts
 
 app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.")
@@ -29,9 +29,10 @@ rp = typer.Typer(no_args_is_help=True, help="Restore points.")
 restore = typer.Typer(no_args_is_help=True, help="Restores.")
 lock = typer.Typer(no_args_is_help=True, help="Locks on resource groups.")
 keyvault = typer.Typer(no_args_is_help=True, help="Key vaults: encrypted disks' keys.")
+token = typer.Typer(no_args_is_help=True, help="API tokens and their roles.")
 for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "protect"),
                   (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
-                  (lock, "lock"), (keyvault, "keyvault")):
+                  (lock, "lock"), (keyvault, "keyvault"), (token, "token")):
     app.add_typer(sub, name=name)
 agent = typer.Typer(no_args_is_help=True, help="The guest agent of a machine.")
 disk_cmd = typer.Typer(no_args_is_help=True, help="Disks of a machine.")
@@ -98,7 +99,11 @@ def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool,
     except ValueError as e:
         show_error(error_dict("InvalidInput", str(e)), False)
         raise typer.Exit(2) from None
-    serve(data_dir_ or data_dir(), listen, db_url)
+    try:
+        serve(data_dir_ or data_dir(), listen, db_url)
+    except FrostpointError as e:  # e.g. a damaged DATA/api-token: say so, no traceback
+        show_error(e.to_dict(), False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -641,6 +646,34 @@ def keyvault_grant(name: str,
 def keyvault_revoke(name: str, principal: str = typer.Option("frostpoint-backup"),
                     as_json: bool = JSON) -> None:
     emit(Client().delete(f"/keyvaults/{name}/grants/{principal}"), as_json)
+
+
+# -- API tokens -------------------------------------------------------------------------
+@token.command("create")
+@api
+def token_create(name: str,
+                 role: str = typer.Option(..., help="reader | operator | admin"),
+                 as_json: bool = JSON) -> None:
+    """Make an API token with a role; it is printed once (only its hash is kept)."""
+    def human(d: dict[str, Any]) -> None:
+        console.print(f"token [bold]{d['name']}[/] ({d['role']}); shown once, keep it:")
+        print(d["token"])
+    emit(Client().post("/tokens", {"name": name, "role": role}), as_json, human)
+
+
+@token.command("list")
+@api
+def token_list(as_json: bool = JSON) -> None:
+    """Tokens by name and role (never the tokens themselves)."""
+    emit(Client().get("/tokens"), as_json, lambda d: table(
+        d, ["name", "role", "created_at", "file"]))
+
+
+@token.command("revoke")
+@api
+def token_revoke(name: str, as_json: bool = JSON) -> None:
+    """Revoke a token: its next request gets Unauthorized."""
+    emit(Client().delete(f"/tokens/{name}"), as_json)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,9 +24,71 @@ from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
 from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
+from frostpoint.service.tokens import Caller, Tokens
+
+log = logging.getLogger("frostpoint.service.api")
 
 STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
-          "UserErrorBackupOperationInProgress": 409}
+          "AuthorizationFailed": 403, "UserErrorBackupOperationInProgress": 409}
+
+# The role each route needs (docs/security.md; tests/test_auth.py checks every route in
+# OpenAPI against its own copy). A route missing here needs admin, and has no role in
+# OpenAPI, which that test refuses: a new route fails closed and cannot be forgotten.
+# reader: reads only. operator: doctor, backups, job cancel, restores (disks and files
+# only into DATA/restores). admin: everything, including exec, deletes, locks and key vaults.
+PUBLIC = {("GET", "/health")}
+READER = {("GET", p) for p in (
+    "/errors", "/machines", "/machines/{name}", "/vaults",
+    "/policies", "/protection/{machine}", "/jobs", "/jobs/{job_id}", "/restore-points",
+    "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups")}
+# doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
+# a probe file to each disk.
+OPERATOR = {("GET", "/machines/{name}/doctor"),
+            ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
+            ("POST", "/restores/vm"), ("POST", "/restores/disks"),
+            ("POST", "/restores/files")}
+ADMIN = {
+    ("POST", "/machines"), ("POST", "/machines/{name}/start"),
+    ("POST", "/machines/{name}/stop"), ("POST", "/machines/{name}/deallocate"),
+    ("DELETE", "/machines/{name}"), ("POST", "/machines/{name}/exec"),
+    ("DELETE", "/machines/{name}/disks/{disk}"), ("POST", "/machines/{name}/agent/restart"),
+    ("POST", "/machines/{name}/agent/install"), ("POST", "/machines/{name}/doctor/fix"),
+    ("PUT", "/machines/{name}/extensions/{ext}"),
+    ("DELETE", "/machines/{name}/extensions/{ext}"),
+    ("POST", "/vaults"), ("DELETE", "/vaults/{name}"), ("POST", "/vaults/{name}/verify"),
+    ("POST", "/vaults/{name}/key/export"), ("POST", "/vaults/import"),
+    ("POST", "/vaults/{name}/gc"), ("POST", "/policies"), ("POST", "/protection/enable"),
+    ("POST", "/protection/{machine}/stop"), ("POST", "/protection/{machine}/resume"),
+    ("DELETE", "/machines/{name}/restore-point-collection"),
+    ("POST", "/locks"), ("DELETE", "/locks/{name}"),
+    ("POST", "/keyvaults"), ("POST", "/keyvaults/{name}/keys"),
+    ("POST", "/keyvaults/{name}/grants"), ("DELETE", "/keyvaults/{name}/grants/{principal}"),
+    ("POST", "/tokens"), ("GET", "/tokens"), ("DELETE", "/tokens/{name}"),
+}
+
+
+def route_role(method: str, path: str) -> str | None:
+    """The role a route needs: "public", a role name, or None (undeclared: admin)."""
+    for role, routes in (("public", PUBLIC), ("reader", READER), ("operator", OPERATOR),
+                         ("admin", ADMIN)):
+        if (method, path) in routes:
+            return role
+    return None
+
+
+def contained(area: Path, to: str) -> str:
+    """An operator's restore target, resolved (symlinks too) inside the restore area;
+    a relative one is taken inside it. Returns the resolved path the restore then uses,
+    so the path checked is the path written."""
+    base = area.resolve()
+    try:
+        target = (base / to).resolve()
+    except (ValueError, OSError, RuntimeError) as e:  # a NUL, a symlink loop: no path
+        raise FrostpointError("InvalidInput", f"--to is not a usable path: {to!r}") from e
+    if not target.is_relative_to(base):
+        raise FrostpointError("AuthorizationFailed", f"an operator restores only into "
+                              f"{base}; {to} is outside it (an admin may restore anywhere)")
+    return str(target)
 
 
 class DiskIn(BaseModel):
@@ -102,6 +167,11 @@ class LockIn(BaseModel):
     kind: str = "CanNotDelete"
 
 
+class TokenIn(BaseModel):
+    name: str
+    role: str = "reader"  # reader | operator | admin
+
+
 class RestoreIn(BaseModel):
     restore_point: str
     source: str = "auto"  # auto | instant | vault
@@ -114,14 +184,28 @@ class RestoreIn(BaseModel):
 def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="Frostpoint backup service", version=__version__)
 
-    def auth(authorization: str = Header(default="")) -> None:
-        token = authorization.removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(token, svc.rt.api_token):
+    tokens = Tokens(svc.rt.sessions)
+
+    def caller(authorization: str = Header(default="")) -> Caller:
+        scheme, _, token = authorization.strip().partition(" ")
+        who = tokens.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if who is None:
             raise FrostpointError("Unauthorized", "missing or wrong API token")
+        return who
+
+    def auth(request: Request, who: Caller = Depends(caller)) -> None:
+        path = getattr(request.scope.get("route"), "path", "")
+        need = route_role(request.method, path) or "admin"
+        if need != "public" and not who.can(need):
+            raise FrostpointError("AuthorizationFailed", f"token {who.name} has role "
+                                  f"{who.role}; {request.method} {path} needs {need}",
+                                  {"role": who.role, "needs": need})
 
     @app.exception_handler(FrostpointError)
     async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
-        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400))
+        headers = {"WWW-Authenticate": "Bearer"} if e.code == "Unauthorized" else None
+        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400),
+                            headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -138,11 +222,15 @@ def create_app(svc: Services) -> FastAPI:
                             status_code=422)
 
     @app.exception_handler(Exception)
-    async def internal_error(_req: Request, e: Exception) -> JSONResponse:
-        # Never a bare traceback to a user: a catalog code with the cause in details.
+    async def internal_error(req: Request, e: Exception) -> JSONResponse:
+        # Exception text can hold paths, keys or SQL: it goes to the server log under an
+        # id, and the client gets the catalog code and that id, nothing of the exception.
+        error_id = secrets.token_hex(6)
+        log.error("internal error %s in %s %s", error_id, req.method, req.url.path,
+                  exc_info=e)
         return JSONResponse({"error": error_dict(
-            "BackUpOperationFailed", f"internal error: {type(e).__name__}: {e}")},
-            status_code=500)
+            "BackUpOperationFailed", f"internal error {error_id}: the server log has the "
+            f"details under this id", {"error_id": error_id})}, status_code=500)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -290,7 +378,8 @@ def create_app(svc: Services) -> FastAPI:
         return svc.backups.start(body.machine, "OnDemand", body.retain_days)
 
     @app.get("/jobs", dependencies=r)
-    def list_jobs(machine: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_jobs(machine: str | None = None,
+                  limit: int = Query(50, ge=1, le=10000)) -> list[dict[str, Any]]:
         with svc.rt.sessions() as s:
             q = select(Job).order_by(Job.started_at.desc()).limit(limit)
             if machine:
@@ -326,10 +415,11 @@ def create_app(svc: Services) -> FastAPI:
         return svc.backups.delete_collection(name)
 
     @app.post("/restores/disks", dependencies=r)
-    def restore_disks(body: RestoreIn) -> dict[str, Any]:
+    def restore_disks(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:
         if not body.to:
             raise FrostpointError("InvalidInput", "--to FOLDER is required")
-        return svc.restores.restore_disks(body.restore_point, body.to, body.source)
+        to = body.to if who.can("admin") else contained(svc.rt.restore_area, body.to)
+        return svc.restores.restore_disks(body.restore_point, to, body.source)
 
     @app.post("/restores/vm", dependencies=r)
     def restore_vm(body: RestoreIn) -> dict[str, Any]:
@@ -338,10 +428,11 @@ def create_app(svc: Services) -> FastAPI:
         return svc.restores.restore_vm(body.restore_point, body.name, body.source)
 
     @app.post("/restores/files", dependencies=r)
-    def restore_files(body: RestoreIn) -> dict[str, Any]:
+    def restore_files(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:
         if not body.path or not body.to:
             raise FrostpointError("InvalidInput", "--path and --to are required")
-        return svc.restores.restore_files(body.restore_point, body.path, body.to, body.disk,
+        to = body.to if who.can("admin") else contained(svc.rt.restore_area, body.to)
+        return svc.restores.restore_files(body.restore_point, body.path, to, body.disk,
                                           body.source)
 
     # locks and resource groups
@@ -389,4 +480,25 @@ def create_app(svc: Services) -> FastAPI:
     def list_rgs() -> list[dict[str, Any]]:
         return svc.protection.list_resource_groups()
 
+    # API tokens (admin only; see route_role)
+    @app.post("/tokens", dependencies=r)
+    def create_token(body: TokenIn) -> dict[str, Any]:
+        return tokens.create(body.name, body.role)
+
+    @app.get("/tokens", dependencies=r)
+    def list_tokens() -> list[dict[str, Any]]:
+        return tokens.list()
+
+    @app.delete("/tokens/{name}", dependencies=r)
+    def revoke_token(name: str) -> dict[str, Any]:
+        return tokens.revoke(name)
+
+    # Each route's role in OpenAPI, for clients and for the test that checks them all.
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods:
+                role = route_role(method, route.path)
+                if role:
+                    route.openapi_extra = {**(route.openapi_extra or {}),
+                                           "x-frostpoint-role": role}
     return app

@@ -227,3 +227,13 @@ class RestorePoint(Base):
     vault_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     disks: Mapped[list[Any]] = mapped_column(default=list)  # [{name, size, fs, mountpoint}]
     freeze_ms: Mapped[float | None] = mapped_column(nullable=True)
+
+
+class ApiToken(Base):
+    """A management API token: only its sha256 is kept, the token is shown once."""
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # reader | operator | admin
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

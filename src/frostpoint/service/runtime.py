@@ -18,6 +18,7 @@ from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
 from frostpoint.service.db import make_engine, migrate, session_factory
+from frostpoint.service.tokens import Tokens
 
 DEFAULT_DATA_DIR = Path("/var/lib/frostpoint")
 DEFAULT_LISTEN = "127.0.0.1:8420"
@@ -64,14 +65,48 @@ def instance_id(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
 
 
+MIN_TOKEN_CHARS = 32
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def ensure_api_token(data_dir: Path) -> str:
+    """The admin token in DATA/api-token, made once. It is written to a temporary file,
+    fsynced, then published under its name and the directory fsynced, so a crash leaves
+    either no file (a new token next start) or the whole token, never an empty one that
+    a client would send and a server would compare against."""
     path = data_dir / "api-token"
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
+        tmp = data_dir / f".api-token.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+                f.flush()
+                os.fsync(f.fileno())
+            # link() is the rename that never replaces: if another process published a
+            # token first, keep theirs (both then read the same file below).
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(data_dir)
     os.chmod(path, 0o600)
-    return path.read_text().strip()
+    token = path.read_text().strip()
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+        raise FrostpointError(
+            "InvalidInput", f"{path} holds an empty, short or non-ASCII token (at least "
+            f"{MIN_TOKEN_CHARS} ASCII characters are needed); delete the file and start the "
+            "server again to make a new one")
+    return token
 
 
 class Notifier:
@@ -101,6 +136,10 @@ class Runtime:
         migrate(self.engine)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.api_token = ensure_api_token(data_dir)
+        Tokens(self.sessions).register_file_token(self.api_token)
+        # Where an operator (not only an admin) may restore disks and files to.
+        self.restore_area = data_dir / "restores"
+        self.restore_area.mkdir(mode=0o700, exist_ok=True)
         self.timeouts = Timeouts()
         self.pool = DiskPool(data_dir)
         self.network = FabricNetwork(self.instance)
