@@ -22,6 +22,7 @@ MAC and send any frame. So the fabric, not the guest, decides who a port is:
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -91,6 +92,8 @@ class FabricNetwork:
         return json.loads(out or b"[]")  # type: ignore[no-any-return]
 
     def ensure_fabric(self) -> None:
+        if shutil.which("nft") is None:
+            raise RuntimeError("nft is missing: apt-get install nftables")
         ns = self.fabric_ns
         if not self.ns_exists(ns):
             run(["ip", "netns", "add", ns])
