@@ -22,12 +22,16 @@ MAC and send any frame. So the fabric, not the guest, decides who a port is:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 from pathlib import Path
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.system import run
 from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, PREFIX_LEN
+
+log = logging.getLogger(__name__)
 
 BRIDGE = "fpbr0"
 TABLE = "bridge frostpoint"
@@ -89,7 +93,7 @@ class FabricNetwork:
 
     def _links(self, ns: str, *args: str) -> list[dict[str, object]]:
         out = run(["ip", "-n", ns, "-j", "link", "show", *args], check=False).stdout
-        return json.loads(out or b"[]")  # type: ignore[no-any-return]
+        return list(json.loads(out or b"[]"))
 
     def ensure_fabric(self) -> None:
         if shutil.which("nft") is None:
@@ -98,8 +102,10 @@ class FabricNetwork:
         if not self.ns_exists(ns):
             run(["ip", "netns", "add", ns])
         # Nothing is routed: not between machines (hairpin through the fabric), not out.
-        run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0",
-             "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+        run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",  # absent if IPv6 is
+             "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+            check=False)  # off in the kernel; the filter drops IPv6 anyway
         self._nft(RULESET)
         if run(["ip", "-n", ns, "link", "show", BRIDGE], check=False).returncode != 0:
             run(["ip", "-n", ns, "link", "add", BRIDGE, "address", FABRIC_MAC, "type",
@@ -125,8 +131,13 @@ class FabricNetwork:
         nsroot = Path("/run/netns")
         for nsfile in nsroot.glob(f"fp{self.instance}-m-*") if nsroot.exists() else []:
             slot = (self._port_of(nsfile.name) or "").rpartition("h")[2]
-            if slot.isdigit():
+            if not slot.isdigit():
+                continue
+            try:
                 self._pin(nsfile.name, int(slot))
+            except FrostpointError as e:  # that machine stays cut off; the rest start
+                log.warning("could not pin the fabric port of %s: %s %s", nsfile.name, e,
+                            e.details)
 
     def attach_machine(self, machine: str, slot: int) -> None:
         ns = self.machine_ns(machine)
@@ -170,7 +181,7 @@ class FabricNetwork:
             return []
         sets = [o["set"] for o in json.loads(out)["nftables"] if "set" in o]
         elems = sets[0].get("elem", []) if sets else []
-        return [tuple(e["concat"]) for e in elems]  # type: ignore[misc]
+        return [(str(p), str(m), str(a)) for p, m, a in (e["concat"] for e in elems)]
 
     def _prune(self) -> None:
         """Drop the elements and neighbour entries of ports that are gone."""
