@@ -88,8 +88,9 @@ class FabricNetwork:
     def ns_exists(ns: str) -> bool:
         return Path(f"/run/netns/{ns}").exists()
 
-    def _nft(self, script: str) -> None:
-        run(["ip", "netns", "exec", self.fabric_ns, "nft", "-f", "-"], input=script.encode())
+    def _nft(self, script: str, check: bool = True) -> None:
+        run(["ip", "netns", "exec", self.fabric_ns, "nft", "-f", "-"], input=script.encode(),
+            check=check)
 
     def _links(self, ns: str, *args: str) -> list[dict[str, object]]:
         out = run(["ip", "-n", ns, "-j", "link", "show", *args], check=False).stdout
@@ -189,10 +190,9 @@ class FabricNetwork:
             return
         present = {str(link["ifname"]) for link in self._links(self.fabric_ns)}
         stale = [e for e in self.port_elements() if e[0] not in present]
-        if stale:
-            self._nft("".join(f'delete element {TABLE} ports {{ "{p}" . {m} . {a} }}\n'
-                              for p, m, a in stale))
-        for _, _, addr in stale:
+        for port, mac, addr in stale:  # one by one: a concurrent detach may prune too
+            self._nft(f'delete element {TABLE} ports {{ "{port}" . {mac} . {addr} }}\n',
+                      check=False)
             run(["ip", "-n", self.fabric_ns, "neigh", "del", addr, "dev", BRIDGE], check=False)
 
     def detach_machine(self, machine: str) -> None:
