@@ -190,9 +190,11 @@ def running_service(**env: str) -> Iterator[Service]:
     """A real service on a fresh data dir, with env on top of TEST_ENV; torn down after."""
     if os.geteuid() != 0:
         pytest.skip(ROOT_REASON)
-    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
+    for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "bridge", "nft", "losetup", "nsenter",
+                 "unshare"):
         if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2)")
+            pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2,"
+                        " nftables)")
     svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-")))
     svc.env.update(env)
     svc.start()
