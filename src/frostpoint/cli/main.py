@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from frostpoint.cli.client import ApiError, Client, console, data_dir, emit, show_error
-from frostpoint.errors.catalog import CATALOG, error_dict
+from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.service.runtime import DEFAULT_LISTEN, Timeouts
 
 app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.")
@@ -94,7 +94,14 @@ def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool,
     except ValueError as e:
         show_error(error_dict("InvalidInput", str(e)), False)
         raise typer.Exit(2) from None
-    serve(data_dir_ or data_dir(), listen, db_url)
+    try:
+        serve(data_dir_ or data_dir(), listen, db_url)
+    except FrostpointError as e:  # a refused start: one catalog error, no traceback
+        show_error(e.to_dict(), False)
+        raise typer.Exit(1) from None
+    except Exception as e:  # noqa: BLE001 - the start failed (fabric released already)
+        show_error(error_dict("ServiceStartFailed", f"{type(e).__name__}: {e}"), False)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -11,9 +12,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
+from frostpoint.fabric.system import is_mountpoint, run
 from frostpoint.service.db import make_engine, migrate, session_factory
 
 DEFAULT_DATA_DIR = Path("/var/lib/frostpoint")
@@ -61,6 +64,40 @@ def instance_id(data_dir: Path) -> str:
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
 
 
+# Locks this process holds, by data directory: flock conflicts between two open files
+# even in one process, so a second Runtime on the same directory reuses the first's.
+_HELD: dict[Path, int] = {}
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold DATA/lock (flock, exclusive) for the life of the process, or refuse at once.
+
+    Two services on one data directory would migrate, reap each other's jobs and
+    rewrite DATA/packages under each other; the lock is taken before anything else in
+    the directory is touched. The kernel drops it when the process dies, so a crash
+    never leaves a stale lock. Returns the lock file's descriptor."""
+    key = data_dir.resolve()
+    if key in _HELD:
+        return _HELD[key]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FrostpointError(
+            "ServiceStartFailed",
+            f"data directory {data_dir} is in use by another frostpoint server "
+            f"(pid {holder}); stop it or use another --data-dir",
+            {"data_dir": str(data_dir), "pid": holder}) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    return fd
+
+
 def ensure_api_token(data_dir: Path) -> str:
     path = data_dir / "api-token"
     if not path.exists():
@@ -90,8 +127,7 @@ class Notifier:
 class Runtime:
     def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(data_dir, 0o700)
+        self.lock_fd = lock_data_dir(data_dir)  # first: nothing in DATA before the lock
         self.instance = instance_id(data_dir)
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
         self.engine = make_engine(db_url or f"sqlite:///{data_dir / 'frostpoint.db'}")
@@ -106,9 +142,30 @@ class Runtime:
         self.keys_dir = data_dir / "keys"
 
     def start_fabric(self) -> None:
+        # What exists already (a restart after a crash keeps machines running on it) is
+        # never released by release_fabric; only what this start made.
+        self._made = {"pool_image": not self.pool.image.exists(),
+                      "pool_mount": not is_mountpoint(self.pool.root),
+                      "fabric_ns": not self.network.ns_exists(self.network.fabric_ns),
+                      "mntns_mount": not is_mountpoint(self.sandbox.ns_dir)}
         self.pool.ensure()
         self.network.ensure_fabric()
         self.sandbox.prepare()
+
+    def release_fabric(self) -> None:
+        """Undo what start_fabric made, after a start that failed: no loop device, pool
+        mount, 64 GiB pool file, fabric namespace or mount is left behind."""
+        made = getattr(self, "_made", {})
+        if made.get("mntns_mount"):
+            while is_mountpoint(self.sandbox.ns_dir):
+                if run(["umount", str(self.sandbox.ns_dir)], check=False).returncode:
+                    break
+        if made.get("fabric_ns") and self.network.ns_exists(self.network.fabric_ns):
+            run(["ip", "netns", "del", self.network.fabric_ns], check=False)
+        if made.get("pool_mount") and is_mountpoint(self.pool.root):
+            run(["umount", str(self.pool.root)], check=False)  # frees its loop device
+        if made.get("pool_image") and not is_mountpoint(self.pool.root):
+            self.pool.image.unlink(missing_ok=True)
 
     def vault_key(self, vault_id: str, create: bool = False) -> bytes:
         return self.secret(f"{vault_id}.key", create)

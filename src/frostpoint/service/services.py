@@ -13,7 +13,7 @@ from sqlalchemy import select
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
 from frostpoint.service.jobs import ACTIVE
-from frostpoint.service.machines import Machines
+from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
     Job,
     Machine,
@@ -78,6 +78,38 @@ class Services:
                                   "stop with delete data is not available yet; "
                                   "stop with retain data, then delete restore points")
         return self.protection.set_state(machine, "ProtectionStopped")
+
+    def reconcile_machines(self) -> list[tuple[str, str, str]]:
+        """At start, settle machines an earlier process left mid-operation (a crash, a
+        kill -9): nothing else ever moves them out of Creating/Updating/Deleting, and
+        those states refuse every backup and operation. Returns (name, from, to)."""
+        done: list[tuple[str, str, str]] = []
+        with self.rt.sessions() as s:
+            stuck = [(m.name, m.provisioning_state) for m in s.scalars(
+                select(Machine).where(Machine.provisioning_state.in_(BUSY)))]
+        for name, state in stuck:
+            if state == "Deleting":  # the user asked for the delete: finish it
+                self.machines.delete(name)
+                done.append((name, state, "Deleted"))
+                continue
+            running = self.rt.sandbox.is_running(name)
+            with self.rt.sessions.begin() as s:
+                m = Machines.get(s, name)
+                if state == "Creating":
+                    # Its disks may be half made: Failed, so `vm delete` cleans it up.
+                    m.provisioning_state = "Failed"
+                else:  # Updating: what the platform shows now (start, stop, disk detach)
+                    failed = any(e.provisioning_state == "Failed" for e in m.extensions)
+                    m.provisioning_state = "Failed" if failed else "Succeeded"
+                    if running:
+                        m.power_state = "Running"
+                    elif m.power_state == "Running":
+                        m.power_state = "Stopped"
+                done.append((name, state, m.provisioning_state))
+        for name, before, after in done:
+            log.warning("machine %s was left %s by an earlier process: now %s",
+                        name, before, after)
+        return done
 
     # -- background loops ------------------------------------------------------------
     def start_background(self) -> None:
