@@ -28,6 +28,7 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.vault_checks import VaultChecks
+from frostpoint.vault import format as fmt
 
 log = logging.getLogger("frostpoint.service")
 
@@ -160,15 +161,24 @@ class Services:
                 log.exception("cleanup")
 
     def cleanup_all(self) -> None:
+        """One pass of retention and GC. Each machine, restore point and vault is done
+        on its own, so one that fails (a vault gone, a manifest deleted by hand) is
+        logged and tried again next pass while the others go on."""
         with self.rt.sessions() as s:
             ids = list(s.scalars(select(Machine.id)))
         for mid in ids:
-            with self.rt.sessions() as s:
-                busy = s.scalar(select(Job.id).where(Job.machine_id == mid,
-                                                     Job.status.in_(ACTIVE)))
-            if not busy:
-                self.backups.cleanup_machine(mid)
-        self.expire_vault_restore_points()
+            try:
+                with self.rt.sessions() as s:
+                    busy = s.scalar(select(Job.id).where(Job.machine_id == mid,
+                                                         Job.status.in_(ACTIVE)))
+                if not busy:
+                    self.backups.cleanup_machine(mid)
+            except Exception:
+                log.exception("cleanup of machine %s", mid)
+        try:
+            self.expire_vault_restore_points()
+        except Exception:
+            log.exception("vault retention")
         if time.monotonic() - self._last_gc >= self.rt.timeouts.gc_interval:
             self._last_gc = time.monotonic()
             self.gc_all()
@@ -186,11 +196,39 @@ class Services:
             except Exception:
                 log.exception("gc of vault %s", name)
 
-    def expire_vault_restore_points(self) -> None:
+    def expire_vault_restore_points(self) -> list[str]:
+        """Delete the vault copies past their retention, each in its own transaction;
+        returns the ids deleted. A vault that cannot be reached keeps its restore points
+        listed (tried again next pass) and costs the other vaults nothing."""
         now = utcnow()
-        with self.rt.sessions.begin() as s:
-            for rp in s.scalars(select(RestorePoint).where(RestorePoint.tier == "Vault",
-                                                           RestorePoint.vault_expires_at < now)):
-                if rp.vault_id:
-                    self.protection.store(rp.vault_id).delete_restore_point(rp.id)
-                s.delete(rp)
+        with self.rt.sessions() as s:
+            due = [(rp.id, rp.vault_id) for rp in s.scalars(
+                select(RestorePoint).where(RestorePoint.tier == "Vault",
+                                           RestorePoint.vault_expires_at < now))]
+        deleted, broken = [], set()
+        for rp_id, vault_id in due:
+            if vault_id in broken:
+                continue
+            try:
+                if vault_id:
+                    self._delete_vault_copy(vault_id, rp_id)
+                with self.rt.sessions.begin() as s:
+                    rp = s.get(RestorePoint, rp_id)
+                    if rp is not None:
+                        s.delete(rp)
+                deleted.append(rp_id)
+            except Exception:
+                broken.add(vault_id)
+                log.exception("expiry of restore point %s in vault %s", rp_id, vault_id)
+        return deleted
+
+    def _delete_vault_copy(self, vault_id: str, rp_id: str) -> None:
+        store = self.protection.store(vault_id)
+        try:
+            store.delete_restore_point(rp_id)
+        except FrostpointError as e:
+            # A manifest already gone (deleted by hand, or by a pass that crashed before
+            # its commit) counts as deleted, but only in a vault that is there: a
+            # missing vault config means the vault is unreachable, not the point gone.
+            if e.code != "NotFound" or not store.backend.exists(fmt.CONFIG):
+                raise
