@@ -89,28 +89,33 @@ class Services:
             stuck = [(m.name, m.provisioning_state) for m in s.scalars(
                 select(Machine).where(Machine.provisioning_state.in_(BUSY)))]
         for name, state in stuck:
-            if state == "Deleting":  # the user asked for the delete: finish it
-                self.machines.delete(name)
-                done.append((name, state, "Deleted"))
-                continue
-            running = self.rt.sandbox.is_running(name)
-            with self.rt.sessions.begin() as s:
-                m = Machines.get(s, name)
-                if state == "Creating":
-                    # Its disks may be half made: Failed, so `vm delete` cleans it up.
-                    m.provisioning_state = "Failed"
-                else:  # Updating: what the platform shows now (start, stop, disk detach)
-                    failed = any(e.provisioning_state == "Failed" for e in m.extensions)
-                    m.provisioning_state = "Failed" if failed else "Succeeded"
-                    if running:
-                        m.power_state = "Running"
-                    elif m.power_state == "Running":
-                        m.power_state = "Stopped"
-                done.append((name, state, m.provisioning_state))
+            try:
+                done.append((name, state, self._reconcile(name, state)))
+            except Exception:  # one machine must not stop the service from starting
+                log.exception("machine %s left %s: not reconciled", name, state)
         for name, before, after in done:
             log.warning("machine %s was left %s by an earlier process: now %s",
                         name, before, after)
         return done
+
+    def _reconcile(self, name: str, state: str) -> str:
+        if state == "Deleting":  # the user asked for the delete: finish it
+            self.machines.delete(name)
+            return "Deleted"
+        running = self.rt.sandbox.is_running(name)
+        with self.rt.sessions.begin() as s:
+            m = Machines.get(s, name)
+            if state == "Creating":
+                # Its disks may be half made: Failed, so `vm delete` cleans it up.
+                m.provisioning_state = "Failed"
+            else:  # Updating: what the platform shows now (start, stop, disk detach)
+                failed = any(e.provisioning_state == "Failed" for e in m.extensions)
+                m.provisioning_state = "Failed" if failed else "Succeeded"
+                if running:
+                    m.power_state = "Running"
+                elif m.power_state == "Running":
+                    m.power_state = "Stopped"
+            return m.provisioning_state
 
     # -- background loops ------------------------------------------------------------
     def start_background(self) -> None:
