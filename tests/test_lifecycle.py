@@ -254,7 +254,10 @@ def test_a_job_whose_finish_fails_does_not_stay_in_progress(service: Service) ->
         db.close()
     final = s.wait_job(job["id"], timeout=90)
     assert final["status"] in ("Failed", "Completed", "CompletedWithWarnings"), final
-    # And the machine's slot is free: the next backup runs.
-    assert s.backup("jf")["status"] == "Completed"
+    # And the machine's slot is free: the next backup runs (once the agent's heartbeat,
+    # refused while the database was locked, is recorded again).
+    s.wait_agent_ready("jf")
+    after = s.backup("jf")
+    assert after["status"] == "Completed", after["error"]
     s.client.delete("/machines/jf")
 
