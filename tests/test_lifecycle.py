@@ -110,6 +110,27 @@ def test_a_failed_start_leaves_nothing_behind_and_says_one_thing(listen: str) ->
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def test_a_start_that_fails_after_the_fabric_is_made_releases_it() -> None:
+    """DATA/packages is a file, so the start fails after the pool, the fabric namespace
+    and the mount folder were made: all of it is released again."""
+    data_dir = Path(tempfile.mkdtemp(prefix="fp-test-start-"))
+    try:
+        (data_dir / "packages").write_text("not a folder")
+        before = host_traces(data_dir)
+        svc = Service(data_dir)
+        p = subprocess.run(svc.server_argv(), env=svc.env, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode != 0
+        out = said(p)
+        assert out.count("ServiceStartFailed") == 1 and "Traceback" not in out, out
+        assert "packages" in out, out
+        assert host_traces(data_dir) == before
+        assert not (data_dir / "pool.img").exists()
+    finally:
+        teardown_host(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 # -- 4.4: bad input -----------------------------------------------------------------------
 def test_a_duplicate_disk_name_is_invalid_input(service: Service) -> None:
     c = service.client
