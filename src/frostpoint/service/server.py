@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -41,13 +42,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 def bind_listen(host: str, port: int) -> socket.socket:
     """The management socket, bound before the fabric is made: a busy port then costs
     nothing to undo."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as e:
-        raise FrostpointError("ServiceStartFailed", f"--listen {host}:{port}: {e}",
-                              {"listen": f"{host}:{port}"}) from None
+        raise FrostpointError("ServiceStartFailed", f"--listen {where}: {e}",
+                              {"listen": where}) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
@@ -55,9 +57,10 @@ def bind_listen(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        why = "is already in use" if e.errno == 98 else f"cannot be bound ({e.strerror})"
-        raise FrostpointError("ServiceStartFailed", f"--listen {host}:{port} {why}",
-                              {"listen": f"{host}:{port}"}) from None
+        why = ("is already in use" if e.errno == errno.EADDRINUSE
+               else f"cannot be bound ({e.strerror})")
+        raise FrostpointError("ServiceStartFailed", f"--listen {where} {why}",
+                              {"listen": where}) from None
     return sock
 
 
