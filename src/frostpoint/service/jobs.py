@@ -82,7 +82,10 @@ class JobRunner:
                 continue
             if elapsed > deadline + grace and not forced:
                 forced = True
-                force_finish()
+                try:
+                    force_finish()
+                except Exception:  # noqa: BLE001 - the body's end, or the reaper, ends it
+                    log.exception("job %s: forced finish failed", job_id)
 
     def deadline_outcome(self, job_id: str, machine: str | None
                          ) -> tuple[str, dict[str, Any] | None, list[Any]]:
@@ -127,6 +130,9 @@ class JobRunner:
                 return
             try:
                 self.finish(job_id, status, error, warnings, release_slot=body_returned)
+            except BaseException:
+                once.release()  # not written: the body's own end (or the reaper) ends it
+                raise
             finally:
                 if on_end:
                     on_end(job_id, status)
