@@ -247,7 +247,7 @@ def test_machines_left_mid_operation_by_a_crash_are_reconciled_at_start(
     assert all(m["name"] != "rd" for m in c.get("/machines"))  # the delete finished
     assert not Path(f"/run/netns/{rd_ns}").exists()
     assert not (s.data_dir / "machines" / "rd").exists()
-    s.wait_agent_ready("ru")
+    s.wait_agent_ready("ru", timeout=60)
     assert s.exec("ru", "echo alive").strip() == "alive"  # and Updating refuses nothing now
     # A crash in the middle of a create: Failed, and `vm delete` cleans it up.
     s.stop(9)
@@ -277,7 +277,7 @@ def test_a_job_whose_finish_fails_does_not_stay_in_progress(service: Service) ->
     assert final["status"] in ("Failed", "Completed", "CompletedWithWarnings"), final
     # And the machine's slot is free: the next backup runs (once the agent's heartbeat,
     # refused while the database was locked, is recorded again).
-    s.wait_agent_ready("jf")
+    s.wait_agent_ready("jf", timeout=60)
     after = s.backup("jf")
     assert after["status"] == "Completed", after["error"]
     s.client.delete("/machines/jf")
