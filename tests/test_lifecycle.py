@@ -23,7 +23,9 @@ import pytest
 from conftest import Service, needs_root, running_service
 from frostpoint.cli.client import ApiError
 from frostpoint.fabric.teardown import teardown_host
-from frostpoint.service.runtime import instance_id
+from frostpoint.service.jobs import JobRunner
+from frostpoint.service.models import Job, utcnow
+from frostpoint.service.runtime import Runtime, instance_id
 
 pytestmark = needs_root
 
@@ -282,3 +284,22 @@ def test_a_job_whose_finish_fails_does_not_stay_in_progress(service: Service) ->
     assert after["status"] == "Completed", after["error"]
     s.client.delete("/machines/jf")
 
+
+
+def test_a_job_whose_result_cannot_be_saved_ends_failed(tmp_path: Path) -> None:
+    """A body's result the database cannot store (raw bytes from a guest's output) makes
+    the job's finish fail for real; the job still ends, Failed, saying why."""
+    rt = Runtime(tmp_path / "data")  # a real database; no fabric is needed for a job
+    job = Job(operation="RestoreFiles", machine_name="x", owner=rt.owner,
+              heartbeat_at=utcnow())
+    with rt.sessions.begin() as s:
+        s.add(job)
+    JobRunner(rt).run(job.id, lambda _id: ("Completed", [{"stderr": b"\xff"}])).join(30)
+    with rt.sessions() as s:
+        ended = s.get(Job, job.id)
+        assert ended is not None
+        assert ended.status == "Failed", ended.status
+        assert ended.error is not None and ended.error["code"] == "BackUpOperationFailed"
+        assert "could not be saved" in ended.error["message"]
+        assert ended.error["details"]["ended_as"] == "Completed"
+        assert ended.ended_at is not None

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from frostpoint.errors.catalog import FrostpointError, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
@@ -27,8 +28,8 @@ log = logging.getLogger("frostpoint.service")
 # fails a job of this process that is active but in no thread: its finish was lost.
 _RUNNING: set[str] = set()
 _RUNNING_LOCK = threading.Lock()
-# Writing a job's end state is retried this often before a minimal end state is written
-# instead (a busy or briefly unwritable database must not leave the job InProgress).
+# Writing a job's end state is retried this often, while the database is busy or
+# failing, before a minimal end state is written instead.
 FINISH_ATTEMPTS = 5
 
 
@@ -182,8 +183,10 @@ class JobRunner:
                 return
             except Exception as e:  # noqa: BLE001 - retried, then reported below
                 last = e
-                log.warning("job %s: its end state %s was not written (%s: %s); retrying",
+                log.warning("job %s: its end state %s was not written (%s: %s)",
                             job_id, status, type(e).__name__, e)
+                if not isinstance(e, OperationalError):
+                    break  # not the database being busy: the same values fail again
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
         self._write_end(job_id, "Failed", error_dict(
