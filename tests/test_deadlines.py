@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Service, needs_root, running_service
+from frostpoint.cli.client import ApiError
 
 pytestmark = needs_root
 JOB_S = 10
@@ -54,6 +55,12 @@ def test_transfer_hung_on_a_stalled_vault_ends_at_the_job_deadline(
         t0 = time.monotonic()
         job = service.backup("dl", timeout=90)
         took = time.monotonic() - t0
+        # Finished by its deadline, but its body is still blocked in the vault's I/O:
+        # it keeps the machine, so a second backup cannot start beside it.
+        with pytest.raises(ApiError) as refused:
+            c.post("/backups", {"machine": "dl"})
+        assert refused.value.error["code"] == "UserErrorBackupOperationInProgress"
+        assert refused.value.error["details"]["running_job"] == job["id"]
     finally:
         subprocess.run(["fsfreeze", "-u", str(vault_fs)], check=True)
     # Deadline plus its grace (5 s) plus a poll: bounded, not forever.
@@ -68,8 +75,18 @@ def test_transfer_hung_on_a_stalled_vault_ends_at_the_job_deadline(
     rp = job["details"]["restore_point"]
     [point] = [r for r in c.get("/restore-points", params={"machine": "dl"}) if r["id"] == rp]
     assert point["tier"] == "Snapshot"
-    # Storage back: the next backup succeeds and the vault checks clean.
-    done = service.backup("dl")
+    # Storage back: the blocked body returns and frees the machine; the next backup
+    # succeeds and the vault checks clean.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            started = c.post("/backups", {"machine": "dl"})
+            break
+        except ApiError as e:
+            assert e.error["code"] == "UserErrorBackupOperationInProgress", e.error
+            assert time.monotonic() < deadline, "the blocked body never freed the machine"
+            time.sleep(0.5)
+    done = service.wait_job(started["id"])
     assert done["status"] == "Completed", done
     assert service.cli_json("vault", "verify", "stall")["ok"]
     c.delete("/machines/dl")

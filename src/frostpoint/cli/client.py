@@ -13,6 +13,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from frostpoint.errors.catalog import error_dict
 from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 console = Console()
@@ -39,11 +40,24 @@ class Client:
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = url or service_url()
         token = token or os.environ.get("FROSTPOINT_TOKEN")
+        # Why there is no token, said once the service refuses us (a missing token
+        # file is normal before the first start, and for GET /health).
+        self.token_problem: str | None = None
         if token is None:
             path = data_dir() / "api-token"
-            token = path.read_text().strip() if path.exists() else ""
-        self.http = httpx.Client(base_url=self.url, timeout=600,
-                                 headers={"Authorization": f"Bearer {token}"})
+            try:
+                token = path.read_text().strip()
+            except FileNotFoundError:
+                token, self.token_problem = "", f"the token file {path} does not exist"
+            except (OSError, UnicodeError) as e:
+                token = ""
+                self.token_problem = f"the token file {path} cannot be read ({e})"
+            if not token and self.token_problem is None:
+                self.token_problem = f"the token file {path} is empty"
+        # No header at all rather than a bare "Bearer ": the service answers
+        # Unauthorized either way, and an empty credential is no credential.
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, timeout=600, headers=headers)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -53,11 +67,21 @@ class Client:
                             "message": f"no Frostpoint service at {self.url} ({e})",
                             "actions": ["frostpoint server &", "export FROSTPOINT_URL=..."]},
                            0) from None
+        except httpx.HTTPError as e:  # a timeout, a dropped connection: no traceback
+            raise ApiError({"code": "Unavailable",
+                            "message": f"the request to {self.url}{path} failed: "
+                                       f"{type(e).__name__}: {e}",
+                            "actions": ["frostpoint doctor", "export FROSTPOINT_URL=..."]},
+                           0) from None
         try:
             body = r.json() if r.content else {}
         except ValueError:
             body = {"error": {"code": "BackUpOperationFailed",
                               "message": f"HTTP {r.status_code}: {r.text[:500]}"}}
+        if r.status_code == 401 and self.token_problem:
+            raise ApiError(error_dict(
+                "Unauthorized", f"no API token: {self.token_problem}",
+                {"data_dir": str(data_dir())}), 401)
         if r.status_code >= 400:
             raise ApiError(body.get("error", {"code": f"HTTP{r.status_code}",
                                               "message": r.text[:500]}), r.status_code)

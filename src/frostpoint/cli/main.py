@@ -101,9 +101,12 @@ def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool,
         raise typer.Exit(2) from None
     try:
         serve(data_dir_ or data_dir(), listen, db_url)
-    except FrostpointError as e:  # e.g. a damaged DATA/api-token: say so, no traceback
+    except FrostpointError as e:  # a refused start (lock, a damaged DATA/api-token): one error
         show_error(e.to_dict(), False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1) from None
+    except Exception as e:  # noqa: BLE001 - the start failed (fabric released already)
+        show_error(error_dict("ServiceStartFailed", f"{type(e).__name__}: {e}"), False)
+        raise typer.Exit(1) from None
 
 
 @app.command()

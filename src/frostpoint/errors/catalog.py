@@ -159,6 +159,14 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           "The pre/post script config file is not valid.",
           ["vmbackup.json is not valid JSON, or not root-owned 0600."],
           ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json"]),
+    # Frostpoint's own start-up errors: the service refused to start, and made nothing.
+    _spec("ServiceStartFailed", "user", False, "The backup service could not start.",
+          ["Another frostpoint server already uses this data directory.",
+           "The --listen address is malformed or already in use.",
+           "The host lacks something the fabric needs (root, mkfs.xfs, ip)."],
+          ["frostpoint server --data-dir OTHER_DIR",
+           "frostpoint server --listen 127.0.0.1:FREE_PORT",
+           "ss -ltnp"]),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"]),

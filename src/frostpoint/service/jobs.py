@@ -6,6 +6,7 @@ failed by any service that notices, so no job stays InProgress after a crash.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -13,13 +14,23 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from frostpoint.errors.catalog import FrostpointError, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
 from frostpoint.service.runtime import Runtime
 
 ACTIVE = ("InProgress", "Cancelling")
+log = logging.getLogger("frostpoint.service")
+
+# Jobs whose body runs in this process (all runners: backups and restores). The reaper
+# fails a job of this process that is active but in no thread: its finish was lost.
+_RUNNING: set[str] = set()
+_RUNNING_LOCK = threading.Lock()
+# Writing a job's end state is retried this often, while the database is busy or
+# failing, before a minimal end state is written instead.
+FINISH_ATTEMPTS = 5
 
 
 def describe_job(job: Job) -> dict[str, Any]:
@@ -46,23 +57,36 @@ class JobRunner:
     def watch(self, job_id: str, stop: threading.Event, expired: threading.Event,
               force_finish: Callable[[], None]) -> None:
         """Heartbeat the job; past its deadline ask it to stop (and set expired), and if
-        it does not stop within a grace period (a body blocked in I/O), finish it."""
+        it does not stop within a grace period (a body blocked in I/O), finish it.
+
+        The heartbeat goes on after a forced finish, until the body really returns: the
+        job keeps the machine's backup slot till then, and the beat tells another
+        service that this process is alive and still holds it."""
         deadline = self.rt.timeouts.job_deadline
         grace = min(60.0, max(5.0, deadline / 10))
         started = time.monotonic()
+        forced = False
         while not stop.wait(min(3.0, deadline / 4)):
             elapsed = time.monotonic() - started
-            with self.rt.sessions.begin() as s:
-                job = s.get(Job, job_id)
-                if job is None or job.status not in ACTIVE:
-                    return
-                job.heartbeat_at = utcnow()
-                if elapsed > deadline and not expired.is_set():
-                    expired.set()
-                    job.cancel_requested = True
-            if elapsed > deadline + grace:
-                force_finish()
-                return
+            try:
+                with self.rt.sessions.begin() as s:
+                    job = s.get(Job, job_id)
+                    if job is None:
+                        return
+                    job.heartbeat_at = utcnow()
+                    if (job.status in ACTIVE and elapsed > deadline
+                            and not expired.is_set()):
+                        expired.set()
+                        job.cancel_requested = True
+            except Exception:  # noqa: BLE001 - a locked database: beat again next round
+                log.warning("job %s: heartbeat not written", job_id, exc_info=True)
+                continue
+            if elapsed > deadline + grace and not forced:
+                forced = True
+                try:
+                    force_finish()
+                except Exception:  # noqa: BLE001 - the body's end, or the reaper, ends it
+                    log.exception("job %s: forced finish failed", job_id)
 
     def deadline_outcome(self, job_id: str, machine: str | None
                          ) -> tuple[str, dict[str, Any] | None, list[Any]]:
@@ -99,11 +123,17 @@ class JobRunner:
             ) -> threading.Thread:
         once = threading.Lock()  # the body's thread and the watchdog may both finish
 
-        def end(status: str, error: dict[str, Any] | None, warnings: list[Any]) -> None:
+        def end(status: str, error: dict[str, Any] | None, warnings: list[Any],
+                body_returned: bool) -> None:
             if not once.acquire(blocking=False):
+                if body_returned:  # finished by the watchdog: the slot is free only now
+                    self.release_slot(job_id)
                 return
             try:
-                self.finish(job_id, status, error, warnings)
+                self.finish(job_id, status, error, warnings, release_slot=body_returned)
+            except BaseException:
+                once.release()  # not written: the body's own end (or the reaper) ends it
+                raise
             finally:
                 if on_end:
                     on_end(job_id, status)
@@ -112,7 +142,7 @@ class JobRunner:
             stop, expired = threading.Event(), threading.Event()
             threading.Thread(target=self.watch, daemon=True, args=(
                 job_id, stop, expired,
-                lambda: end(*self.deadline_outcome(job_id, machine)))).start()
+                lambda: end(*self.deadline_outcome(job_id, machine), False))).start()
             error = None
             warnings: list[Any] = []
             try:
@@ -126,17 +156,46 @@ class JobRunner:
                                    {"traceback": traceback.format_exc()[-4000:]}, machine)
             finally:
                 stop.set()
-            if status == "Cancelled" and expired.is_set():
-                status, error, deadline_warnings = self.deadline_outcome(job_id, machine)
-                warnings = list(warnings) + deadline_warnings
-            end(status, error, warnings)
+            try:
+                if status == "Cancelled" and expired.is_set():
+                    status, error, deadline_warnings = self.deadline_outcome(job_id, machine)
+                    warnings = list(warnings) + deadline_warnings
+                end(status, error, warnings, True)
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(job_id)
 
+        with _RUNNING_LOCK:
+            _RUNNING.add(job_id)
         t = threading.Thread(target=target, name=f"job-{job_id}", daemon=True)
         t.start()
         return t
 
     def finish(self, job_id: str, status: str, error: dict[str, Any] | None,
-               warnings: list[Any]) -> None:
+               warnings: list[Any], release_slot: bool = True) -> None:
+        """Write the job's end state. Retried, since a job left InProgress blocks its
+        machine's backups; if the full state cannot be written (a value that cannot be
+        stored), a plain Failed is, naming why. If even that fails the reaper ends it."""
+        delay, last = 0.5, None
+        for _ in range(FINISH_ATTEMPTS):
+            try:
+                self._write_end(job_id, status, error, warnings, release_slot)
+                return
+            except Exception as e:  # noqa: BLE001 - retried, then reported below
+                last = e
+                log.warning("job %s: its end state %s was not written (%s: %s)",
+                            job_id, status, type(e).__name__, e)
+                if not isinstance(e, OperationalError):
+                    break  # not the database being busy: the same values fail again
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        self._write_end(job_id, "Failed", error_dict(
+            "BackUpOperationFailed", "the job ended but its result could not be saved",
+            {"ended_as": status, "cause": f"{type(last).__name__}: {last}"[:500]}), [],
+            release_slot)
+
+    def _write_end(self, job_id: str, status: str, error: dict[str, Any] | None,
+                   warnings: list[Any], release_slot: bool) -> None:
         with self.rt.sessions.begin() as s:
             job = s.get(Job, job_id)
             assert job is not None
@@ -144,31 +203,55 @@ class JobRunner:
             job.error = error
             job.warnings = list(job.warnings) + list(warnings)
             job.ended_at = utcnow()
-            job.active_slot = None
+            if release_slot:
+                job.active_slot = None
             for t in job.subtasks:
                 if t.status in ("NotStarted", "InProgress"):
                     t.status = "Cancelled" if status == "Cancelled" else (
                         "Failed" if t.status == "InProgress" else "Skipped")
                     t.ended_at = utcnow()
 
+    def release_slot(self, job_id: str) -> None:
+        """Free the machine for the next backup (the job's body has returned)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                with self.rt.sessions.begin() as s:
+                    s.execute(update(Job).where(Job.id == job_id).values(active_slot=None))
+                return
+            except Exception:  # noqa: BLE001 - the reaper frees it at worst
+                log.warning("job %s: backup slot not released", job_id, exc_info=True)
+                time.sleep(0.5 * 2 ** attempt)
+
     def reap_orphans(self) -> list[str]:
-        """Fail jobs whose service stopped heartbeating them (crash, restart)."""
+        """Fail jobs whose service stopped heartbeating them (crash, restart), and jobs
+        of this process whose end state was lost (no thread runs them any more); free
+        the backup slot a forcibly finished job of a stopped service still holds."""
         limit = utcnow() - timedelta(seconds=self.rt.timeouts.job_heartbeat_stale)
         reaped = []
+        with _RUNNING_LOCK:
+            running = set(_RUNNING)
         with self.rt.sessions.begin() as s:
-            for job in s.scalars(select(Job).where(Job.status.in_(ACTIVE))):
+            for job in s.scalars(select(Job).where(Job.status.in_(ACTIVE)
+                                                   | Job.active_slot.is_not(None))):
                 beat = job.heartbeat_at or job.started_at
-                if job.owner != self.rt.owner and beat < limit:
-                    job.status = "Failed"
-                    job.error = error_dict(
-                        "BackUpOperationFailed",
-                        "the service running this job stopped before it finished",
-                        {"owner": job.owner, "last_heartbeat": beat.isoformat() + "Z"},
-                        job.machine_name)
-                    job.ended_at = utcnow()
-                    job.active_slot = None
-                    for t in job.subtasks:
-                        if t.status == "InProgress":
-                            t.status, t.ended_at = "Failed", utcnow()
-                    reaped.append(job.id)
+                mine = job.owner == self.rt.owner
+                if (job.id in running if mine else beat >= limit):
+                    continue
+                if mine and beat >= limit:
+                    continue  # the body has only just returned; its finish may follow
+                job.active_slot = None
+                if job.status not in ACTIVE:
+                    continue  # finished already (by its deadline); only the slot was held
+                job.status = "Failed"
+                why = ("its result was not saved when it ended" if mine else
+                       "the service running this job stopped before it finished")
+                job.error = error_dict(
+                    "BackUpOperationFailed", why,
+                    {"owner": job.owner, "last_heartbeat": beat.isoformat() + "Z"},
+                    job.machine_name)
+                job.ended_at = utcnow()
+                for t in job.subtasks:
+                    if t.status == "InProgress":
+                        t.status, t.ended_at = "Failed", utcnow()
+                reaped.append(job.id)
         return reaped

@@ -77,6 +77,11 @@ class Machines:
                 and version_tuple(agent_version) <= version_tuple(__version__)):
             raise FrostpointError("InvalidInput", f"agent version {agent_version!r}: use a "
                                   f"release X.Y.Z no newer than {__version__}")
+        names = [str(d.get("name")) for d in disks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # checked before any key, disk or row is made
+            raise FrostpointError("InvalidInput", f"disk name(s) {', '.join(twice)} given "
+                                  "more than once; each disk of a machine needs its own name")
         specs = []
         for i, d in enumerate(disks):
             fs = d.get("filesystem", "ext4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -17,6 +18,7 @@ from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
+from frostpoint.fabric.system import is_mountpoint, run
 from frostpoint.service.db import make_engine, migrate, session_factory
 from frostpoint.service.tokens import Tokens
 
@@ -68,12 +70,68 @@ def instance_id(data_dir: Path) -> str:
 MIN_TOKEN_CHARS = 32
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def write_durably(path: Path, data: bytes, replace: bool = True) -> bool:
+    """Write path whole or not at all: a temporary file (0600) beside it, fsync, publish,
+    fsync the directory. A crash leaves the old file (or none) or the whole new one.
+    replace=False publishes with link(), the rename that never replaces: if the file
+    exists already it is kept and False is returned."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    published = True
     try:
-        os.fsync(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                published = False
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return published
+
+
+# Locks this process holds, by data directory: flock conflicts between two open files
+# even in one process, so a second Runtime on the same directory reuses the first's.
+_HELD: dict[Path, int] = {}
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold DATA/lock (flock, exclusive) for the life of the process, or refuse at once.
+
+    Two services on one data directory would migrate, reap each other's jobs and
+    rewrite DATA/packages under each other; the lock is taken before anything else in
+    the directory is touched. The kernel drops it when the process dies, so a crash
+    never leaves a stale lock. Returns the lock file's descriptor."""
+    key = data_dir.resolve()
+    if key in _HELD:
+        return _HELD[key]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        raise FrostpointError(
+            "ServiceStartFailed",
+            f"data directory {data_dir} is in use by another frostpoint server "
+            f"(pid {holder}); stop it or use another --data-dir",
+            {"data_dir": str(data_dir), "pid": holder}) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    return fd
 
 
 def ensure_api_token(data_dir: Path) -> str:
@@ -83,22 +141,9 @@ def ensure_api_token(data_dir: Path) -> str:
     a client would send and a server would compare against."""
     path = data_dir / "api-token"
     if not path.exists():
-        tmp = data_dir / f".api-token.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-                f.flush()
-                os.fsync(f.fileno())
-            # link() is the rename that never replaces: if another process published a
-            # token first, keep theirs (both then read the same file below).
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(data_dir)
+        # If another starting process published a token first, keep theirs (both then
+        # read the same file below).
+        write_durably(path, secrets.token_urlsafe(32).encode(), replace=False)
     os.chmod(path, 0o600)
     token = path.read_text().strip()
     if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable():
@@ -128,8 +173,7 @@ class Notifier:
 class Runtime:
     def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(data_dir, 0o700)
+        self.lock_fd = lock_data_dir(data_dir)  # first: nothing in DATA before the lock
         self.instance = instance_id(data_dir)
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(3)}"
         self.engine = make_engine(db_url or f"sqlite:///{data_dir / 'frostpoint.db'}")
@@ -148,9 +192,30 @@ class Runtime:
         self.keys_dir = data_dir / "keys"
 
     def start_fabric(self) -> None:
+        # What exists already (a restart after a crash keeps machines running on it) is
+        # never released by release_fabric; only what this start made.
+        self._made = {"pool_image": not self.pool.image.exists(),
+                      "pool_mount": not is_mountpoint(self.pool.root),
+                      "fabric_ns": not self.network.ns_exists(self.network.fabric_ns),
+                      "mntns_mount": not is_mountpoint(self.sandbox.ns_dir)}
         self.pool.ensure()
         self.network.ensure_fabric()
         self.sandbox.prepare()
+
+    def release_fabric(self) -> None:
+        """Undo what start_fabric made, after a start that failed: no loop device, pool
+        mount, 64 GiB pool file, fabric namespace or mount is left behind."""
+        made = getattr(self, "_made", {})
+        if made.get("mntns_mount"):
+            while is_mountpoint(self.sandbox.ns_dir):
+                if run(["umount", str(self.sandbox.ns_dir)], check=False).returncode:
+                    break
+        if made.get("fabric_ns") and self.network.ns_exists(self.network.fabric_ns):
+            run(["ip", "netns", "del", self.network.fabric_ns], check=False)
+        if made.get("pool_mount") and is_mountpoint(self.pool.root):
+            run(["umount", str(self.pool.root)], check=False)  # frees its loop device
+        if made.get("pool_image") and not is_mountpoint(self.pool.root):
+            self.pool.image.unlink(missing_ok=True)
 
     def vault_key(self, vault_id: str, create: bool = False) -> bytes:
         return self.secret(f"{vault_id}.key", create)
@@ -174,28 +239,8 @@ class Runtime:
         return data
 
     def write_secret(self, name: str, data: bytes, replace: bool = True) -> None:
-        """Write DATA/keys/NAME durably and atomically: a temp file, fsync, rename,
-        fsync the directory. A crash leaves the old file or the whole new one.
-        replace=False: refuse (FileExistsError) to overwrite an existing key."""
+        """Write DATA/keys/NAME durably (write_durably). replace=False: refuse
+        (FileExistsError) to overwrite an existing key."""
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
-        path = self.keys_dir / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.keys_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if replace:
-                os.replace(tmp, path)
-            else:
-                os.link(tmp, path)  # atomic, and fails if the key exists
-                os.unlink(tmp)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dfd = os.open(self.keys_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if not write_durably(self.keys_dir / name, data, replace):
+            raise FileExistsError(self.keys_dir / name)

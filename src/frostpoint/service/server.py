@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from pathlib import Path
 
 import uvicorn
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.endpoints import host_app, wire_app
 from frostpoint.fabric.system import bind_in_netns
 from frostpoint.protocol import FABRIC_ADDRESS, HOST_PORT, WIRE_PORT
 from frostpoint.service.api import create_app
-from frostpoint.service.runtime import Runtime
+from frostpoint.service.runtime import Runtime, lock_data_dir
 from frostpoint.service.services import Services
 
 
@@ -25,18 +28,65 @@ class _Server(uvicorn.Server):
         return contextlib.nullcontext()
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (or [IPv6]:PORT) for the management API, checked before anything."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FrostpointError("ServiceStartFailed",
+                              f"--listen {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8420)",
+                              {"listen": listen})
+    return host, int(port)
+
+
+def bind_listen(host: str, port: int) -> socket.socket:
+    """The management socket, bound before the fabric is made: a busy port then costs
+    nothing to undo."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as e:
+        raise FrostpointError("ServiceStartFailed", f"--listen {where}: {e}",
+                              {"listen": where}) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        why = ("is already in use" if e.errno == errno.EADDRINUSE
+               else f"cannot be bound ({e.strerror})")
+        raise FrostpointError("ServiceStartFailed", f"--listen {where} {why}",
+                              {"listen": where}) from None
+    return sock
+
+
 def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
+    """Start in an order where each refusal leaves nothing behind: the address is
+    checked, the data directory locked (before it is migrated, reaped or written),
+    the management port bound, and only then the fabric made (released again if the
+    rest of the start fails)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = parse_listen(listen)
+    lock_data_dir(data_dir)
+    mgmt_sock = bind_listen(host, port)
     rt = Runtime(data_dir, db_url)
-    rt.start_fabric()
-    svc = Services(rt)
-    svc.backups.runner.reap_orphans()
-    host, port = listen.rsplit(":", 1)
-    wire_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, WIRE_PORT)
-    host_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, HOST_PORT)
+    try:
+        rt.start_fabric()
+        svc = Services(rt)
+        svc.reconcile_machines()
+        svc.backups.runner.reap_orphans()
+        wire_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, WIRE_PORT)
+        host_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, HOST_PORT)
+    except BaseException:
+        rt.release_fabric()
+        raise
     quiet = {"log_level": "warning", "access_log": False, "timeout_keep_alive": 75}
-    mgmt = _Server(uvicorn.Config(create_app(svc), host=host, port=int(port), **quiet))
+    mgmt = _Server(uvicorn.Config(create_app(svc), **quiet))
     wire = _Server(uvicorn.Config(wire_app(svc.machines), **quiet))
     hostep = _Server(uvicorn.Config(host_app(svc.machines), **quiet))
     svc.start_background()
@@ -51,7 +101,7 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(mgmt.serve(), wire.serve(sockets=[wire_sock]),
+        await asyncio.gather(mgmt.serve(sockets=[mgmt_sock]), wire.serve(sockets=[wire_sock]),
                              hostep.serve(sockets=[host_sock]))
 
     logging.getLogger("frostpoint.service").info(

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
 from frostpoint.service.jobs import ACTIVE
-from frostpoint.service.machines import Machines
+from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
     Job,
     Machine,
@@ -28,6 +28,7 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.vault_checks import VaultChecks
+from frostpoint.vault import format as fmt
 
 log = logging.getLogger("frostpoint.service")
 
@@ -79,6 +80,43 @@ class Services:
                                   "stop with retain data, then delete restore points")
         return self.protection.set_state(machine, "ProtectionStopped")
 
+    def reconcile_machines(self) -> list[tuple[str, str, str]]:
+        """At start, settle machines an earlier process left mid-operation (a crash, a
+        kill -9): nothing else ever moves them out of Creating/Updating/Deleting, and
+        those states refuse every backup and operation. Returns (name, from, to)."""
+        done: list[tuple[str, str, str]] = []
+        with self.rt.sessions() as s:
+            stuck = [(m.name, m.provisioning_state) for m in s.scalars(
+                select(Machine).where(Machine.provisioning_state.in_(BUSY)))]
+        for name, state in stuck:
+            try:
+                done.append((name, state, self._reconcile(name, state)))
+            except Exception:  # one machine must not stop the service from starting
+                log.exception("machine %s left %s: not reconciled", name, state)
+        for name, before, after in done:
+            log.warning("machine %s was left %s by an earlier process: now %s",
+                        name, before, after)
+        return done
+
+    def _reconcile(self, name: str, state: str) -> str:
+        if state == "Deleting":  # the user asked for the delete: finish it
+            self.machines.delete(name)
+            return "Deleted"
+        running = self.rt.sandbox.is_running(name)
+        with self.rt.sessions.begin() as s:
+            m = Machines.get(s, name)
+            if state == "Creating":
+                # Its disks may be half made: Failed, so `vm delete` cleans it up.
+                m.provisioning_state = "Failed"
+            else:  # Updating: what the platform shows now (start, stop, disk detach)
+                failed = any(e.provisioning_state == "Failed" for e in m.extensions)
+                m.provisioning_state = "Failed" if failed else "Succeeded"
+                if running:
+                    m.power_state = "Running"
+                elif m.power_state == "Running":
+                    m.power_state = "Stopped"
+            return m.provisioning_state
+
     # -- background loops ------------------------------------------------------------
     def start_background(self) -> None:
         for target in (self._reaper_loop, self._scheduler_loop, self._cleanup_loop):
@@ -128,15 +166,24 @@ class Services:
                 log.exception("cleanup")
 
     def cleanup_all(self) -> None:
+        """One pass of retention and GC. Each machine, restore point and vault is done
+        on its own, so one that fails (a vault gone, a manifest deleted by hand) is
+        logged and tried again next pass while the others go on."""
         with self.rt.sessions() as s:
             ids = list(s.scalars(select(Machine.id)))
         for mid in ids:
-            with self.rt.sessions() as s:
-                busy = s.scalar(select(Job.id).where(Job.machine_id == mid,
-                                                     Job.status.in_(ACTIVE)))
-            if not busy:
-                self.backups.cleanup_machine(mid)
-        self.expire_vault_restore_points()
+            try:
+                with self.rt.sessions() as s:
+                    busy = s.scalar(select(Job.id).where(Job.machine_id == mid,
+                                                         Job.status.in_(ACTIVE)))
+                if not busy:
+                    self.backups.cleanup_machine(mid)
+            except Exception:
+                log.exception("cleanup of machine %s", mid)
+        try:
+            self.expire_vault_restore_points()
+        except Exception:
+            log.exception("vault retention")
         if time.monotonic() - self._last_gc >= self.rt.timeouts.gc_interval:
             self._last_gc = time.monotonic()
             self.gc_all()
@@ -154,11 +201,39 @@ class Services:
             except Exception:
                 log.exception("gc of vault %s", name)
 
-    def expire_vault_restore_points(self) -> None:
+    def expire_vault_restore_points(self) -> list[str]:
+        """Delete the vault copies past their retention, each in its own transaction;
+        returns the ids deleted. A vault that cannot be reached keeps its restore points
+        listed (tried again next pass) and costs the other vaults nothing."""
         now = utcnow()
-        with self.rt.sessions.begin() as s:
-            for rp in s.scalars(select(RestorePoint).where(RestorePoint.tier == "Vault",
-                                                           RestorePoint.vault_expires_at < now)):
-                if rp.vault_id:
-                    self.protection.store(rp.vault_id).delete_restore_point(rp.id)
-                s.delete(rp)
+        with self.rt.sessions() as s:
+            due = [(rp.id, rp.vault_id) for rp in s.scalars(
+                select(RestorePoint).where(RestorePoint.tier == "Vault",
+                                           RestorePoint.vault_expires_at < now))]
+        deleted, broken = [], set()
+        for rp_id, vault_id in due:
+            if vault_id in broken:
+                continue
+            try:
+                if vault_id:
+                    self._delete_vault_copy(vault_id, rp_id)
+                with self.rt.sessions.begin() as s:
+                    rp = s.get(RestorePoint, rp_id)
+                    if rp is not None:
+                        s.delete(rp)
+                deleted.append(rp_id)
+            except Exception:
+                broken.add(vault_id)
+                log.exception("expiry of restore point %s in vault %s", rp_id, vault_id)
+        return deleted
+
+    def _delete_vault_copy(self, vault_id: str, rp_id: str) -> None:
+        store = self.protection.store(vault_id)
+        try:
+            store.delete_restore_point(rp_id)
+        except FrostpointError as e:
+            # A manifest already gone (deleted by hand, or by a pass that crashed before
+            # its commit) counts as deleted, but only in a vault that is there: a
+            # missing vault config means the vault is unreachable, not the point gone.
+            if e.code != "NotFound" or not store.backend.exists(fmt.CONFIG):
+                raise
