@@ -178,7 +178,7 @@ def test_restore_files_skips_devices_and_fifos_and_keeps_symlinks_as_links(
 # -- the wire endpoint under a guest's flood (2.5) ---------------------------------------
 PROBES = GUEST_CLIENT + """
 res = {}
-with httpx.Client(base_url=WIRE, headers=H, timeout=20) as c:
+with httpx.Client(base_url=WIRE, headers=H, timeout=70) as c:
     etag = c.get("/machine/goalstate").headers["ETag"]
     for wait in ("nan", "inf", "-1"):
         t = time.monotonic()
@@ -205,18 +205,29 @@ print(json.dumps(res))
 """
 
 FLOOD = GUEST_CLIENT + """
-import threading
+import os, threading
+open("/var/lib/frostpoint-agent/flood.pid", "w").write(str(os.getpid()))
 end = time.time() + float(sys.argv[1])
 count = {"n": 0}
+HELD = 3000
 def poll():
-    with httpx.Client(base_url=WIRE, headers=H, timeout=3) as c:
-        while time.time() < end:
-            try:
-                c.get("/machine/goalstate", params={"wait": "nan"},
-                      headers={"If-None-Match": '"' + str(count["n"]) + '"'})
-            except httpx.HTTPError:
-                pass
+    # Long polls that would never end (wait=nan, the current ETag), each on its own
+    # connection, held open and never read.
+    import socket
+    etag = httpx.get(WIRE + "/machine/goalstate", headers=H).headers["ETag"]
+    req = ("GET /machine/goalstate?wait=nan HTTP/1.1\\r\\nHost: x\\r\\n"
+           f"Authorization: {H['Authorization']}\\r\\nIf-None-Match: {etag}\\r\\n\\r\\n").encode()
+    held = []
+    while time.time() < end and len(held) < HELD:
+        try:
+            c = socket.create_connection(("10.213.0.1", 80), timeout=5)
+            c.sendall(req)
+            held.append(c)
             count["n"] += 1
+        except OSError:
+            time.sleep(0.1)
+    while time.time() < end:
+        time.sleep(0.5)
 def big():
     body = b"[" + b"1," * (4 << 20) + b"1]"
     with httpx.Client(base_url=WIRE, headers={**H, "Content-Type": "application/json"},
@@ -235,7 +246,7 @@ def junk():
                     {"name": "x" * 200, "version": "1", "sequence": 1, "status": "x"}] * 16})
             except httpx.HTTPError:
                 pass
-threads = [threading.Thread(target=f) for f in [poll] * 40 + [big] * 6 + [junk] * 4]
+threads = [threading.Thread(target=f) for f in [poll] + [big] * 6 + [junk] * 4]
 for t in threads:
     t.start()
 for t in threads:
@@ -262,7 +273,7 @@ def test_a_guest_flooding_its_endpoint_does_not_fail_another_machines_backup(
     # The flood runs in the background inside the flooder while the victim backs up.
     (s.guest_file("flooder", "etc") / "flood.py").write_text(FLOOD)
     s.exec("flooder", f"setsid {PY} /etc/frostpoint/flood.py 60 >/dev/null 2>&1 </dev/null &")
-    time.sleep(5)
+    time.sleep(15)  # until the flood has its connections open
     try:
         s.exec("victim", "echo still-here > /mnt/data/v.txt; sync")
         job = s.backup("victim", timeout=120)
@@ -270,7 +281,8 @@ def test_a_guest_flooding_its_endpoint_does_not_fail_another_machines_backup(
         assert job["details"]["consistency"] == "FileSystemConsistent"
         assert s.client.get("/machines/victim")["agent"]["status"] == "Ready"
     finally:
-        s.exec("flooder", "pkill -f /etc/frostpoint/flood.py; true", check=False)
+        s.exec("flooder", "kill $(cat /var/lib/frostpoint-agent/flood.pid); true",
+               check=False)
     for m in ("flooder", "victim"):
         s.client.delete(f"/machines/{m}")
 
