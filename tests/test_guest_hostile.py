@@ -313,3 +313,14 @@ def test_restore_vm_of_an_encrypted_disk_needs_the_key_vault_grant(service: Serv
     assert s.exec("genc2", "cat /mnt/data/f.txt") == "sealed\n"
     for m in ("genc", "genc2"):
         c.delete(f"/machines/{m}")
+
+
+# -- e2fsprogs on a guest's image are bounded (2.4) --------------------------------------
+def test_e2fs_tools_on_a_guest_image_are_bounded_by_a_timeout(monkeypatch: Any) -> None:
+    from frostpoint.service import vault_checks
+    # A crafted filesystem can keep debugfs busy; a tool that never ends stands for it.
+    monkeypatch.setattr(vault_checks, "E2FS_TOOL_S", 1)
+    started = time.monotonic()
+    assert vault_checks._e2fs(["sleep", "30"]) == ""
+    assert time.monotonic() - started < 5
+    assert vault_checks._e2fs(["echo", "Block size: 4096"]) == "Block size: 4096\n"
