@@ -201,6 +201,17 @@ with httpx.Client(base_url=WIRE, headers=H, timeout=70) as c:
             ("status_not_list", "/machine/status", {"extensions": "all"})):
         r = c.post(path, json=body)
         res[name] = [r.status_code, r.json().get("code")]
+# Idle connections: one address may hold only so many.
+import socket
+conns, refused = [], 0
+for _ in range(200):
+    try:
+        conns.append(socket.create_connection(("10.213.0.1", 80), timeout=5))
+    except OSError:
+        refused += 1
+res["idle_connections"] = [len(conns), refused]
+for conn in conns:
+    conn.close()
 print(json.dumps(res))
 """
 
@@ -269,6 +280,8 @@ def test_a_guest_flooding_its_endpoint_does_not_fail_another_machines_backup(
     assert res["chunked"] == [413, "InvalidInput"], res
     for name in ("bad_heartbeat", "bad_status", "status_not_list"):
         assert res[name] == [422, "InvalidInput"], (name, res)
+    held, refused = res["idle_connections"]
+    assert held <= 64 and refused >= 136, res
 
     # The flood runs in the background inside the flooder while the victim backs up.
     (s.guest_file("flooder", "etc") / "flood.py").write_text(FLOOD)

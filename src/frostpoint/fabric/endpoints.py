@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal, Protocol
 
@@ -27,7 +28,8 @@ from frostpoint.errors.catalog import FrostpointError, error_dict
 
 MAX_BODY = 64 << 10  # bytes; the agent's largest report is a few KiB
 MAX_WAIT = 55.0  # seconds a goal state poll may be held
-MAX_IN_FLIGHT = 8  # requests one credential may have open on one endpoint
+MAX_IN_FLIGHT = 8  # requests one machine may have open on one endpoint
+RATE, BURST = 20.0, 40.0  # requests a second one machine may start, sustained and at once
 POLL_TICK = 0.1  # how often a held poll checks for a change and for its client
 
 Text = Annotated[str, StringConstraints(max_length=4096)]
@@ -102,14 +104,31 @@ async def _send_error(send: Send, status: int, code: str, detail: str) -> None:
 
 
 class GuestGuard:
-    """ASGI middleware in front of a guest-facing app: a credential's request beyond
-    MAX_IN_FLIGHT open ones gets 429, and a body over MAX_BODY gets 413 (by its
-    Content-Length, or as it streams in) before anything parses it. Bodies are read
-    here, at most MAX_BODY of them, and handed on whole."""
+    """ASGI middleware in front of a guest-facing app. Per machine at most
+    MAX_IN_FLIGHT open requests and RATE new ones a second (bursts of BURST); beyond
+    that 429, answered here before any work is done. A machine is counted both by its
+    fabric address and by its credential: machines share one subnet, so a guest
+    could take more addresses, but it has only its own token. A body over MAX_BODY
+    gets 413 (by its Content-Length, or as it streams in) before anything parses it:
+    bodies are read here, at most MAX_BODY of them, and handed on whole."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.open: dict[str, int] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def _admit(self, keys: tuple[str, ...]) -> bool:
+        now = time.monotonic()
+        refilled = {}
+        for k in keys:
+            tokens, at = self.buckets.get(k, (BURST, now))
+            refilled[k] = min(BURST, tokens + (now - at) * RATE)
+        ok = all(refilled[k] >= 1 and self.open.get(k, 0) < MAX_IN_FLIGHT for k in keys)
+        for k in keys:
+            self.buckets[k] = (refilled[k] - (1 if ok else 0), now)
+        if len(self.buckets) > 4096:  # forget the idle ones
+            self.buckets = {k: v for k, v in self.buckets.items() if k in self.open}
+        return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,12 +140,15 @@ class GuestGuard:
         if not length.isdigit() or int(length) > MAX_BODY:
             await _send_error(send, 413, "InvalidInput", too_large)
             return
-        who = hashlib.sha256(headers.get(b"authorization", b"")).hexdigest()
-        if self.open.get(who, 0) >= MAX_IN_FLIGHT:
+        keys = ("addr:" + str((scope.get("client") or ("?",))[0]),
+                "token:" + hashlib.sha256(headers.get(b"authorization", b"")).hexdigest())
+        if not self._admit(keys):
             await _send_error(send, 429, "InvalidInput",
-                              f"at most {MAX_IN_FLIGHT} requests per machine at a time")
+                              f"at most {MAX_IN_FLIGHT} open requests and {RATE:.0f} a "
+                              "second per machine")
             return
-        self.open[who] = self.open.get(who, 0) + 1
+        for k in keys:
+            self.open[k] = self.open.get(k, 0) + 1
         try:
             body = bytearray()
             while True:
@@ -150,9 +172,10 @@ class GuestGuard:
 
             await self.app(scope, replay, send)
         finally:
-            self.open[who] -= 1
-            if not self.open[who]:
-                del self.open[who]
+            for k in keys:
+                self.open[k] -= 1
+                if not self.open[k]:
+                    del self.open[k]
 
 
 def _guest_app(title: str) -> FastAPI:

@@ -3,12 +3,19 @@ veth pair per machine into the machine's own namespace. Nothing is routed outsid
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from frostpoint.fabric.system import run
-from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, PREFIX_LEN
+from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, HOST_PORT, PREFIX_LEN, WIRE_PORT
 
 BRIDGE = "fpbr0"
+# TCP connections one source address may hold to each endpoint port: a guest that
+# opens thousands of idle ones would use up the service's file descriptors. The agent
+# needs a handful.
+MAX_CONNECTIONS = 64
+log = logging.getLogger("frostpoint.fabric.network")
 
 
 class FabricNetwork:
@@ -38,6 +45,19 @@ class FabricNetwork:
             run(["ip", "-n", ns, "addr", "add", f"{FABRIC_ADDRESS}/{PREFIX_LEN}", "dev", BRIDGE])
         run(["ip", "-n", ns, "link", "set", BRIDGE, "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        self._limit_connections()
+
+    def _limit_connections(self) -> None:
+        if shutil.which("iptables") is None:
+            log.warning("iptables is missing: connections per machine are not limited")
+            return
+        for port in (WIRE_PORT, HOST_PORT):
+            rule = ["INPUT", "-p", "tcp", "--syn", "--dport", str(port), "-m", "connlimit",
+                    "--connlimit-above", str(MAX_CONNECTIONS), "--connlimit-mask", "32",
+                    "-j", "REJECT", "--reject-with", "tcp-reset"]
+            ipt = ["ip", "netns", "exec", self.fabric_ns, "iptables", "-w"]
+            if run([*ipt, "-C", *rule], check=False).returncode != 0:
+                run([*ipt, "-A", *rule])
 
     def attach_machine(self, machine: str, slot: int) -> None:
         ns = self.machine_ns(machine)
