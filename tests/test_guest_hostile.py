@@ -141,7 +141,9 @@ def test_restore_files_skips_devices_and_fifos_and_keeps_symlinks_as_links(
         s.exec(m, "mkdir -p /mnt/data/trap && echo fine > /mnt/data/trap/ok.txt && "
                   f"mknod /mnt/data/trap/disk b {major} {minor} && "
                   "mkfifo /mnt/data/trap/pipe && ln -s /etc /mnt/data/trap/etc-link && "
-                  "ln -s ../../../../../../etc/passwd /mnt/data/trap/up && sync")
+                  "ln -s ../../../../../../etc/passwd /mnt/data/trap/up && "
+                  "ln -s loop-b /mnt/data/trap/loop-a && ln -s loop-a /mnt/data/trap/loop-b && "
+                  "sync")
         job = s.backup(m)
         assert job["status"] == "Completed", job
         rp_id = job["details"]["restore_point"]
@@ -153,7 +155,8 @@ def test_restore_files_skips_devices_and_fifos_and_keeps_symlinks_as_links(
         assert j["status"] == "Completed", j
         got = out / "trap"
         assert (got / "ok.txt").read_text() == "fine\n"
-        assert sorted(p.name for p in got.iterdir()) == ["etc-link", "ok.txt", "up"]
+        assert sorted(p.name for p in got.iterdir()) == ["etc-link", "loop-a", "loop-b",
+                                                         "ok.txt", "up"]
         assert sorted(j["details"]["skipped"]) == ["disk", "pipe"]
         # Links stay links: nothing of the host's /etc was copied into the target.
         assert (got / "etc-link").is_symlink() and os.readlink(got / "etc-link") == "/etc"
@@ -166,6 +169,10 @@ def test_restore_files_skips_devices_and_fifos_and_keeps_symlinks_as_links(
                                      "to": str(tmp_path / "esc"), "source": "instant"})
         assert j["status"] == "Failed" and j["error"]["code"] == "NotFound", j
         assert not (tmp_path / "esc" / "passwd").exists()
+        # A path through a symlink loop is not on the disk either (no internal error).
+        j = restore_job(s, "files", {"restore_point": rp_id, "path": "trap/loop-a/x",
+                                     "to": str(tmp_path / "loop"), "source": "instant"})
+        assert j["status"] == "Failed" and j["error"]["code"] == "NotFound", j
         # The FIFO asked for by name is refused, not opened.
         j = restore_job(s, "files", {"restore_point": rp_id, "path": "trap/pipe",
                                      "to": str(tmp_path / "fifo"), "source": "instant"})

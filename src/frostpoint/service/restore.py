@@ -38,7 +38,10 @@ def contained(root: Path, path: str) -> Path | None:
         return root
     entry = root / rel
     base = root.resolve()
-    parent = entry.parent.resolve()
+    try:
+        parent = entry.parent.resolve()
+    except (OSError, RuntimeError):  # a guest's symlink loop
+        return None
     if not parent.is_relative_to(base):
         return None
     entry = parent / entry.name
