@@ -208,8 +208,22 @@ with httpx.Client(base_url=WIRE, headers=H, timeout=70) as c:
             ("status_not_list", "/machine/status", {"extensions": "all"})):
         r = c.post(path, json=body)
         res[name] = [r.status_code, r.json().get("code")]
-# Idle connections: one address may hold only so many.
+# Held long polls take the machine's request slots; one whose client has gone
+# gives its slot back at once.
 import socket
+etag = httpx.get(WIRE + "/machine/goalstate", headers=H).headers["ETag"]
+poll = ("GET /machine/goalstate?wait=50 HTTP/1.1\\r\\nHost: x\\r\\n"
+        f"Authorization: {H['Authorization']}\\r\\nIf-None-Match: {etag}\\r\\n\\r\\n")
+held = [socket.create_connection(("10.213.0.1", 80), timeout=5) for _ in range(8)]
+for sk in held:
+    sk.sendall(poll.encode())
+time.sleep(1)
+res["while_held"] = httpx.get(WIRE + "/machine/goalstate", headers=H).status_code
+for sk in held:
+    sk.close()
+time.sleep(1)
+res["after_close"] = httpx.get(WIRE + "/machine/goalstate", headers=H).status_code
+# Idle connections: one address may hold only so many.
 conns, refused = [], 0
 for _ in range(200):
     try:
@@ -287,6 +301,7 @@ def test_a_guest_flooding_its_endpoint_does_not_fail_another_machines_backup(
     assert res["chunked"] == [413, "InvalidInput"], res
     for name in ("bad_heartbeat", "bad_status", "status_not_list"):
         assert res[name] == [422, "InvalidInput"], (name, res)
+    assert res["while_held"] == 429 and res["after_close"] == 200, res
     held, refused = res["idle_connections"]
     assert held <= 64 and refused >= 136, res
 
