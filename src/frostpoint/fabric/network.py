@@ -29,7 +29,7 @@ from pathlib import Path
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.system import run
-from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, PREFIX_LEN
+from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, HOST_PORT, PREFIX_LEN, WIRE_PORT
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,20 @@ accept
 add rule {TABLE} output oifname . ether daddr . ip daddr @ports accept
 add rule {TABLE} output ether saddr {FABRIC_MAC} {ARP_IPV4} arp saddr ether {FABRIC_MAC} \
 arp saddr ip {FABRIC_ADDRESS} accept
+"""
+
+# TCP connections one source address may hold to each endpoint port: a guest that
+# opens thousands of idle ones would use up the service's file descriptors. The agent
+# needs a handful. Its own table, in the same transaction as the bridge filter.
+MAX_CONNECTIONS = 64
+LIMITS = "inet frostpoint_limits"
+RULESET += f"""\
+add table {LIMITS}
+add set {LIMITS} conns {{ type ipv4_addr . inet_service; flags dynamic; }}
+add chain {LIMITS} input {{ type filter hook input priority filter; policy accept; }}
+flush chain {LIMITS} input
+add rule {LIMITS} input tcp dport {{ {WIRE_PORT}, {HOST_PORT} }} ct state new \
+add @conns {{ ip saddr . tcp dport ct count over {MAX_CONNECTIONS} }} reject with tcp reset
 """
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from frostpoint import __version__
@@ -23,13 +26,14 @@ from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
 from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.keyvault import PLATFORM, KeyVaults
-from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
+from frostpoint.service.models import Disk, Extension, Job, Machine, SubTask, utcnow
 from frostpoint.service.runtime import Runtime
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
 MAX_SLOT = 240
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+SNAPSHOT_STEP = "Take Snapshot"  # backup.SNAPSHOT (backup imports this module)
 BUSY = ("Creating", "Updating", "Deleting")  # an operation runs; no backup, no other op
 
 
@@ -395,9 +399,16 @@ class Machines:
         self.rt.notifier.bump(mid)
 
     def take_snapshot(self, machine_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Reflink every disk of the machine into the job's snapshot folder."""
+        """Reflink every disk of the machine into the job's snapshot folder.
+
+        A guest may call this as often as it likes; the host takes one snapshot per
+        task, only while the task's Take Snapshot step runs. The claim is one
+        conditional UPDATE on that step's row, so two calls racing each other cannot
+        both win, and a restore point's images are never written again.
+        """
+        task_id = str(body.get("taskId", ""))[:64]
         with self.rt.sessions() as s:
-            job = s.get(Job, str(body.get("taskId", "")))
+            job = s.get(Job, task_id)
             m = s.get(Machine, machine_id)
             if job is None or m is None or job.machine_id != machine_id:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
@@ -407,16 +418,34 @@ class Machines:
                                       f"the backup job is {job.status}")
             disks = [(d.name, Path(d.image_path)) for d in m.disks]
             name = m.name
-        result = self.snapshot_disks(name, job.id, disks)
+        self._check_disks(name, disks)
+        self._claim_snapshot(task_id)
+        result = self.snapshot_disks(name, task_id, disks)
         with self.rt.sessions.begin() as s:
-            job = s.get(Job, job.id)
+            job = s.get(Job, task_id)
             assert job is not None
-            job.details = {**job.details, "snapshot": {**result, "frozen": body.get("frozen")}}
+            job.details = {**job.details, "snapshot": {**result,
+                                                       "frozen": bool(body.get("frozen"))}}
         return result
 
-    def snapshot_disks(self, machine: str, snapshot_id: str,
-                       disks: list[tuple[str, Path]]) -> dict[str, Any]:
-        t0 = time.monotonic()
+    def _claim_snapshot(self, task_id: str) -> None:
+        """Mark the task's Take Snapshot step as snapshotted, if it runs and is not yet."""
+        step = SubTask.__table__
+        with self.rt.sessions.begin() as s:
+            t = s.scalar(select(SubTask).where(SubTask.job_id == task_id,
+                                               SubTask.name == SNAPSHOT_STEP))
+            claimed = {**(t.progress if t else {}), "snapshot": "taken"}
+            r = s.execute(update(step).where(
+                step.c.job_id == task_id, step.c.name == SNAPSHOT_STEP,
+                step.c.status == "InProgress",
+                step.c.progress["snapshot"].as_string().is_(None)).values(progress=claimed))
+            if r.rowcount != 1:
+                raise FrostpointError("Conflict", "this task's snapshot was already taken, "
+                                      "or its Take Snapshot step is over; a restore point "
+                                      "is never taken again", {"task": task_id})
+
+    @staticmethod
+    def _check_disks(machine: str, disks: list[tuple[str, Path]]) -> None:
         missing = [d for d, image in disks if not image.exists()]
         if missing:
             # The platform cannot snapshot a disk it does not have: a user-caused refusal.
@@ -427,10 +456,26 @@ class Machines:
                 {"inner_error": {"code": "DiskNotFound", "disks": missing,
                                  "fix": [f"frostpoint vm disk delete {machine} {d}"
                                          for d in missing]}})
+
+    def snapshot_disks(self, machine: str, snapshot_id: str,
+                       disks: list[tuple[str, Path]]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        self._check_disks(machine, disks)
         target = self.rt.pool.snapshot_dir(machine, snapshot_id)
-        target.mkdir(parents=True, exist_ok=True)
-        for dname, image in disks:
-            reflink(image, target / f"{dname}.img")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Cloned under a temporary name and renamed into place: a snapshot folder, once
+        # there, is complete, and a rename never replaces a folder with files in it.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for dname, image in disks:
+                reflink(image, tmp / f"{dname}.img")
+            os.rename(tmp, target)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if target.exists():
+                raise FrostpointError("Conflict", f"snapshot {snapshot_id} exists already; "
+                                      "it is never taken again") from e
+            raise
         return {"snapshotId": snapshot_id, "dir": str(target),
                 "disks": [d for d, _ in disks],
                 "durationMs": round((time.monotonic() - t0) * 1000, 2)}

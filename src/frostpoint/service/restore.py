@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +25,56 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 RESTORE = "Restore"
+GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
+
+
+def contained(root: Path, path: str) -> Path | None:
+    """The entry at path on the guest's filesystem mounted at root, or None if there is
+    none or it lies outside root. Folders on the way are resolved (a guest's symlink
+    may point anywhere, so the result must stay under root); the last component is
+    not followed, so a symlink restores as a link."""
+    rel = posixpath.normpath("/" + path).lstrip("/")
+    if rel in ("", "."):
+        return root
+    entry = root / rel
+    base = root.resolve()
+    try:
+        parent = entry.parent.resolve()
+    except (OSError, RuntimeError):  # a guest's symlink loop
+        return None
+    if not parent.is_relative_to(base):
+        return None
+    entry = parent / entry.name
+    return entry if os.path.lexists(entry) else None
+
+
+def _copyable(mode: int) -> bool:
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)
+
+
+def copy_out(src: Path, target: Path) -> list[str]:
+    """Copy src (file, folder or symlink) to target; a guest's device nodes, FIFOs and
+    sockets are skipped (never opened: reading one could block or read a host device),
+    symlinks are copied as links, never followed. Returns the skipped paths."""
+    top = os.lstat(src).st_mode
+    if stat.S_ISLNK(top):
+        os.symlink(os.readlink(src), target)
+        return []
+    if not _copyable(top):
+        raise FrostpointError("InvalidInput", f"{src.name} is not a file, folder or "
+                              "symlink; only those restore")
+    if stat.S_ISREG(top):
+        shutil.copy2(src, target, follow_symlinks=False)
+        return []
+    skipped: list[str] = []
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        bad = {n for n in names if not _copyable(os.lstat(os.path.join(folder, n)).st_mode)}
+        skipped.extend(os.path.relpath(os.path.join(folder, n), src) for n in sorted(bad))
+        return bad
+
+    shutil.copytree(src, target, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+    return skipped
 
 
 class Restores:
@@ -138,6 +190,13 @@ class Restores:
 
     def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
+            # The new machine's disks are readable by whoever runs it: restoring them is
+            # reading the data, so the backup service needs the key vault's grant here as
+            # for a file restore (the platform's own unwrap below does not ask).
+            for d in rp.disks:
+                if d.get("encryption_key"):
+                    self.machines.keyvaults.unwrap(d["encryption_key"], d["wrapped_key"],
+                                                   BACKUP_PRINCIPAL)
             self.machines.create(name, [{"name": d["name"], "size": str(d["size_bytes"]),
                                          "filesystem": d["filesystem"],
                                          "encryption_key": d.get("encryption_key"),
@@ -171,25 +230,25 @@ class Restores:
             image, mnt = work / f"{dname}.img", work / "mnt"
             mnt.mkdir()
             self.materialize(rp, dname, image, src, self._progress(job_id))
+            # The filesystem is the guest's: no device nodes, set-id bits or programs
+            # of it count on the host.
             opts = "ro,noload" if fs == "ext4" else "ro,norecovery,nouuid"
             try:
-                run(["mount", "-o", f"loop,{opts}", str(image), str(mnt)])
+                run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image),
+                     str(mnt)])
                 try:
                     root = fscrypt.unlock(mnt, key) if key else mnt
-                    inner = (root / path.lstrip("/")).resolve()
-                    if not str(inner).startswith(str(root)) or not inner.exists():
+                    inner = contained(root, path)
+                    if inner is None:
                         raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)
-                    target = dest / inner.name
-                    if inner.is_dir():
-                        shutil.copytree(inner, target, symlinks=True, dirs_exist_ok=True)
-                    else:
-                        shutil.copy2(inner, target)
+                    target = dest / inner.name if inner != root else dest
+                    skipped = copy_out(inner, target)
                 finally:
                     run(["umount", str(mnt)], check=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            return {"restored": str(target), "disk": dname}
+            return {"restored": str(target), "disk": dname, "skipped": skipped}
         return self._start("Files", rp_id, {"path": path, "to": to, "disk": disk,
                                             "source": source}, body)

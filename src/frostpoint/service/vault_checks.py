@@ -16,24 +16,32 @@ from frostpoint.service.models import RestorePoint, Vault
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
+E2FS_TOOL_S = 30  # the image is a guest's filesystem: a crafted one may never finish
+
+
+def _e2fs(argv: list[str]) -> str:
+    """Output of an e2fsprogs tool on a guest's image; empty if it ran too long."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False,
+                              timeout=E2FS_TOOL_S).stdout
+    except subprocess.TimeoutExpired:
+        return ""
+
 
 def ext4_files_at(image: Path, offset: int, length: int) -> list[str]:
     """Paths of the files that own bytes [offset, offset+length) of an ext4 image."""
-    head = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True,
-                          check=False).stdout
+    head = _e2fs(["dumpe2fs", "-h", str(image)])
     m = re.search(r"^Block size:\s+(\d+)", head, re.M)
     if not m:
         return []
     bs = int(m.group(1))
     blocks = " ".join(str(b) for b in range(offset // bs, (offset + length) // bs))
-    out = subprocess.run(["debugfs", "-R", f"icheck {blocks}", str(image)],
-                         capture_output=True, text=True, check=False).stdout
+    out = _e2fs(["debugfs", "-R", f"icheck {blocks}", str(image)])
     inodes = sorted({int(parts[1]) for line in out.splitlines()[1:]
                      if len(parts := line.split()) == 2 and parts[1].isdigit()})
     if not inodes:
         return []
-    out = subprocess.run(["debugfs", "-R", "ncheck " + " ".join(map(str, inodes)),
-                          str(image)], capture_output=True, text=True, check=False).stdout
+    out = _e2fs(["debugfs", "-R", "ncheck " + " ".join(map(str, inodes)), str(image)])
     paths = {"/" + line.split(None, 1)[1].lstrip("/") for line in out.splitlines()[1:]
              if len(line.split(None, 1)) == 2}
     return sorted(paths) or [f"(filesystem metadata, inodes {inodes[:5]})"]
