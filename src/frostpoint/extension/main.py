@@ -108,6 +108,10 @@ class Extension:
         body = {"taskId": self.settings["taskId"], "frozen": freeze}
         freezer = None
         if freeze:
+            # Said before the first FIFREEZE: if everything in this machine dies while
+            # frozen, the host knows a freeze began and thaws once its limit is past.
+            self.status("transitioning", message="freezing", phase="freezing",
+                        mounts=mounts)
             freezer = subprocess.Popen(
                 [sys.executable, "-m", "frostpoint.extension.freezer",
                  "--limit", str(freeze_limit), *mounts],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from datetime import timedelta
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from frostpoint.errors.catalog import CATALOG, FrostpointError
+from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
@@ -31,9 +33,11 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 MAX_INSTANT_RPS = 18
+HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
 MAX_DISK = 32 << 40
 MAX_ENCRYPTED_DISK = 4 << 40
 SNAPSHOT, TRANSFER = "Take Snapshot", "Transfer data to vault"
+log = logging.getLogger("frostpoint.service")
 
 
 class Backups:
@@ -274,6 +278,23 @@ class Backups:
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
         deadline = time.monotonic() + t.extension_wait
+        guard = _FreezeGuard(self, machine_id, t.freeze_limit)
+        try:
+            return self._wait_extension(job_id, machine_id, machine, seq, deadline, guard)
+        except FrostpointError as e:
+            # No final status came: if a freeze began (or may have, the machine having
+            # gone silent), nobody in the machine may be left to end it.
+            thawed = guard.after_abnormal_end(e.code == "UserErrorGuestAgentStatusUnavailable")
+            if thawed:
+                raise FrostpointError(e.code, f"{e.detail or e.spec.message}; the fabric "
+                                      f"thawed disk(s) {', '.join(thawed)} from the host, "
+                                      "left frozen past the freeze limit",
+                                      {**e.details, "host_thawed": thawed}) from None
+            raise
+
+    def _wait_extension(self, job_id: str, machine_id: str, machine: str, seq: int,
+                        deadline: float, guard: _FreezeGuard) -> dict[str, Any]:
+        t = self.rt.timeouts
         seen_transitioning = False
         while time.monotonic() < deadline:
             if self.runner.cancelled(job_id):
@@ -284,6 +305,7 @@ class Backups:
                 ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION), None)
                 st = dict(ext.status) if ext and ext.sequence == seq else {}
                 beat = m.last_heartbeat
+            guard.observe(st, beat)
             if st.get("status") == "success":
                 return st
             if st.get("status") == "error":
@@ -385,3 +407,56 @@ class Backups:
                    if locks else " and none has expired"),
                 {"instant_restore_points": live, "locks": [lk.name for lk in locks]})
         return {"removed": removed, "blocked": blocked}
+
+
+class _FreezeGuard:
+    """Knows, from the snapshot task's status, whether a freeze of the machine began,
+    and thaws its disks from the host once the freeze limit has passed with nobody
+    having reported the end of it (every process of the machine may be dead)."""
+
+    def __init__(self, backups: Backups, machine_id: str, freeze_limit: float) -> None:
+        self.backups = backups
+        self.machine_id = machine_id
+        self.limit = freeze_limit
+        self.freeze_seen: float | None = None  # monotonic time the freeze was announced
+        self.last_alive: float = time.monotonic()
+        self.thawed: list[str] | None = None
+        self.final = False  # the extension reported its end: it thawed, or its agent did
+
+    def observe(self, status: dict[str, Any], beat: Any) -> None:
+        if beat is not None:
+            self.last_alive = max(self.last_alive, time.monotonic()
+                                  - (utcnow() - beat).total_seconds())
+        if status.get("status") in ("success", "error"):
+            self.final = True
+        if status.get("phase") == "freezing" and self.freeze_seen is None:
+            self.freeze_seen = time.monotonic()
+        if (self.freeze_seen is not None and self.thawed is None
+                and time.monotonic() > self.freeze_seen + self.limit + HOST_THAW_GRACE_S):
+            self.thawed = self._thaw()  # the extension is alive but silent past the limit
+
+    def after_abnormal_end(self, machine_silent: bool) -> list[str]:
+        if self.final:
+            return []
+        since = self.freeze_seen
+        if since is None and machine_silent:
+            since = self.last_alive  # a freeze may have begun up to its last sign of life
+        if since is None or self.thawed is not None:
+            return self.thawed or []
+        time.sleep(max(0.0, since + self.limit + HOST_THAW_GRACE_S - time.monotonic()))
+        self.thawed = self._thaw()
+        return self.thawed
+
+    def _thaw(self) -> list[str]:
+        rt = self.backups.rt
+        with rt.sessions() as s:
+            m = s.get(Machine, self.machine_id)
+            if m is None:
+                return []
+            name = m.name
+            disks = [(d.name, d.filesystem, Path(d.image_path)) for d in m.disks]
+        thawed = thaw_disks_from_host(rt.data_dir / "run" / "thaw" / name, disks)
+        if thawed:
+            log.warning("machine %s: thawed %s from the host, frozen past the limit",
+                        name, thawed)
+        return thawed
