@@ -110,6 +110,13 @@ class ExtensionHandler:
             self._install(ext, d)
         if done_file.exists() and int(done_file.read_text() or -1) >= seq:
             return  # already ran this sequence number
+        if ext.get("state", "enabled") != "enabled":
+            # The service withdrew this task (its job ended): never run it, not even
+            # when it comes back in a later goal state with the same sequence.
+            log.info("extension %s sequence %s is %s: not run", ext["name"], seq,
+                     ext.get("state"))
+            done_file.write_text(str(seq))
+            return
         (d / "config").mkdir(exist_ok=True)
         (d / "status").mkdir(exist_ok=True)
         write_json_atomic(d / "config" / f"{seq}.settings", ext.get("settings", {}))

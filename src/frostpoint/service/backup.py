@@ -80,6 +80,15 @@ class Backups:
             return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
 
     def _on_end(self, job_id: str, status: str) -> None:
+        try:
+            self._record_end(job_id, status)
+        finally:
+            with self.rt.sessions() as s:
+                job = s.get(Job, job_id)
+                if job is not None and job.machine_id:
+                    self.rt.notifier.bump(job.machine_id)
+
+    def _record_end(self, job_id: str, status: str) -> None:
         with self.rt.sessions.begin() as s:
             job = s.get(Job, job_id)
             if job is None or job.machine_id is None:
@@ -88,6 +97,10 @@ class Backups:
             if snap_dir and not s.scalar(select(RestorePoint.id).where(
                     RestorePoint.job_id == job_id)):
                 shutil.rmtree(snap_dir, ignore_errors=True)  # no restore point uses it
+            m = s.get(Machine, job.machine_id)
+            if m is not None and any(e.name == SNAPSHOT_EXTENSION for e in m.extensions):
+                # The goal state changes (the task is withdrawn): wake the agent's poll.
+                m.goal_state_incarnation += 1
             item = s.scalar(select(ProtectedItem)
                             .where(ProtectedItem.machine_id == job.machine_id))
             if item is None:
@@ -260,6 +273,7 @@ class Backups:
             m = s.get(Machine, machine_id)
             assert m is not None
             beat, version = m.last_heartbeat, m.agent_version
+            extensions_enabled = (m.agent_info or {}).get("extensions_enabled")
         if beat is None or (utcnow() - beat).total_seconds() > t.heartbeat_stale:
             raise FrostpointError(
                 "UserErrorGuestAgentStatusUnavailable",
@@ -274,6 +288,14 @@ class Backups:
                 f"the agent of {machine} is {version}, older than the minimum "
                 f"{MIN_AGENT_VERSION}: frostpoint vm agent install {machine}",
                 {"agent_version": version, "min_agent_version": MIN_AGENT_VERSION})
+        if extensions_enabled is False:
+            # Such an agent never runs the task: say so now, not after the extension
+            # wait, and put no task in its goal state to run once extensions come back.
+            raise FrostpointError(
+                "GuestAgentSnapshotTaskStatusError",
+                f"extensions are disabled in the agent of {machine} (Extensions.Enabled=n "
+                "in /etc/frostpoint/agent.conf): the snapshot task cannot run",
+                {"cause": "extensions disabled", "extensions_enabled": False})
         seq = self.machines.set_extension(machine_id, {
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
@@ -422,11 +444,15 @@ class _FreezeGuard:
         self.last_alive: float = time.monotonic()
         self.thawed: list[str] | None = None
         self.final = False  # the extension reported its end: it thawed, or its agent did
+        # Any status of this task seen: the agent began it (it reports before it runs
+        # the extension), so a freeze may have begun. Without one, none can have.
+        self.task_seen = False
 
     def observe(self, status: dict[str, Any], beat: Any) -> None:
         if beat is not None:
             self.last_alive = max(self.last_alive, time.monotonic()
                                   - (utcnow() - beat).total_seconds())
+        self.task_seen = self.task_seen or bool(status)
         if status.get("status") in ("success", "error"):
             self.final = True
         if status.get("phase") == "freezing" and self.freeze_seen is None:
@@ -439,7 +465,7 @@ class _FreezeGuard:
         if self.final:
             return []
         since = self.freeze_seen
-        if since is None and machine_silent:
+        if since is None and machine_silent and self.task_seen:
             since = self.last_alive  # a freeze may have begun up to its last sign of life
         if since is None or self.thawed is not None:
             return self.thawed or []

@@ -304,13 +304,38 @@ class Machines:
             if m is None:
                 return '"gone"', {"incarnation": 0, "extensions": []}
             exts = [{"name": e.name, "version": e.version, "sequence": e.sequence,
-                     "settings": e.settings, "state": "enabled",
+                     "settings": e.settings, "state": self._task_state(s, e),
                      "package_path": self.packages[e.name].url_path,
                      "sha256": self.packages[e.name].sha256}
                     for e in m.extensions if e.name in self.packages]
             return f'"{m.goal_state_incarnation}"', {
                 "incarnation": m.goal_state_incarnation, "machine": m.name,
                 "extensions": exts}
+
+    @staticmethod
+    def _task_state(s: Session, e: Extension) -> str:
+        """A snapshot task whose job has ended is "withdrawn": an agent that comes
+        back (extensions enabled again, restarted) must not freeze for a dead job."""
+        task = (e.settings or {}).get("taskId") if e.name == SNAPSHOT_EXTENSION else None
+        if task is None:
+            return "enabled"
+        job = s.get(Job, str(task))
+        live = job is not None and job.status == "InProgress" and not job.cancel_requested
+        return "enabled" if live else "withdrawn"
+
+    def snapshot_task(self, machine_id: str, task_id: str) -> dict[str, Any]:
+        """Whether a snapshot task of this machine is live: the extension asks right
+        before it freezes. Refused (catalog code) for another machine's or an ended one."""
+        with self.rt.sessions() as s:
+            job = s.get(Job, task_id)
+            if job is None or job.machine_id != machine_id:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      "no snapshot task of this machine has that id")
+            if job.status != "InProgress" or job.cancel_requested:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      f"the backup job is {job.status}: the snapshot task "
+                                      "was withdrawn", {"job_status": job.status})
+            return {"taskId": job.id, "live": True}
 
     def goal_state_version(self, machine_id: str) -> int:
         return self.rt.notifier.version(machine_id)

@@ -1,0 +1,117 @@
+"""A snapshot task lives only as long as its job: an agent that gets to it late never
+freezes for a job that has already ended, and an agent that will never run it (its
+extensions disabled) fails the backup at once."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from conftest import Service, needs_root
+
+pytestmark = needs_root
+M = "live"
+EXT = "Frostpoint.Backup.Snapshot"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine(service: Service) -> None:
+    service.protected_machine(M)
+    assert service.backup(M)["status"] == "Completed"  # installs the extension
+
+
+def guest_config(service: Service, key: str, value: str) -> None:
+    service.exec(M, f"sed -i 's/^{key}=.*/{key}={value}/' /etc/frostpoint/agent.conf")
+
+
+def snapshot_log(service: Service) -> str:
+    p = service.guest_file(M, "log") / EXT / "snapshot.log"
+    return p.read_text() if p.exists() else ""
+
+
+def sequence(service: Service) -> int:
+    m = service.client.get(f"/machines/{M}")
+    return int(next(e for e in m["extensions"] if e["name"] == EXT)["sequence"])
+
+
+def wait_heartbeat_says(service: Service, key: str, value: Any) -> None:
+    deadline = time.monotonic() + 30
+    while service.client.get(f"/machines/{M}")["agent"].get(key) != value:
+        assert time.monotonic() < deadline, f"agent never reported {key}={value}"
+        time.sleep(0.2)
+
+
+def test_extensions_disabled_fails_the_backup_at_once(service: Service) -> None:
+    guest_config(service, "Extensions.Enabled", "n")
+    service.cli_json("vm", "agent", "restart", M)
+    wait_heartbeat_says(service, "extensions_enabled", False)
+    seq = sequence(service)
+    t0 = time.monotonic()
+    job = service.backup(M, timeout=60)
+    took = time.monotonic() - t0
+    assert job["status"] == "Failed", job
+    err = job["error"]
+    assert err["code"] == "GuestAgentSnapshotTaskStatusError", err
+    assert err["details"]["cause"] == "extensions disabled", err
+    assert "Extensions.Enabled" in err["message"] and err["actions"], err
+    assert took < 8, f"took {took:.0f} s: it waited for a status that cannot come"
+    assert sequence(service) == seq, "a task was put in the goal state for nobody"
+    # Extensions back on: nothing is frozen for the failed job; the next backup works.
+    guest_config(service, "Extensions.Enabled", "y")
+    service.cli_json("vm", "agent", "restart", M)
+    wait_heartbeat_says(service, "extensions_enabled", True)
+    assert service.backup(M)["status"] == "Completed"
+
+
+def test_task_of_an_ended_job_is_withdrawn_and_never_frozen(service: Service) -> None:
+    # The agent goes away with the task not yet run: the job fails on its heartbeat.
+    guest_config(service, "Agent.AutoRestart", "n")
+    service.exec(M, f"{sys.executable} -m frostpoint.agent.main stop")
+    job = service.backup(M, timeout=90)
+    assert job["status"] == "Failed", job
+    assert job["error"]["code"] == "UserErrorGuestAgentStatusUnavailable", job["error"]
+    dead_seq = sequence(service)
+    # The agent comes back and reads its goal state: the dead job's task is withdrawn.
+    guest_config(service, "Agent.AutoRestart", "y")
+    service.cli_json("vm", "agent", "restart", M)
+    service.wait_agent_ready(M)
+    gs = service.guest_file(M, "lib") / "agent-state.json"
+    deadline = time.monotonic() + 20
+    while True:
+        goal = json.loads(gs.read_text()) if gs.exists() else {}
+        ext = next((e for e in goal.get("extensions", []) if e["name"] == EXT), {})
+        if ext.get("sequence") == dead_seq:
+            break
+        assert time.monotonic() < deadline, goal
+        time.sleep(0.2)
+    assert ext["state"] == "withdrawn", ext
+    time.sleep(3)  # time enough for an agent to have run it
+    assert f"[{dead_seq}]" not in snapshot_log(service), snapshot_log(service)[-2000:]
+    assert not (service.guest_file(M, "lib") / "frozen.json").exists()
+    # The doctor sees no provisioning failure to fix; the next backup works.
+    report = json.loads(service.cli("doctor", M, "--json", check=False).stdout)
+    prov = next(f for f in report["findings"] if f["check"] == "machine.provisioning")
+    assert prov["status"] == "pass", prov
+    assert service.backup(M)["status"] == "Completed"
+
+
+def test_host_refuses_the_liveness_check_of_an_ended_or_foreign_task(
+        service: Service) -> None:
+    """The extension's check before freezing: GET /snapshot/task/{id} on the host
+    endpoint, asked from inside the machine with its own credential."""
+    jobs = service.client.get("/jobs", params={"machine": M})
+    ended = next(j["id"] for j in jobs if j["status"] == "Completed")
+    probe = (f"{sys.executable} -c \"import httpx, sys; from frostpoint.agent.config import "
+             "AgentConfig; c = AgentConfig.load().resolved(); "
+             "r = httpx.get(c.host_url + '/snapshot/task/' + sys.argv[1], "
+             "headers={'Authorization': 'Bearer ' + c.token}); "
+             "print(r.status_code, r.text)\" ")
+    for task in (ended, "no-such-task"):
+        out = service.exec(M, probe + task)
+        status, body = out.split(" ", 1)
+        assert status == "409", out
+        assert json.loads(body)["code"] == "ExtensionOperationFailedForManagedDisks", out
