@@ -34,6 +34,10 @@ log = logging.getLogger("frostpoint.agent.extensions")
 StatusSink = Callable[[list[dict[str, Any]]], None]
 
 
+class HostUnreachable(Exception):
+    """The host endpoint could not be reached to download a package: the network."""
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -91,6 +95,12 @@ class ExtensionHandler:
     def _handle_safely(self, ext: dict[str, Any]) -> None:
         try:
             self._handle(ext)
+        except HostUnreachable as e:
+            # The cause is the network, whether or not the extension was installed
+            # before: the same code as the installed extension gives for it.
+            log.warning("extension %s: %s", ext.get("name"), e)
+            self.report([self._status(ext, "error", "ExtensionSnapshotFailedNoNetwork",
+                                      str(e))])
         except Exception as e:
             log.exception("extension %s failed", ext.get("name"))
             self.report([self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
@@ -127,8 +137,17 @@ class ExtensionHandler:
 
     def _install(self, ext: dict[str, Any], d: Path) -> None:
         log.info("downloading %s %s", ext["name"], ext["version"])
-        r = httpx.get(self.cfg.host_url + ext["package_path"], timeout=30,
-                      headers={"Authorization": f"Bearer {self.cfg.token}"})
+        # Connecting is given a fraction of what the service waits for this run, so a
+        # blocked port is reported as such before the service gives up waiting.
+        wait = float((ext.get("settings") or {}).get("deadlineSeconds", 300))
+        timeout = httpx.Timeout(30, connect=max(1.0, min(10.0, wait / 3)))
+        url = self.cfg.host_url + ext["package_path"]
+        try:
+            r = httpx.get(url, timeout=timeout,
+                          headers={"Authorization": f"Bearer {self.cfg.token}"})
+        except httpx.TransportError as e:
+            raise HostUnreachable(f"the host endpoint cannot be reached to download the "
+                                  f"extension ({url}): {type(e).__name__}: {e}") from e
         r.raise_for_status()
         digest = hashlib.sha256(r.content).hexdigest()
         if digest != ext["sha256"]:
