@@ -139,3 +139,49 @@ def test_host_port_blocked_before_the_extension_was_installed_gives_no_network(
     assert "32526" not in service.exec(m, "iptables -S OUTPUT")
     assert service.backup(m)["status"] == "Completed"
     service.client.delete(f"/machines/{m}")
+
+
+EXT_DIR = "/var/lib/frostpoint-agent/Frostpoint.Backup.Snapshot-*"
+CANNOT_EXECUTE = {
+    # A mount deeper than /var/lib/frostpoint-agent itself, noexec.
+    "deeper-noexec-mount": (f"d=$(echo {EXT_DIR})/bin; mount --bind $d $d && "
+                            "mount -o remount,bind,noexec $d $d",
+                            f"umount $(echo {EXT_DIR})/bin", "noexec"),
+    # The program lost its execute permission.
+    "permission": (f"chmod 0644 {EXT_DIR}/bin/frostpoint-snapshot",
+                   f"chmod 0755 {EXT_DIR}/bin/frostpoint-snapshot", "permission"),
+    # The kernel refuses the executable itself (not a program it can run).
+    "refused-by-the-kernel": (
+        f"f=$(echo {EXT_DIR})/bin/frostpoint-snapshot; cp $f /tmp/fp-launcher && "
+        "printf '\\177ELF-broken' > $f",
+        f"cat /tmp/fp-launcher > $(echo {EXT_DIR})/bin/frostpoint-snapshot", "refused"),
+}
+
+
+@pytest.mark.parametrize("fault", list(CANNOT_EXECUTE))
+def test_extension_that_cannot_execute_says_so_and_where(service: Service,
+                                                         fault: str) -> None:
+    make, undo, why = CANNOT_EXECUTE[fault]
+    service.exec(M, make)
+    try:
+        job = service.backup(M, timeout=90)
+        assert job["status"] == "Failed", job
+        err = job["error"]
+        assert err["code"] == "GuestAgentSnapshotTaskStatusError", err
+        assert err["details"]["cause"] == "extension cannot be executed", err
+        path = err["details"]["path"]
+        assert path.startswith("/var/lib/frostpoint-agent/Frostpoint.Backup.Snapshot-"), err
+        assert "cannot be executed" in err["message"] and path in err["message"], err
+        assert why in err["message"], err
+        report = json.loads(service.cli("doctor", M, "--json", check=False).stdout)
+        ext = next(f for f in report["findings"] if f["check"] == f"extension.{EXT}")
+        assert ext["status"] == "fail", ext
+        assert ext["code"] == "GuestAgentSnapshotTaskStatusError", ext
+        assert "could not be executed" in ext["message"] and path in ext["message"], ext
+        if fault == "deeper-noexec-mount":  # the in-guest doctor finds the mount too
+            exe = next(f for f in report["findings"]
+                       if f["check"] == "guest.extension.executable")
+            assert exe["status"] == "fail" and "/bin" in exe["message"], exe
+    finally:
+        service.exec(M, undo)
+    assert service.backup(M)["status"] == "Completed"

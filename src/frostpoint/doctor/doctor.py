@@ -154,8 +154,19 @@ class Doctor:
     def _extensions(self, name: str, info: dict[str, Any]) -> list[Finding]:
         out = []
         for e in info["extensions"]:
-            if e["provisioning_state"] == "Failed":
-                st = e.get("status") or {}
+            st = e.get("status") or {}
+            why = st.get("details") if isinstance(st.get("details"), dict) else {}
+            if (e["provisioning_state"] == "Failed"
+                    and why.get("cause") == "extension cannot be executed"):
+                # Reinstalling does not help: what stops it is in the guest. Say where.
+                out.append(Finding(
+                    f"extension.{e['name']}", "fail",
+                    f"extension {e['name']} could not be executed: {why.get('path')}: "
+                    f"{why.get('reason', '')}", "GuestAgentSnapshotTaskStatusError",
+                    [f"allow execution of {why.get('path')} in {name} (mount options, "
+                     "file mode, application control or security software)",
+                     f"frostpoint backup now {name} --wait"]))
+            elif e["provisioning_state"] == "Failed":
                 code = ("ExtensionOperationFailedForManagedDisks"
                         if e["name"] == SNAPSHOT_EXTENSION
                         else "UserErrorVmProvisioningStateFailed")
