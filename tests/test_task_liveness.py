@@ -185,3 +185,42 @@ def test_extension_that_cannot_execute_says_so_and_where(service: Service,
     finally:
         service.exec(M, undo)
     assert service.backup(M)["status"] == "Completed"
+
+
+def test_eighteen_live_restore_points_and_a_lock_are_fixed_by_the_doctor(
+        service: Service) -> None:
+    """None has expired, so removing the lock alone frees nothing: the doctor's risky
+    fix removes the lock and deletes the collection, and says what it deletes."""
+    m = "rp18"
+    service.protected_machine(m)
+    group = service.cli_json("vm", "show", m)["resource_group"]
+    listed = {g["name"]: g for g in service.cli_json("rg", "list")}
+    assert m in listed[group]["machines"], listed
+    service.cli_json("lock", "create", "keep18", "--resource-group", group)
+    assert "keep18" in {g["name"]: g for g in service.cli_json("rg", "list")}[group]["locks"]
+    assert "keep18" in service.cli("rg", "list").stdout
+    for _ in range(18):
+        assert service.backup(m)["status"] == "Completed"
+    job = service.backup(m)
+    assert job["error"]["code"] == "UserErrorRpCollectionLimitReached", job
+    instant = [r["id"] for r in service.client.get("/restore-points", params={"machine": m})
+               if r["tier"] != "Vault"]
+    assert len(instant) == 18
+    report = json.loads(service.cli("doctor", m, "--json", check=False).stdout)
+    count = next(f for f in report["findings"] if f["check"] == "restore_points.count")
+    assert count["risky"] and "keep18" in count["message"], count
+    assert all(rp in count["message"] for rp in instant), count  # says what goes
+    # Without --yes nothing is deleted.
+    service.cli("doctor", m, "--fix", "--json", check=False)
+    assert len([r for r in service.client.get("/restore-points", params={"machine": m})
+                if r["tier"] != "Vault"]) == 18
+    fixed = json.loads(service.cli("doctor", m, "--fix", "--yes", "--json",
+                                   check=False).stdout)
+    [applied] = [a for a in fixed["applied"] if a["check"] == "restore_points.count"]
+    assert "deleted 18 instant restore points" in applied["result"], applied
+    assert "keep18" in applied["result"], applied
+    assert service.backup(m)["status"] == "Completed"
+    # The vault copies stay.
+    tiers = [r["tier"] for r in service.client.get("/restore-points", params={"machine": m})]
+    assert tiers.count("Vault") == 18, tiers
+    service.client.delete(f"/machines/{m}")

@@ -27,6 +27,8 @@ rp = typer.Typer(no_args_is_help=True, help="Restore points.")
 restore = typer.Typer(no_args_is_help=True, help="Restores.")
 lock = typer.Typer(no_args_is_help=True, help="Locks on resource groups.")
 keyvault = typer.Typer(no_args_is_help=True, help="Key vaults: encrypted disks' keys.")
+rg = typer.Typer(no_args_is_help=True, help="Resource groups (restore points' home).")
+app.add_typer(rg, name="rg")
 for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "protect"),
                   (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
                   (lock, "lock"), (keyvault, "keyvault")):
@@ -512,6 +514,16 @@ def lock_create(name: str, resource_group: str = typer.Option(...),
 def lock_list(as_json: bool = JSON) -> None:
     emit(Client().get("/locks"), as_json,
          lambda d: table(d, ["name", "kind", "resource_group"]))
+
+
+@rg.command("list")
+@api
+def rg_list(as_json: bool = JSON) -> None:
+    """Resource groups, with their locks and the machines whose restore points live there."""
+    emit(Client().get("/resource-groups"), as_json,
+         lambda d: table([{**g, "locks": ", ".join(g["locks"]) or "-",
+                           "machines": ", ".join(g.get("machines", [])) or "-"} for g in d],
+                         ["name", "region", "locks", "machines"]))
 
 
 @lock.command("delete")

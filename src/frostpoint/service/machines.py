@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
@@ -23,7 +23,15 @@ from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
 from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.keyvault import PLATFORM, KeyVaults
-from frostpoint.service.models import Disk, Extension, Job, Machine, utcnow
+from frostpoint.service.models import (
+    Disk,
+    Extension,
+    Job,
+    Machine,
+    ResourceGroup,
+    RestorePointCollection,
+    utcnow,
+)
 from frostpoint.service.runtime import Runtime
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -281,10 +289,22 @@ class Machines:
             "disks": [{"name": d.name, "size_bytes": d.size_bytes, "filesystem": d.filesystem,
                        "mountpoint": d.mountpoint, "encrypted": d.encrypted,
                        "encryption_key": d.key_ref} for d in m.disks],
+            "resource_group": self._resource_group(m),
             "extensions": [{"name": e.name, "version": e.version,
                             "provisioning_state": e.provisioning_state,
                             "sequence": e.sequence, "status": e.status} for e in m.extensions],
         }
+
+    @staticmethod
+    def _resource_group(m: Machine) -> str | None:
+        """Where the machine's instant restore points (and the locks on them) live."""
+        s = object_session(m)
+        if s is None:
+            return None
+        return s.scalar(select(ResourceGroup.name).join(
+            RestorePointCollection,
+            RestorePointCollection.resource_group_id == ResourceGroup.id)
+            .where(RestorePointCollection.machine_id == m.id))
 
     # -- goal state and the agent's reports (MachineBackend) ----------------------
     def machine_for_token(self, token: str) -> str | None:
