@@ -13,6 +13,7 @@ filesystem: only to its pipe and to the marker under /var/lib/frostpoint-agent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -59,6 +60,9 @@ class Freezer:
                 fcntl.ioctl(fd, FIFREEZE, 0)
                 result.append(None)
             except OSError as e:
+                # Not frozen by us (EBUSY: someone else froze it): never thaw it.
+                self.fds.pop(mount, None)
+                os.close(fd)
                 result.append(f"{e.strerror} (errno {e.errno})")
 
         t = threading.Thread(target=work, daemon=True)
@@ -90,10 +94,8 @@ class Freezer:
         fd = self.fds.pop(mount, None)
         try:
             if fd is not None:
-                try:
+                with contextlib.suppress(OSError):  # EINVAL: no longer frozen
                     fcntl.ioctl(fd, FITHAW, 0)
-                except OSError:
-                    pass  # EINVAL: not frozen (its FIFREEZE failed)
                 return
             thaw(mount)
         except OSError:
@@ -112,8 +114,6 @@ class Freezer:
                     t.join(self.ioctl_limit * 3)
                 self._thaw_one(m)
             self.late.clear()
-            for m in list(self.fds):  # a handle whose FIFREEZE failed
-                self._thaw_one(m)
         remove_marker()
 
 
