@@ -300,7 +300,7 @@ class Backups:
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
         deadline = time.monotonic() + t.extension_wait
-        guard = _FreezeGuard(self, machine_id, t.freeze_limit)
+        guard = _FreezeGuard(self, machine_id, t.freeze_limit, seq)
         try:
             return self._wait_extension(job_id, machine_id, machine, seq, deadline, guard)
         except FrostpointError as e:
@@ -436,9 +436,11 @@ class _FreezeGuard:
     and thaws its disks from the host once the freeze limit has passed with nobody
     having reported the end of it (every process of the machine may be dead)."""
 
-    def __init__(self, backups: Backups, machine_id: str, freeze_limit: float) -> None:
+    def __init__(self, backups: Backups, machine_id: str, freeze_limit: float,
+                 seq: int) -> None:
         self.backups = backups
         self.machine_id = machine_id
+        self.seq = seq
         self.limit = freeze_limit
         self.freeze_seen: float | None = None  # monotonic time the freeze was announced
         self.last_alive: float = time.monotonic()
@@ -469,9 +471,22 @@ class _FreezeGuard:
             since = self.last_alive  # a freeze may have begun up to its last sign of life
         if since is None or self.thawed is not None:
             return self.thawed or []
-        time.sleep(max(0.0, since + self.limit + HOST_THAW_GRACE_S - time.monotonic()))
+        # Until the limit has passed, a final status (the extension ended, so thawed,
+        # e.g. after a cancel) makes the host thaw unneeded.
+        while time.monotonic() < since + self.limit + HOST_THAW_GRACE_S:
+            if self._final_status():
+                return []
+            time.sleep(0.2)
         self.thawed = self._thaw()
         return self.thawed
+
+    def _final_status(self) -> bool:
+        with self.backups.rt.sessions() as s:
+            m = s.get(Machine, self.machine_id)
+            ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION),
+                       None) if m else None
+            return bool(ext and ext.sequence == self.seq
+                        and (ext.status or {}).get("status") in ("success", "error"))
 
     def _thaw(self) -> list[str]:
         rt = self.backups.rt
