@@ -19,7 +19,9 @@ from frostpoint.fabric.system import loop_devices, run
 
 log = logging.getLogger("frostpoint.fabric")
 
-_THAW = ('mount -t "$1" "$2" "$3" || exit 3; '
+# nouuid (xfs): a restored copy of a disk shares its UUID; ignored when the kernel
+# hands back the superblock the guest has mounted.
+_THAW = ('mount -t "$1" $4 "$2" "$3" || exit 3; '
          'if fsfreeze -u "$3" 2>/dev/null; then r=0; else r=4; fi; umount "$3"; exit $r')
 
 
@@ -39,7 +41,8 @@ def thaw_disks_from_host(work_dir: Path, disks: list[tuple[str, str, Path]]) -> 
         # The mount lives only in the namespace of this one command: nothing on the
         # host or in the guest ever sees it, and it goes when the command ends.
         r = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _THAW,
-                 "sh", filesystem, device, str(target)], check=False, timeout=30)
+                 "sh", filesystem, device, str(target),
+                 "-onouuid" if filesystem == "xfs" else ""], check=False, timeout=30)
         if r.returncode == 0:
             thawed.append(name)
         elif r.returncode == 3:
