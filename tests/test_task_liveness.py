@@ -154,7 +154,8 @@ CANNOT_EXECUTE = {
     "refused-by-the-kernel": (
         f"f=$(echo {EXT_DIR})/bin/frostpoint-snapshot; cp $f /tmp/fp-launcher && "
         "printf '\\177ELF-broken' > $f",
-        f"cat /tmp/fp-launcher > $(echo {EXT_DIR})/bin/frostpoint-snapshot", "refused"),
+        f"cat /tmp/fp-launcher > $(echo {EXT_DIR})/bin/frostpoint-snapshot && "
+        "rm /tmp/fp-launcher", "refused"),
 }
 
 
