@@ -122,6 +122,15 @@ def check_extension_dir() -> list[dict[str, Any]]:
                         "cannot run", "GuestAgentSnapshotTaskStatusError",
                         [f"mount -o remount,exec {m[0]}"], fixable="remount-exec",
                         mount=m[0])]
+    # A noexec mount deeper down (over an extension's folder) stops it just the same.
+    deeper = [mm for mm in _mounts() if mm[0].startswith(GUEST_LIB.rstrip("/") + "/")
+              and "noexec" in mm[2].split(",")]
+    if deeper:
+        return [finding("extension.executable", "fail",
+                        f"{deeper[-1][0]} is on a noexec mount: the extension there "
+                        "cannot be executed", "GuestAgentSnapshotTaskStatusError",
+                        [f"mount -o remount,exec {deeper[-1][0]}"], fixable="remount-exec",
+                        mount=deeper[-1][0])]
     probe = Path(GUEST_LIB) / ".doctor-exec-probe"
     try:
         probe.write_text("#!/bin/sh\nexit 0\n")

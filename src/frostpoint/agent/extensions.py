@@ -10,6 +10,8 @@ is killed with its group. While it runs, its status file is forwarded as it chan
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -17,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tarfile
 import threading
@@ -32,6 +35,47 @@ from frostpoint.protocol import GUEST_LIB, GUEST_LOG
 
 log = logging.getLogger("frostpoint.agent.extensions")
 StatusSink = Callable[[list[dict[str, Any]]], None]
+
+
+class HostUnreachable(Exception):
+    """The host endpoint could not be reached to download a package: the network."""
+
+
+class CannotExecute(Exception):
+    """The kernel refused to run a program of the extension (mount, mode, policy)."""
+
+    def __init__(self, program: Path, err: OSError) -> None:
+        self.program = program
+        self.errno = err.errno
+        self.reason = why_cannot_execute(program, err)
+        super().__init__(f"the extension cannot be executed: {program}: {self.reason}")
+
+    def status_extra(self) -> dict[str, Any]:
+        return {"errno": self.errno, "path": str(self.program),
+                "details": {"cause": "extension cannot be executed",
+                            "path": str(self.program), "reason": self.reason}}
+
+
+def why_cannot_execute(program: Path, err: OSError) -> str:
+    """Where and why: a noexec mount (at whatever depth), a missing execute
+    permission, on the program or its interpreter, or a refusal by the kernel itself
+    (application control, security software, a file that is no program)."""
+    from frostpoint.agent.doctor import _mount_of
+    candidates = [program]
+    with contextlib.suppress(OSError, ValueError):
+        first = program.read_bytes()[:256].split(b"\n", 1)[0]
+        if first.startswith(b"#!") and first[2:].split():
+            candidates.append(Path(first[2:].split()[0].decode()))
+    for p in candidates:
+        m = _mount_of(str(p))
+        if m and "noexec" in m[2].split(","):
+            return f"{m[0]} is mounted noexec (programs there cannot execute)"
+        with contextlib.suppress(OSError):
+            mode = p.stat().st_mode
+            if not mode & 0o111:
+                return f"{p} has no execute permission (mode {stat.S_IMODE(mode):04o})"
+    return (f"the kernel refused to execute it ({err.strerror}): application control, "
+            "security software, or a damaged file")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -91,6 +135,16 @@ class ExtensionHandler:
     def _handle_safely(self, ext: dict[str, Any]) -> None:
         try:
             self._handle(ext)
+        except CannotExecute as e:
+            log.error("extension %s: %s", ext.get("name"), e)
+            self.report([self._status(ext, "error", "GuestAgentSnapshotTaskStatusError",
+                                      str(e), **e.status_extra())])
+        except HostUnreachable as e:
+            # The cause is the network, whether or not the extension was installed
+            # before: the same code as the installed extension gives for it.
+            log.warning("extension %s: %s", ext.get("name"), e)
+            self.report([self._status(ext, "error", "ExtensionSnapshotFailedNoNetwork",
+                                      str(e))])
         except Exception as e:
             log.exception("extension %s failed", ext.get("name"))
             self.report([self._status(ext, "error", "ExtensionOperationFailedForManagedDisks",
@@ -110,6 +164,13 @@ class ExtensionHandler:
             self._install(ext, d)
         if done_file.exists() and int(done_file.read_text() or -1) >= seq:
             return  # already ran this sequence number
+        if ext.get("state", "enabled") != "enabled":
+            # The service withdrew this task (its job ended): never run it, not even
+            # when it comes back in a later goal state with the same sequence.
+            log.info("extension %s sequence %s is %s: not run", ext["name"], seq,
+                     ext.get("state"))
+            done_file.write_text(str(seq))
+            return
         (d / "config").mkdir(exist_ok=True)
         (d / "status").mkdir(exist_ok=True)
         write_json_atomic(d / "config" / f"{seq}.settings", ext.get("settings", {}))
@@ -120,8 +181,17 @@ class ExtensionHandler:
 
     def _install(self, ext: dict[str, Any], d: Path) -> None:
         log.info("downloading %s %s", ext["name"], ext["version"])
-        r = httpx.get(self.cfg.host_url + ext["package_path"], timeout=30,
-                      headers={"Authorization": f"Bearer {self.cfg.token}"})
+        # Connecting is given a fraction of what the service waits for this run, so a
+        # blocked port is reported as such before the service gives up waiting.
+        wait = float((ext.get("settings") or {}).get("deadlineSeconds", 300))
+        timeout = httpx.Timeout(30, connect=max(1.0, min(10.0, wait / 3)))
+        url = self.cfg.host_url + ext["package_path"]
+        try:
+            r = httpx.get(url, timeout=timeout,
+                          headers={"Authorization": f"Bearer {self.cfg.token}"})
+        except httpx.TransportError as e:
+            raise HostUnreachable(f"the host endpoint cannot be reached to download the "
+                                  f"extension ({url}): {type(e).__name__}: {e}") from e
         r.raise_for_status()
         digest = hashlib.sha256(r.content).hexdigest()
         if digest != ext["sha256"]:
@@ -164,8 +234,13 @@ class ExtensionHandler:
               timeout: float) -> subprocess.Popen[bytes]:
         argv = command.split()
         argv[0] = str(d / argv[0])
-        return subprocess.Popen(argv, cwd=d, env={**os.environ, **env},
-                                start_new_session=True, stdin=subprocess.DEVNULL)
+        try:
+            return subprocess.Popen(argv, cwd=d, env={**os.environ, **env},
+                                    start_new_session=True, stdin=subprocess.DEVNULL)
+        except (PermissionError, OSError) as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOENT):
+                raise CannotExecute(Path(argv[0]), e) from e
+            raise
 
     def _run_command(self, ext: dict[str, Any], d: Path, which: str) -> dict[str, Any]:
         manifest = json.loads((d / "HandlerManifest.json").read_text())
@@ -173,11 +248,11 @@ class ExtensionHandler:
         status_file = d / "status" / f"{ext['sequence']}.status"
         try:
             proc = self._exec(manifest[which], d, self._env(ext, d), timeout)
-        except OSError as e:
-            # EACCES from a noexec mount or a missing x bit: the kernel refused it.
+        except CannotExecute as e:
+            # EACCES from a noexec mount or a missing x bit, ENOEXEC, a policy's EPERM:
+            # the kernel refused it. Say where, whatever the depth.
             return self._status(ext, "error", "GuestAgentSnapshotTaskStatusError",
-                                f"cannot execute the extension: {e}", errno=e.errno,
-                                path=str(d))
+                                str(e), **e.status_extra())
         # Which process runs which sequence: for the doctor, collect-logs and operators.
         pid_file = d / "status" / f"{ext['sequence']}.pid"
         pid_file.write_text(str(proc.pid))

@@ -46,8 +46,12 @@ def remove_marker() -> None:
 
 
 def thaw(mount: str) -> bool:
-    """Thaw one mount; True if it was frozen."""
-    fd = os.open(mount, os.O_RDONLY)
+    """Thaw one mount; True if it was frozen. A mount that is gone is not frozen here,
+    and must not stop the caller from thawing the others."""
+    try:
+        fd = os.open(mount, os.O_RDONLY)
+    except OSError:
+        return False
     try:
         fcntl.ioctl(fd, FITHAW, 0)
         return True

@@ -30,9 +30,10 @@ restore = typer.Typer(no_args_is_help=True, help="Restores.")
 lock = typer.Typer(no_args_is_help=True, help="Locks on resource groups.")
 keyvault = typer.Typer(no_args_is_help=True, help="Key vaults: encrypted disks' keys.")
 token = typer.Typer(no_args_is_help=True, help="API tokens and their roles.")
+rg = typer.Typer(no_args_is_help=True, help="Resource groups (restore points' home).")
 for sub, name in ((vm, "vm"), (vault, "vault"), (policy, "policy"), (protect, "protect"),
                   (backup, "backup"), (job, "job"), (rp, "rp"), (restore, "restore"),
-                  (lock, "lock"), (keyvault, "keyvault"), (token, "token")):
+                  (lock, "lock"), (keyvault, "keyvault"), (token, "token"), (rg, "rg")):
     app.add_typer(sub, name=name)
 agent = typer.Typer(no_args_is_help=True, help="The guest agent of a machine.")
 disk_cmd = typer.Typer(no_args_is_help=True, help="Disks of a machine.")
@@ -595,6 +596,16 @@ def lock_create(name: str, resource_group: str = typer.Option(...),
 def lock_list(as_json: bool = JSON) -> None:
     emit(Client().get("/locks"), as_json,
          lambda d: table(d, ["name", "kind", "resource_group"]))
+
+
+@rg.command("list")
+@api
+def rg_list(as_json: bool = JSON) -> None:
+    """Resource groups, with their locks and the machines whose restore points live there."""
+    emit(Client().get("/resource-groups"), as_json,
+         lambda d: table([{**g, "locks": ", ".join(g["locks"]) or "-",
+                           "machines": ", ".join(g.get("machines", [])) or "-"} for g in d],
+                         ["name", "region", "locks", "machines"]))
 
 
 @lock.command("delete")

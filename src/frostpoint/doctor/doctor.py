@@ -85,6 +85,15 @@ class Doctor:
             out.append(Finding("machine.provisioning", "fail", f"machine is {prov}",
                                "UserErrorVmNotInDesirableState",
                                [f"frostpoint vm show {name}"]))
+        elif prov == "Failed" and not [
+                e for e in info["extensions"] if e["provisioning_state"] == "Failed"
+                and e["name"] != SNAPSHOT_EXTENSION]:
+            # Only the snapshot extension's last run failed: that is the failed backup
+            # (its own finding says why); the next backup runs it again, and backups
+            # are not refused for it. Nothing to remove.
+            out.append(Finding("machine.provisioning", "pass",
+                               "provisioning follows the failed last snapshot run; the "
+                               "next backup runs the snapshot extension again"))
         elif prov == "Failed":
             failed = [e["name"] for e in info["extensions"]
                       if e["provisioning_state"] == "Failed"]
@@ -145,8 +154,19 @@ class Doctor:
     def _extensions(self, name: str, info: dict[str, Any]) -> list[Finding]:
         out = []
         for e in info["extensions"]:
-            if e["provisioning_state"] == "Failed":
-                st = e.get("status") or {}
+            st = e.get("status") or {}
+            why = st.get("details") if isinstance(st.get("details"), dict) else {}
+            if (e["provisioning_state"] == "Failed"
+                    and why.get("cause") == "extension cannot be executed"):
+                # Reinstalling does not help: what stops it is in the guest. Say where.
+                out.append(Finding(
+                    f"extension.{e['name']}", "fail",
+                    f"extension {e['name']} could not be executed: {why.get('path')}: "
+                    f"{why.get('reason', '')}", "GuestAgentSnapshotTaskStatusError",
+                    [f"allow execution of {why.get('path')} in {name} (mount options, "
+                     "file mode, application control or security software)",
+                     f"frostpoint backup now {name} --wait"]))
+            elif e["provisioning_state"] == "Failed":
                 code = ("ExtensionOperationFailedForManagedDisks"
                         if e["name"] == SNAPSHOT_EXTENSION
                         else "UserErrorVmProvisioningStateFailed")
@@ -254,26 +274,36 @@ class Doctor:
                                  "--policy P"], "protect-resume" if item else None)]
             rpc = s.scalar(select(RestorePointCollection)
                            .where(RestorePointCollection.machine_id == mid))
-            count = len(list(s.scalars(select(RestorePoint.id).where(
+            instant = list(s.scalars(select(RestorePoint.id).where(
                 RestorePoint.machine_id == mid,
-                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault"))))))
+                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault")))
+                .order_by(RestorePoint.created_at)))
+            count = len(instant)
             locks = [lk.name for lk in s.scalars(select(Lock).where(
                 Lock.resource_group_id == rpc.resource_group_id))] if rpc else []
         out = [Finding("protection", "pass", f"protection {item.protection_state}")]
         if count >= MAX_INSTANT_RPS:
+            # The guide's remedy: remove the lock and delete the restore point
+            # collection (removing the lock alone frees nothing when none has
+            # expired). Risky, so it says exactly what goes.
             out.append(Finding("restore_points.count", "fail",
                                f"{count} instant restore points (limit {MAX_INSTANT_RPS})"
                                + (f"; lock(s) {', '.join(locks)} stop the cleanup"
-                                  if locks else ""),
+                                  if locks else "")
+                               + "; the fix "
+                               + (f"removes lock(s) {', '.join(locks)} and " if locks else "")
+                               + f"deletes these {count} instant restore points (their "
+                               f"vault copies stay): {', '.join(instant)}",
                                "UserErrorRpCollectionLimitReached",
                                [f"frostpoint lock delete {lk}" for lk in locks]
-                               + [f"frostpoint backup now {name} --wait"],
-                               "delete-locks" if locks else None, risky=True,
-                               args={"locks": locks}))
+                               + [f"frostpoint rp delete-collection {name}",
+                                  f"frostpoint backup now {name} --wait"],
+                               "free-restore-points", risky=True,
+                               args={"locks": locks, "restore_points": instant}))
         else:
             out.append(Finding("restore_points.count", "pass",
                                f"{count} of {MAX_INSTANT_RPS} instant restore points"))
-        if locks:
+        if locks and count < MAX_INSTANT_RPS:  # else the count's fix removes them
             out.append(Finding("restore_points.locks", "warn",
                                f"lock(s) {', '.join(locks)} on the restore points' resource "
                                "group stop the cleanup of expired restore points",
@@ -341,6 +371,14 @@ class Doctor:
         elif r == "delete-locks":
             for lk in a["locks"]:
                 self.svc.protection.delete_lock(lk)
+        elif r == "free-restore-points":
+            for lk in a["locks"]:
+                self.svc.protection.delete_lock(lk)
+            done = self.svc.backups.delete_collection(name)
+            return (f"applied {r} for {finding.check}: "
+                    + (f"removed lock(s) {', '.join(a['locks'])}; " if a["locks"] else "")
+                    + f"deleted {done['deleted']} instant restore points (vault copies "
+                    f"kept): {', '.join(a['restore_points'])}")
         elif r == "cancel-job":
             with self.rt.sessions.begin() as s:
                 j = s.get(Job, a["job"])

@@ -13,6 +13,7 @@ filesystem: only to its pipe and to the marker under /var/lib/frostpoint-agent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 
-from frostpoint.agent.frozen import remove_marker, thaw, write_marker
+from frostpoint.agent.frozen import FITHAW, remove_marker, thaw, write_marker
 
 FIFREEZE = 0xC0045877
 PR_SET_PDEATHSIG = 1
@@ -36,6 +37,10 @@ class Freezer:
         self.ioctl_limit = ioctl_limit
         self.frozen: list[str] = []
         self.late: list[tuple[threading.Thread, str]] = []  # FIFREEZE still running
+        # An open handle on each mount's root, kept from FIFREEZE to FITHAW: the thaw
+        # goes through it, so a mount that vanished meanwhile (lazily unmounted, its
+        # directory gone) is thawed all the same.
+        self.fds: dict[str, int] = {}
         # Re-entrant: a signal (parent death) may arrive while thaw_all already runs in
         # the main thread; its handler must thaw too, never wait on itself.
         self.lock = threading.RLock()
@@ -47,12 +52,17 @@ class Freezer:
         def work() -> None:
             try:
                 fd = os.open(mount, os.O_RDONLY)
-                try:
-                    fcntl.ioctl(fd, FIFREEZE, 0)
-                finally:
-                    os.close(fd)
+            except OSError as e:
+                result.append(f"{e.strerror} (errno {e.errno})")
+                return
+            self.fds[mount] = fd
+            try:
+                fcntl.ioctl(fd, FIFREEZE, 0)
                 result.append(None)
             except OSError as e:
+                # Not frozen by us (EBUSY: someone else froze it): never thaw it.
+                self.fds.pop(mount, None)
+                os.close(fd)
                 result.append(f"{e.strerror} (errno {e.errno})")
 
         t = threading.Thread(target=work, daemon=True)
@@ -78,15 +88,31 @@ class Freezer:
                 return m, err
         return None
 
+    def _thaw_one(self, mount: str) -> None:
+        """Thaw through the handle kept since the freeze; never raises, so that one
+        mount that cannot be thawed (or vanished) does not keep the others frozen."""
+        fd = self.fds.pop(mount, None)
+        try:
+            if fd is not None:
+                with contextlib.suppress(OSError):  # EINVAL: no longer frozen
+                    fcntl.ioctl(fd, FITHAW, 0)
+                return
+            thaw(mount)
+        except OSError:
+            pass  # no handle and the path is gone: nothing left to thaw through
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     def thaw_all(self) -> None:
         with self.lock:
             for m in reversed(self.frozen):
-                thaw(m)
+                self._thaw_one(m)
             self.frozen.clear()
             for t, m in self.late:
                 if t.ident is not None:  # started: its FIFREEZE may land any moment
                     t.join(self.ioctl_limit * 3)
-                thaw(m)
+                self._thaw_one(m)
             self.late.clear()
         remove_marker()
 

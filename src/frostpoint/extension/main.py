@@ -90,6 +90,23 @@ class Extension:
             self.log(f"post-script failed: {e.code} {e.message}")
             self.warnings.append({"code": e.code, "message": e.message})
 
+    def check_task_live(self, client: httpx.Client) -> None:
+        """Ask the host whether this task is still live before freezing anything: a
+        goal state run late (extensions enabled again, an agent back) may carry the
+        task of a job that has already ended. See docs/protocol.md."""
+        try:
+            r = client.get(f"/snapshot/task/{self.settings['taskId']}")
+        except httpx.HTTPError as e:
+            self.fail("ExtensionSnapshotFailedNoNetwork",
+                      f"the host endpoint cannot be reached: {type(e).__name__}: {e}")
+        if r.status_code == 200:
+            return
+        refusal = _error_of(r) or {}
+        self.fail(refusal.get("code") or "ExtensionOperationFailedForManagedDisks",
+                  "the host refused the snapshot task, nothing was frozen: "
+                  + str(refusal.get("message") or f"HTTP {r.status_code}"),
+                  details=refusal.get("details", {}))
+
     def snapshot(self) -> None:
         self.status("transitioning", message="starting")
         try:
@@ -106,8 +123,13 @@ class Extension:
                               headers={"Authorization": f"Bearer {token}"})
         freeze = cfg.freeze and bool(mounts)
         body = {"taskId": self.settings["taskId"], "frozen": freeze}
+        self.check_task_live(client)
         freezer = None
         if freeze:
+            # Said before the first FIFREEZE: if everything in this machine dies while
+            # frozen, the host knows a freeze began and thaws once its limit is past.
+            self.status("transitioning", message="freezing", phase="freezing",
+                        mounts=mounts)
             freezer = subprocess.Popen(
                 [sys.executable, "-m", "frostpoint.extension.freezer",
                  "--limit", str(freeze_limit), *mounts],

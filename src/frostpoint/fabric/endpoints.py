@@ -78,6 +78,7 @@ class MachineBackend(Protocol):
     def record_status(self, machine_id: str, body: dict[str, Any]) -> None: ...
     def take_snapshot(self, machine_id: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def package_file(self, name: str, version: str) -> str | None: ...
+    def snapshot_task(self, machine_id: str, task_id: str) -> dict[str, Any]: ...
 
 
 def clamp_wait(wait: float) -> float:
@@ -266,4 +267,20 @@ def host_app(backend: MachineBackend) -> FastAPI:
         except FrostpointError as e:
             return JSONResponse(e.to_dict(), status_code=409)
 
+    add_snapshot_task_route(app, backend, machine)
     return app
+
+
+def add_snapshot_task_route(app: FastAPI, backend: MachineBackend, machine: Any) -> None:
+    """GET /snapshot/task/{id}: is this machine's snapshot task still live? The
+    extension asks right before it freezes, so a dead job's task never freezes."""
+
+    @app.get("/snapshot/task/{task_id}")
+    def snapshot_task(task_id: str, machine_id: str = Depends(machine)) -> JSONResponse:
+        if len(task_id) > 64:
+            return JSONResponse(FrostpointError("InvalidInput", "bad task id").to_dict(),
+                                status_code=409)
+        try:
+            return JSONResponse(backend.snapshot_task(machine_id, task_id))
+        except FrostpointError as e:
+            return JSONResponse(e.to_dict(), status_code=409)

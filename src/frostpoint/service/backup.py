@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from frostpoint.errors.catalog import CATALOG, FrostpointError
+from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
@@ -32,9 +34,11 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 MAX_INSTANT_RPS = 18
+HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
 MAX_DISK = 32 << 40
 MAX_ENCRYPTED_DISK = 4 << 40
 SNAPSHOT, TRANSFER = "Take Snapshot", "Transfer data to vault"
+log = logging.getLogger("frostpoint.service")
 
 
 class Backups:
@@ -77,6 +81,15 @@ class Backups:
             return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
 
     def _on_end(self, job_id: str, status: str) -> None:
+        try:
+            self._record_end(job_id, status)
+        finally:
+            with self.rt.sessions() as s:
+                job = s.get(Job, job_id)
+                if job is not None and job.machine_id:
+                    self.rt.notifier.bump(job.machine_id)
+
+    def _record_end(self, job_id: str, status: str) -> None:
         with self.rt.sessions.begin() as s:
             job = s.get(Job, job_id)
             if job is None or job.machine_id is None:
@@ -85,6 +98,10 @@ class Backups:
             if snap_dir and not s.scalar(select(RestorePoint.id).where(
                     RestorePoint.job_id == job_id)):
                 shutil.rmtree(snap_dir, ignore_errors=True)  # no restore point uses it
+            m = s.get(Machine, job.machine_id)
+            if m is not None and any(e.name == SNAPSHOT_EXTENSION for e in m.extensions):
+                # The goal state changes (the task is withdrawn): wake the agent's poll.
+                m.goal_state_incarnation += 1
             item = s.scalar(select(ProtectedItem)
                             .where(ProtectedItem.machine_id == job.machine_id))
             if item is None:
@@ -260,6 +277,7 @@ class Backups:
             m = s.get(Machine, machine_id)
             assert m is not None
             beat, version = m.last_heartbeat, m.agent_version
+            extensions_enabled = (m.agent_info or {}).get("extensions_enabled")
         if beat is None or (utcnow() - beat).total_seconds() > t.heartbeat_stale:
             raise FrostpointError(
                 "UserErrorGuestAgentStatusUnavailable",
@@ -274,10 +292,35 @@ class Backups:
                 f"the agent of {machine} is {version}, older than the minimum "
                 f"{MIN_AGENT_VERSION}: frostpoint vm agent install {machine}",
                 {"agent_version": version, "min_agent_version": MIN_AGENT_VERSION})
+        if extensions_enabled is False:
+            # Such an agent never runs the task: say so now, not after the extension
+            # wait, and put no task in its goal state to run once extensions come back.
+            raise FrostpointError(
+                "GuestAgentSnapshotTaskStatusError",
+                f"extensions are disabled in the agent of {machine} (Extensions.Enabled=n "
+                "in /etc/frostpoint/agent.conf): the snapshot task cannot run",
+                {"cause": "extensions disabled", "extensions_enabled": False})
         seq = self.machines.set_extension(machine_id, {
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
         deadline = time.monotonic() + t.extension_wait
+        guard = _FreezeGuard(self, machine_id, t.freeze_limit, seq)
+        try:
+            return self._wait_extension(job_id, machine_id, machine, seq, deadline, guard)
+        except FrostpointError as e:
+            # No final status came: if a freeze began (or may have, the machine having
+            # gone silent), nobody in the machine may be left to end it.
+            thawed = guard.after_abnormal_end(e.code == "UserErrorGuestAgentStatusUnavailable")
+            if thawed:
+                raise FrostpointError(e.code, f"{e.detail or e.spec.message}; the fabric "
+                                      f"thawed disk(s) {', '.join(thawed)} from the host, "
+                                      "left frozen past the freeze limit",
+                                      {**e.details, "host_thawed": thawed}) from None
+            raise
+
+    def _wait_extension(self, job_id: str, machine_id: str, machine: str, seq: int,
+                        deadline: float, guard: _FreezeGuard) -> dict[str, Any]:
+        t = self.rt.timeouts
         seen_transitioning = False
         while time.monotonic() < deadline:
             if self.runner.cancelled(job_id):
@@ -288,6 +331,7 @@ class Backups:
                 ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION), None)
                 st = dict(ext.status) if ext and ext.sequence == seq else {}
                 beat = m.last_heartbeat
+            guard.observe(st, beat)
             if st.get("status") == "success":
                 return st
             if st.get("status") == "error":
@@ -389,3 +433,75 @@ class Backups:
                    if locks else " and none has expired"),
                 {"instant_restore_points": live, "locks": [lk.name for lk in locks]})
         return {"removed": removed, "blocked": blocked}
+
+
+class _FreezeGuard:
+    """Knows, from the snapshot task's status, whether a freeze of the machine began,
+    and thaws its disks from the host once the freeze limit has passed with nobody
+    having reported the end of it (every process of the machine may be dead)."""
+
+    def __init__(self, backups: Backups, machine_id: str, freeze_limit: float,
+                 seq: int) -> None:
+        self.backups = backups
+        self.machine_id = machine_id
+        self.seq = seq
+        self.limit = freeze_limit
+        self.freeze_seen: float | None = None  # monotonic time the freeze was announced
+        self.last_alive: float = time.monotonic()
+        self.thawed: list[str] | None = None
+        self.final = False  # the extension reported its end: it thawed, or its agent did
+        # Any status of this task seen: the agent began it (it reports before it runs
+        # the extension), so a freeze may have begun. Without one, none can have.
+        self.task_seen = False
+
+    def observe(self, status: dict[str, Any], beat: Any) -> None:
+        if beat is not None:
+            self.last_alive = max(self.last_alive, time.monotonic()
+                                  - (utcnow() - beat).total_seconds())
+        self.task_seen = self.task_seen or bool(status)
+        if status.get("status") in ("success", "error"):
+            self.final = True
+        if status.get("phase") == "freezing" and self.freeze_seen is None:
+            self.freeze_seen = time.monotonic()
+        if (self.freeze_seen is not None and self.thawed is None
+                and time.monotonic() > self.freeze_seen + self.limit + HOST_THAW_GRACE_S):
+            self.thawed = self._thaw()  # the extension is alive but silent past the limit
+
+    def after_abnormal_end(self, machine_silent: bool) -> list[str]:
+        if self.final:
+            return []
+        since = self.freeze_seen
+        if since is None and machine_silent and self.task_seen:
+            since = self.last_alive  # a freeze may have begun up to its last sign of life
+        if since is None or self.thawed is not None:
+            return self.thawed or []
+        # Until the limit has passed, a final status (the extension ended, so thawed,
+        # e.g. after a cancel) makes the host thaw unneeded.
+        while time.monotonic() < since + self.limit + HOST_THAW_GRACE_S:
+            if self._final_status():
+                return []
+            time.sleep(0.2)
+        self.thawed = self._thaw()
+        return self.thawed
+
+    def _final_status(self) -> bool:
+        with self.backups.rt.sessions() as s:
+            m = s.get(Machine, self.machine_id)
+            ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION),
+                       None) if m else None
+            return bool(ext and ext.sequence == self.seq
+                        and (ext.status or {}).get("status") in ("success", "error"))
+
+    def _thaw(self) -> list[str]:
+        rt = self.backups.rt
+        with rt.sessions() as s:
+            m = s.get(Machine, self.machine_id)
+            if m is None:
+                return []
+            name = m.name
+            disks = [(d.name, d.filesystem, Path(d.image_path)) for d in m.disks]
+        thawed = thaw_disks_from_host(rt.data_dir / "run" / "thaw" / name, disks)
+        if thawed:
+            log.warning("machine %s: thawed %s from the host, frozen past the limit",
+                        name, thawed)
+        return thawed

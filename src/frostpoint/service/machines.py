@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
@@ -26,7 +26,16 @@ from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
 from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.keyvault import PLATFORM, KeyVaults
-from frostpoint.service.models import Disk, Extension, Job, Machine, SubTask, utcnow
+from frostpoint.service.models import (
+    Disk,
+    Extension,
+    Job,
+    Machine,
+    ResourceGroup,
+    RestorePointCollection,
+    SubTask,
+    utcnow,
+)
 from frostpoint.service.runtime import Runtime
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -290,10 +299,22 @@ class Machines:
             "disks": [{"name": d.name, "size_bytes": d.size_bytes, "filesystem": d.filesystem,
                        "mountpoint": d.mountpoint, "encrypted": d.encrypted,
                        "encryption_key": d.key_ref} for d in m.disks],
+            "resource_group": self._resource_group(m),
             "extensions": [{"name": e.name, "version": e.version,
                             "provisioning_state": e.provisioning_state,
                             "sequence": e.sequence, "status": e.status} for e in m.extensions],
         }
+
+    @staticmethod
+    def _resource_group(m: Machine) -> str | None:
+        """Where the machine's instant restore points (and the locks on them) live."""
+        s = object_session(m)
+        if s is None:
+            return None
+        return s.scalar(select(ResourceGroup.name).join(
+            RestorePointCollection,
+            RestorePointCollection.resource_group_id == ResourceGroup.id)
+            .where(RestorePointCollection.machine_id == m.id))
 
     # -- goal state and the agent's reports (MachineBackend) ----------------------
     def machine_for_token(self, token: str) -> str | None:
@@ -313,13 +334,38 @@ class Machines:
             if m is None:
                 return '"gone"', {"incarnation": 0, "extensions": []}
             exts = [{"name": e.name, "version": e.version, "sequence": e.sequence,
-                     "settings": e.settings, "state": "enabled",
+                     "settings": e.settings, "state": self._task_state(s, e),
                      "package_path": self.packages[e.name].url_path,
                      "sha256": self.packages[e.name].sha256}
                     for e in m.extensions if e.name in self.packages]
             return f'"{m.goal_state_incarnation}"', {
                 "incarnation": m.goal_state_incarnation, "machine": m.name,
                 "extensions": exts}
+
+    @staticmethod
+    def _task_state(s: Session, e: Extension) -> str:
+        """A snapshot task whose job has ended is "withdrawn": an agent that comes
+        back (extensions enabled again, restarted) must not freeze for a dead job."""
+        task = (e.settings or {}).get("taskId") if e.name == SNAPSHOT_EXTENSION else None
+        if task is None:
+            return "enabled"
+        job = s.get(Job, str(task))
+        live = job is not None and job.status == "InProgress" and not job.cancel_requested
+        return "enabled" if live else "withdrawn"
+
+    def snapshot_task(self, machine_id: str, task_id: str) -> dict[str, Any]:
+        """Whether a snapshot task of this machine is live: the extension asks right
+        before it freezes. Refused (catalog code) for another machine's or an ended one."""
+        with self.rt.sessions() as s:
+            job = s.get(Job, task_id)
+            if job is None or job.machine_id != machine_id:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      "no snapshot task of this machine has that id")
+            if job.status != "InProgress" or job.cancel_requested:
+                raise FrostpointError("ExtensionOperationFailedForManagedDisks",
+                                      f"the backup job is {job.status}: the snapshot task "
+                                      "was withdrawn", {"job_status": job.status})
+            return {"taskId": job.id, "live": True}
 
     def goal_state_version(self, machine_id: str) -> int:
         return self.rt.notifier.version(machine_id)

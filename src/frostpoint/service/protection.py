@@ -413,6 +413,12 @@ class Protection:
 
     def list_resource_groups(self) -> list[dict[str, Any]]:
         with self.rt.sessions() as s:
+            machines: dict[str, list[str]] = {}
+            for rg_id, machine in s.execute(
+                    select(RestorePointCollection.resource_group_id, Machine.name)
+                    .join(Machine, Machine.id == RestorePointCollection.machine_id)):
+                machines.setdefault(rg_id, []).append(machine)
             return [{"name": rg.name, "region": rg.region,
-                     "locks": [lk.name for lk in rg.locks]}
+                     "locks": [lk.name for lk in rg.locks],
+                     "machines": sorted(machines.get(rg.id, []))}
                     for rg in s.scalars(select(ResourceGroup))]
