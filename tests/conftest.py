@@ -196,6 +196,8 @@ def running_service(**env: str) -> Iterator[Service]:
     for tool in ("mkfs.xfs", "mkfs.ext4", "ip", "losetup", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2)")
+    from frostpoint.fabric.image import ensure_image
+    ensure_image()  # once per host and agent code: a build takes ~30 s (docs/machines.md)
     svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-")))
     svc.env.update(env)
     svc.start()

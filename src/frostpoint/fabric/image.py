@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,13 +26,33 @@ from pathlib import Path
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.packages import agent_package_digest, build_agent_deb
 
-SUITE = "bookworm"  # its python3 is 3.11, which packages.GUEST_PYTHON vendors for
-# fsfreeze, nsenter and mount tools (util-linux), ps (procps), the guest firewall a
-# user may set up (iptables), ext4/xfs tools for the guest's own disks.
-INCLUDE = ("python3", "util-linux", "procps", "iptables", "e2fsprogs", "ca-certificates")
+# Debian 13: its python3 (3.13) has what the guest code uses (tarfile's extraction
+# filters, which bookworm's 3.11.2 lacks); packages.GUEST_PYTHON vendors for it.
+SUITE = "trixie"
+# fsfreeze, nsenter and mount tools (util-linux), ps (procps), ip (iproute2), the guest
+# firewall a user may set up (iptables), curl, ext4 tools for the guest's own disks.
+INCLUDE = ("python3", "util-linux", "procps", "iproute2", "iptables", "curl", "e2fsprogs",
+           "ca-certificates")
 RECIPE = f"mmdebstrap --variant=minbase {SUITE} include={','.join(INCLUDE)} v1"
 DEFAULT_CACHE = Path("/var/cache/frostpoint/images")
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+
+def _sources(work: Path) -> list[str]:
+    """The host's Debian mirrors (the ones reachable from here) for the guest's suite:
+    the host's deb822 sources with its release's codename replaced."""
+    if not HOST_SOURCES.exists():
+        return []  # mmdebstrap's default mirror
+    codename = ""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            codename = line.split("=", 1)[1].strip('"')
+    text = HOST_SOURCES.read_text()
+    if codename:
+        text = re.sub(rf"\b{re.escape(codename)}\b", SUITE, text)
+    out = work / "guest.sources"
+    out.write_text(text)
+    return [str(out)]
 
 
 def cache_root() -> Path:
@@ -63,8 +84,7 @@ def _build(final: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=final.parent))
     try:
         deb = build_agent_deb(work / "frostpoint-agent.deb")
-        # The host's apt sources, where it has them (mirrors reachable from here).
-        mirror = [str(HOST_SOURCES)] if HOST_SOURCES.exists() else []
+        mirror = _sources(work)
         cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
                f"--include={','.join(INCLUDE)}",
                f"--customize-hook=copy-in {deb} /tmp",
@@ -77,6 +97,8 @@ def _build(final: Path) -> None:
                                   "could not build the guest image (mmdebstrap failed)",
                                   {"stderr": p.stderr.decode(errors="replace")[-2000:]})
         deb.unlink()
+        for f in mirror:
+            Path(f).unlink()
         shutil.rmtree(final, ignore_errors=True)
         os.rename(work, final)
     finally:

@@ -30,8 +30,8 @@ from frostpoint.protocol import (
     SNAPSHOT_EXTENSION,
 )
 
-# The guest's python3 (Debian bookworm): the vendored code must run on it.
-GUEST_PYTHON = (3, 11)
+# The guest's python3 (Debian trixie, fabric/image.py): the vendored code runs on it.
+GUEST_PYTHON = (3, 13)
 VENDORED = ("httpx",)  # the guest code's imports outside the standard library
 GUEST_MODULES = ("__init__.py", "protocol.py", "agent", "extension")
 AGENT_PREFIX = "usr/lib/frostpoint-agent"  # in the guest image
@@ -162,7 +162,7 @@ def build_agent_deb(out: Path) -> Path:
             f"Version: {__version__}\n"
             "Architecture: all\n"
             "Maintainer: Frostpoint <frostpoint@localhost>\n"
-            "Depends: python3 (>= 3.11), util-linux, procps\n"
+            "Depends: python3 (>= 3.13), util-linux, procps\n"
             "Section: admin\nPriority: optional\n"
             "Description: Frostpoint guest agent and snapshot extension\n"
             " Vendors httpx and its pure-python dependencies.\n")
