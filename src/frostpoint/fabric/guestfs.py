@@ -128,10 +128,24 @@ def write_text(root: Path, rel: str | PurePosixPath, text: str, mode: int = 0o64
 
 
 def open_append(root: Path, rel: str | PurePosixPath) -> int:
-    """A descriptor appending to rel (created if missing); a planted link is refused."""
+    """A descriptor appending to rel (created if missing). Whatever else the guest put
+    there (a symlink, a FIFO, a folder's worth of nothing) is removed and a new file
+    made with O_EXCL, so a race with the guest ends in a file of ours or an error."""
     parent, name = _split(rel)
     with open_dir(root, parent, create=True) as dfd:
-        return _open_regular(dfd, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for _ in range(5):
+            try:
+                return _open_regular(dfd, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                     0o644)
+            except GuestPathError:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(name, dir_fd=dfd)
+            try:
+                return _open_regular(dfd, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                     | os.O_EXCL, 0o644)
+            except (FileExistsError, GuestPathError):
+                continue
+        raise GuestPathError(f"{root}/{rel}: the guest keeps replacing it")
 
 
 def unlink(root: Path, rel: str | PurePosixPath) -> None:
