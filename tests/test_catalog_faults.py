@@ -110,7 +110,10 @@ def test_extensions_disabled_gives_snapshot_task_status_error(service: Service) 
 
 
 def test_noexec_extension_dir_gives_snapshot_task_status_error(service: Service) -> None:
-    service.exec(M, "mount -o remount,bind,noexec /var/lib/frostpoint-agent")
+    # The guest cannot mount (seccomp): the host remounts it, as an admin's fstab would.
+    from frostpoint.fabric.system import guest_helper
+    subprocess.run(guest_helper("remount", "--mntns", str(service.data_dir / "run" / "mntns" / M),
+                                "/var/lib/frostpoint-agent", "noexec"), check=True)
     job = failed_with(service, "GuestAgentSnapshotTaskStatusError")
     assert "cannot execute" in job["error"]["message"]
     report = doctor(service)
