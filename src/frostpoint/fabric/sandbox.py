@@ -14,6 +14,7 @@ anything there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -89,7 +90,8 @@ class Sandbox:
         return self.data_dir / "machines" / machine
 
     def guest_path(self, machine: str, guest_path: str) -> Path:
-        """Where a guest path under /etc/frostpoint, /var/lib/.., /var/log/.. lives."""
+        """Where a guest path under /etc/frostpoint, /var/lib/.., /var/log/.. lives: to
+        name it; read or write it only through fabric.guestfs (the guest plants links)."""
         for prefix, sub in ((GUEST_ETC, "etc"), (GUEST_LIB, "lib"), (GUEST_LOG, "log")):
             if guest_path == prefix or guest_path.startswith(prefix + "/"):
                 return self.guest_dir(machine) / sub / guest_path[len(prefix):].lstrip("/")
@@ -214,7 +216,9 @@ class Sandbox:
         g = self.guest_dir(spec.name)
         for sub, target in BIND_TARGETS.items():
             (g / sub).mkdir(parents=True, exist_ok=True)
-            script += [f"mount --bind {g / sub} {r}{target}",
+            # No symlink is left on the way (_clear_bind_targets); an opaque folder the
+            # guest made may hide the image's one.
+            script += [f"mkdir -p {r}{target}", f"mount --bind {g / sub} {r}{target}",
                        f"mount -o remount,bind,nosuid,nodev {r}{target}"]
         enter = ["nsenter", f"--mount={nsfile}", "--"]
         run(enter + ["sh", "-ec", "; ".join(script)])
@@ -345,6 +349,8 @@ class Sandbox:
             disk.image_path.unlink(missing_ok=True)
         run(["rm", "-rf", str(self.guest_dir(spec.name)),
              str(self.pool.root / "disks" / spec.name)], check=False)
+        with contextlib.suppress(OSError):
+            (self.roots_dir / spec.name).rmdir()
 
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:
