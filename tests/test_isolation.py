@@ -126,6 +126,17 @@ def test_kill_of_a_host_process_fails(svc: Service) -> None:
         victim.wait()
 
 
+def test_guest_cannot_power_off_its_init(svc: Service) -> None:
+    """PID 1 ignores signals from inside the machine (and the agent's own matching of
+    `frostpoint.agent.init` cannot reach it): the machine keeps running."""
+    _sh(svc, "kill -TERM 1; kill -9 1; pkill -f frostpoint.agent.init; sleep 0.5; true")
+    time.sleep(1)
+    assert _sh(svc, "true")["returncode"] == 0
+    assert svc.client.get(f"/machines/{M}")["power_state"] == "Running"
+    assert _run(svc, M, ["frostpoint-agent", "restart"])["returncode"] == 0  # a new one
+    svc.wait_agent_ready(M)
+
+
 def test_fifreeze_of_own_disk_still_works(svc: Service) -> None:
     r = _sh(svc, "fsfreeze -f /mnt/data && fsfreeze -u /mnt/data")
     assert r["returncode"] == 0, r

@@ -22,11 +22,11 @@ import argparse
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import signal
 import stat
 import sys
-import time
 
 import seccomp
 
@@ -183,40 +183,50 @@ def cmd_pivot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pid1(log_fd: int, argv: list[str]) -> None:
-    """PID 1 of the machine: start the guest's init, reap orphans; on SIGTERM pass it
-    on to every process of the machine and end when they have."""
-    shutting = []
-
-    def term(_sig: int, _frame: object) -> None:
-        shutting.append(True)
+def _reap(shutting: bool) -> None:
+    while True:
         try:
-            os.kill(-1, signal.SIGTERM)
-        except OSError:
-            pass
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no process left in the machine
+            if shutting:
+                os._exit(0)
+            return
+        if pid == 0:
+            return
 
-    signal.signal(signal.SIGTERM, term)
-    signal.signal(signal.SIGINT, term)
+
+def _pid1(argv: list[str]) -> None:
+    """PID 1 of the machine: start the guest's init, reap orphans. SIGTERM from the
+    host (sender pid 0: outside this PID namespace) goes on to every process of the
+    machine, and PID 1 ends when they have; signals from inside are ignored, as a real
+    init ignores them (the guest's own `kill` or pattern matching cannot power it off)."""
+    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     child = os.fork()
     if child == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
         try:
             os.execvpe(argv[0], argv, GUEST_ENV)
         finally:
             os._exit(127)
+    shutting = False
     while True:
-        try:
-            os.wait()
-        except ChildProcessError:
-            if shutting:
-                os._exit(0)
-            time.sleep(0.5)
+        info = signal.sigwaitinfo(sigs)
+        if info.si_signo != signal.SIGCHLD and info.si_pid == 0 and not shutting:
+            shutting = True
+            try:
+                os.kill(-1, signal.SIGTERM)
+            except OSError:
+                pass
+        _reap(shutting)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Start the machine's PID 1 in new PID, UTS and IPC namespaces; print its host pid."""
+    # The guest's init command comes in the environment, not on PID 1's command line,
+    # where the agent's own process matching (`frostpoint-agent restart`) would see it.
+    guest_init = json.loads(os.environ["FROSTPOINT_GUEST_INIT"])
     net, mnt = _open_ns(args.netns), _open_ns(args.mntns)
     unshare(CLONE_NEWPID)  # for the child: it is PID 1 there
     r, w = os.pipe()
@@ -243,7 +253,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             os.write(w, f"{type(e).__name__}: {e}".encode())
             os._exit(1)
         os.close(w)
-        _pid1(1, args.argv)
+        _pid1(guest_init)
     os.close(w)
     msg = os.read(r, 4096)
     if msg != b"ok":
@@ -391,7 +401,6 @@ def main() -> int:
     for opt in ("--netns", "--mntns", "--hostname"):
         a.add_argument(opt, required=True)
     a.add_argument("--log-fd", type=int, required=True)
-    a.add_argument("argv", nargs="+")
     a = sub.add_parser("exec")
     for opt in ("--netns", "--mntns"):
         a.add_argument(opt, required=True)

@@ -15,6 +15,7 @@ anything there.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -246,8 +247,8 @@ class Sandbox:
         try:
             out = run(guest_helper("init", "--netns", self._netns_path(machine),
                                    "--mntns", str(self.mntns_file(machine)),
-                                   "--hostname", machine, "--log-fd", str(log), "--",
-                                   *GUEST_INIT), pass_fds=(log,))
+                                   "--hostname", machine, "--log-fd", str(log)),
+                      pass_fds=(log,), env={"FROSTPOINT_GUEST_INIT": json.dumps(GUEST_INIT)})
         finally:
             os.close(log)
         self.init_dir.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,10 @@ def guest_helper(*args: str) -> list[str]:
 
 
 def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,
-        timeout: float = 120, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[bytes]:
+        timeout: float = 120, pass_fds: Sequence[int] = (),
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run(list(cmd), input=input, capture_output=True, timeout=timeout,
-                          pass_fds=pass_fds)
+                          pass_fds=pass_fds, env=env)
     if check and proc.returncode != 0:
         raise FrostpointError(
             "BackUpOperationFailed", f"host command failed: {' '.join(cmd)}",
