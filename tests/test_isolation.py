@@ -99,6 +99,10 @@ def test_nsenter_to_pid1_and_other_escapes_fail(svc: Service) -> None:
     # No CAP_MKNOD (27), CAP_SYS_MODULE (16), CAP_SYS_PTRACE (19) in the bounding set.
     bnd = int(next(ln for ln in status.splitlines() if ln.startswith("CapBnd")).split()[1], 16)
     assert not bnd & (1 << 27 | 1 << 16 | 1 << 19)
+    # PID 1 and the agent it runs are as restricted as an exec'd command.
+    for who in ("1", "$(pgrep -f 'frostpoint.agent.main run' | head -1)"):
+        st = str(_sh(svc, f"grep -E '^(NoNewPrivs|Seccomp):' /proc/{who}/status")["stdout"])
+        assert "NoNewPrivs:\t1" in st and "Seccomp:\t2" in st, (who, st)
 
 
 def test_ps_shows_only_the_guest(svc: Service) -> None:

@@ -136,9 +136,7 @@ def _seccomp_filter() -> seccomp.SyscallFilter:
 def restrict() -> None:
     """Make this process as powerless as the guest: only the KEEP capabilities (for
     it and whatever it executes), no new privileges, the seccomp filter."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read()) if os.path.exists(
-        "/proc/sys/kernel/cap_last_cap") else 40
-    for cap in range(last + 1):
+    for cap in range(LAST_CAP + 1):
         if cap not in KEEP:
             prctl(PR_CAPBSET_DROP, cap)
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
@@ -388,7 +386,11 @@ def cmd_remount(args: argparse.Namespace) -> int:
     return 0
 
 
-FILTER = _seccomp_filter()  # built before any namespace is entered
+# Both read and built before any namespace is entered (the host's /proc, no file of
+# the guest's).
+with open("/proc/sys/kernel/cap_last_cap", "rb") as _f:
+    LAST_CAP = int(_f.read())
+FILTER = _seccomp_filter()
 
 
 def main() -> int:
