@@ -130,6 +130,16 @@ def test_kill_of_a_host_process_fails(svc: Service) -> None:
         victim.wait()
 
 
+def test_root_is_the_image_with_layers_of_its_own(svc: Service) -> None:
+    """The image is read-only; /etc, /var, /root are writable and the machine's own."""
+    assert _sh(svc, "touch /usr/bin/fp-planted")["returncode"] != 0
+    assert _sh(svc, "echo mine > /etc/fp-iso-marker && echo v > /var/fp-iso-marker")[
+        "returncode"] == 0
+    assert _sh(svc, "test ! -e /etc/fp-iso-marker && test ! -e /var/fp-iso-marker",
+               OTHER)["returncode"] == 0, "one machine's layer showed in another"
+    assert "ID=debian" in str(_sh(svc, "cat /etc/os-release")["stdout"])
+
+
 def test_guest_cannot_power_off_its_init(svc: Service) -> None:
     """PID 1 ignores signals from inside the machine (and the agent's own matching of
     `frostpoint.agent.init` cannot reach it): the machine keeps running."""
