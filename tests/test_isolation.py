@@ -225,3 +225,11 @@ def test_planted_links_on_bind_targets_stay_in_the_guest(svc: Service) -> None:
         svc.wait_agent_ready(OTHER)
     finally:
         subprocess.run(["rm", "-rf", str(hostdir)], check=False)
+
+
+def test_exec_reports_the_commands_exit_and_signal(svc: Service) -> None:
+    """vm exec goes through a restricted helper, yet reports as if it ran the command."""
+    assert _sh(svc, "exit 7")["returncode"] == 7
+    assert _sh(svc, "kill -9 $$")["returncode"] == -9  # the CLI exits 256 - 9
+    assert _run(svc, M, ["no-such-program"])["returncode"] == 127
+    assert _sh(svc, "cat")["stdout"] == ""  # stdin is not the service's
