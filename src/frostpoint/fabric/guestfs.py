@@ -14,8 +14,10 @@ blocks, then checked with fstat). Writes are a new file renamed over the old nam
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -70,8 +72,9 @@ def _open_regular(dfd: int, name: str, flags: int, mode: int = 0o600) -> int:
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
                      dir_fd=dfd)
     except OSError as e:
-        if e.errno in (40, 20):  # ELOOP, ENOTDIR
-            raise GuestPathError(e.errno, f"{name}: a symlink, not a file") from e
+        # ELOOP: a symlink; ENXIO: a FIFO without a reader; EISDIR: a folder.
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EISDIR):
+            raise GuestPathError(e.errno, f"{name}: not a regular file") from e
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
@@ -138,8 +141,11 @@ def open_append(root: Path, rel: str | PurePosixPath) -> int:
                 return _open_regular(dfd, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                                      0o644)
             except GuestPathError:
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    os.unlink(name, dir_fd=dfd)
+                with contextlib.suppress(FileNotFoundError):
+                    try:
+                        os.unlink(name, dir_fd=dfd)
+                    except IsADirectoryError:  # fd-based: follows no link inside it
+                        shutil.rmtree(name, dir_fd=dfd)
             try:
                 return _open_regular(dfd, name, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                      | os.O_EXCL, 0o644)
