@@ -131,9 +131,12 @@ class Service:
         return marker.exists()
 
     def snapshot_extension_pids(self, machine: str) -> list[int]:
-        """The agent records the pid of the extension run it is waiting for."""
-        return [int(p.read_text()) for p in self.guest_file(machine, "lib").glob(
+        """The agent records the pid of the extension run it is waiting for (in the
+        machine's PID namespace); returned as the host's pids of those processes."""
+        from frostpoint.fabric.sandbox import host_pid
+        guest = [int(p.read_text()) for p in self.guest_file(machine, "lib").glob(
             "Frostpoint.Backup.Snapshot-*/status/*.pid")]
+        return [p for p in (host_pid(self.data_dir, machine, g) for g in guest) if p]
 
     def data_disk_writable(self, machine: str, seconds: float) -> bool:
         """A write to /mnt/data finishes within seconds (it blocks while frozen)."""
@@ -195,6 +198,8 @@ def running_service(**env: str) -> Iterator[Service]:
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make setup` (installs xfsprogs, iproute2,"
                         " nftables)")
+    from frostpoint.fabric.image import ensure_image
+    ensure_image()  # once per host and agent code: a build takes ~30 s (docs/machines.md)
     svc = Service(Path(tempfile.mkdtemp(prefix="fp-test-")))
     svc.env.update(env)
     svc.start()

@@ -10,7 +10,6 @@ Fixes are either safe (applied by --fix) or risky (applied only when confirmed).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -185,8 +184,7 @@ class Doctor:
         return out
 
     def _in_guest(self, name: str) -> list[Finding]:
-        r = self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
-                                        "doctor", "--json"], timeout=60)
+        r = self.rt.sandbox.exec(name, ["frostpoint-agent", "doctor", "--json"], timeout=60)
         try:
             items = json.loads(r.stdout)
         except ValueError:
@@ -354,11 +352,11 @@ class Doctor:
                               "/etc/frostpoint/agent.conf")
             m.agent_restart(name)
         elif r == "remount-exec":
-            self._guest(name, f"mount -o remount,exec {a['mount']}")
+            self.rt.sandbox.remount(name, a["mount"], "exec")  # the guest cannot mount
         elif r == "thaw":
             mount = a.get("mount")
             self._guest(name, f"fsfreeze -u {mount}" if mount else
-                        f"{sys.executable} -m frostpoint.agent.main thaw")
+                        "frostpoint-agent thaw")
         elif r == "set-endpoint":  # discovery found nothing: name the well-known address
             self._guest(name, f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address="
                               f"{FABRIC_ADDRESS}/' /etc/frostpoint/agent.conf")

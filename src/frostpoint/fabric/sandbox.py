@@ -1,27 +1,51 @@
-"""Sandbox machines: a network namespace plus a mount namespace with real disks.
+"""Sandbox machines: a guest that sees only itself (docs/machines.md).
 
-A machine's disks are raw images in the disk pool, attached as loop devices and
-mounted at /mnt/NAME inside the machine's own mount namespace; the guest's /etc,
-/var/lib and /var/log for Frostpoint are bind mounts of a per-machine folder. The
-guest init (agent supervisor) runs inside both namespaces.
+A machine has its own network, mount, PID, UTS and IPC namespaces. Its root is the
+guest image (fabric/image.py) mounted read-only, with writable layers of its own for
+/etc, /var and /root (overlayfs, upper dirs in DATA/machines/NAME/layer), tmpfs /tmp,
+/run and a minimal /dev; pivot_root drops the host's tree from its mount namespace.
+Its disks are raw images in the disk pool, attached as loop devices and mounted at
+/mnt/NAME (nodev, nosuid). The guest's /etc/frostpoint, /var/lib/frostpoint-agent and
+/var/log/frostpoint are bind mounts of DATA/machines/NAME/{etc,lib,log}, which the host
+only touches through fabric/guestfs.py. Everything that enters a machine goes through
+fabric/guestns.py, which restricts the process as the guest is before it executes
+anything there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frostpoint.fabric import guestfs
+from frostpoint.fabric.image import ensure_image
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.pool import DiskPool
-from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
+from frostpoint.fabric.system import (
+    guest_helper,
+    is_mountpoint,
+    loop_devices,
+    run,
+    thaw_machine_disks,
+)
 from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
 
 SHUTDOWN_GRACE_S = 10.0  # a guest's processes get this long to exit on SIGTERM at power-off
+# Writable layers over the read-only image (overlayfs, upper dir per machine).
+LAYERS = ("etc", "var", "root")
+# The bind-mount targets in those layers: a guest may have left a symlink there.
+BIND_TARGETS = {"etc": GUEST_ETC, "lib": GUEST_LIB, "log": GUEST_LOG}
+GUEST_INIT = ["python3", "-m", "frostpoint.agent.init"]  # the agent supervisor
+DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+             ("urandom", 1, 9), ("tty", 5, 0))
 
 
 @dataclass
@@ -59,13 +83,16 @@ class Sandbox:
         self.pool = pool
         self.network = network
         self.ns_dir = data_dir / "run" / "mntns"
+        self.roots_dir = data_dir / "run" / "roots"  # mount points of machines' roots
+        self.init_dir = data_dir / "run" / "init"  # host pid of each machine's PID 1
 
     # -- paths ---------------------------------------------------------------
     def guest_dir(self, machine: str) -> Path:
         return self.data_dir / "machines" / machine
 
     def guest_path(self, machine: str, guest_path: str) -> Path:
-        """Where a guest path under /etc/frostpoint, /var/lib/.., /var/log/.. lives."""
+        """Where a guest path under /etc/frostpoint, /var/lib/.., /var/log/.. lives: to
+        name it; read or write it only through fabric.guestfs (the guest plants links)."""
         for prefix, sub in ((GUEST_ETC, "etc"), (GUEST_LIB, "lib"), (GUEST_LOG, "log")):
             if guest_path == prefix or guest_path.startswith(prefix + "/"):
                 return self.guest_dir(machine) / sub / guest_path[len(prefix):].lstrip("/")
@@ -73,6 +100,15 @@ class Sandbox:
 
     def mntns_file(self, machine: str) -> Path:
         return self.ns_dir / machine
+
+    def layer_dir(self, machine: str) -> Path:
+        return self.guest_dir(machine) / "layer"
+
+    def init_pid(self, machine: str) -> int | None:
+        try:
+            return int((self.init_dir / machine).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     # -- lifecycle -----------------------------------------------------------
     def create_disks(self, spec: MachineSpec) -> None:
@@ -89,6 +125,9 @@ class Sandbox:
         for sub in ("etc", "lib", "log"):
             (self.guest_dir(spec.name) / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.guest_dir(spec.name) / "etc", 0o700)
+        for layer in LAYERS:
+            for sub in ("upper", "work"):
+                (self.layer_dir(spec.name) / layer / sub).mkdir(parents=True, exist_ok=True)
 
     def is_running(self, machine: str) -> bool:
         return bool(self.network.pids_in(self.network.machine_ns(machine)))
@@ -100,11 +139,11 @@ class Sandbox:
 
     def set_agent_installed(self, machine: str, version: str | None) -> None:
         """Record the agent release on the machine (None: an image without the agent)."""
-        marker = self.guest_dir(machine) / "etc" / "agent.installed"
+        etc = self.guest_dir(machine)
         if version:
-            marker.write_text(f"frostpoint-agent {version}\n")
+            guestfs.write_text(etc, "etc/agent.installed", f"frostpoint-agent {version}\n")
         else:
-            marker.unlink(missing_ok=True)
+            guestfs.unlink(etc, "etc/agent.installed")
 
     def prepare(self) -> None:
         # A mount namespace is kept alive by bind-mounting it onto a file, which needs
@@ -114,26 +153,74 @@ class Sandbox:
             run(["mount", "--bind", str(self.ns_dir), str(self.ns_dir)])
         run(["mount", "--make-private", str(self.ns_dir)])
 
+    def _clear_bind_targets(self, machine: str) -> None:
+        """The bind mounts' targets are in the guest's writable layers: whatever the
+        guest left there that is not a real folder (a symlink to a host path, a file,
+        an overlay whiteout) is removed, so the image's folder shows and the mount
+        lands in the machine. The machine is stopped: nothing races this."""
+        layer = self.layer_dir(machine)
+        for target in BIND_TARGETS.values():
+            top, *rest = target.strip("/").split("/")
+            path = layer / top / "upper"
+            for part in rest:
+                path = path / part
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(path)
+                    break
+
     def _make_mount_ns(self, spec: MachineSpec) -> None:
         self.prepare()
         nsfile = self.mntns_file(spec.name)
         if nsfile.exists() and is_mountpoint(nsfile):
             return
+        image = ensure_image()
+        root = self.roots_dir / spec.name
+        root.mkdir(parents=True, exist_ok=True)
+        self._clear_bind_targets(spec.name)
         nsfile.touch()
-        for d in (GUEST_ETC, GUEST_LIB, GUEST_LOG):
-            Path(d).mkdir(parents=True, exist_ok=True)  # empty mount points on the host
         run(["unshare", f"--mount={nsfile}", "--propagation", "private", "true"])
-        script = [f"mount -t tmpfs -o mode=0755 frostpoint-mnt {DISK_ROOT}"]
+        r, layer = str(root), self.layer_dir(spec.name)
+        # Built with the host's tools while the namespace still has the host's tree;
+        # pivot_root below then makes it the machine's whole world.
+        script = [f"mount --bind {image} {r}",
+                  f"mount -o remount,bind,ro,nosuid,nodev {r}"]
+        for name in LAYERS:
+            (layer / name / "upper").mkdir(parents=True, exist_ok=True)
+            (layer / name / "work").mkdir(parents=True, exist_ok=True)
+            script.append(f"mount -t overlay -o lowerdir={image}/{name},upperdir="
+                          f"{layer}/{name}/upper,workdir={layer}/{name}/work,nosuid,nodev"
+                          f" frostpoint-{name} {r}/{name}")
+        script += [f"mount -t tmpfs -o mode=1777,size=256m,nosuid,nodev frostpoint-tmp {r}/tmp",
+                   f"mount -t tmpfs -o mode=0755,size=64m,nosuid,nodev frostpoint-run {r}/run",
+                   f"mount -t tmpfs -o mode=0755,size=1m,nosuid,noexec frostpoint-dev {r}/dev"]
+        script += [f"mknod -m 666 {r}/dev/{n} c {major} {minor}" for n, major, minor in DEV_NODES]
+        script += [f"mkdir {r}/dev/pts {r}/dev/shm",
+                   f"mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,nosuid,noexec "
+                   f"frostpoint-pts {r}/dev/pts",
+                   f"ln -s pts/ptmx {r}/dev/ptmx",
+                   f"mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev frostpoint-shm "
+                   f"{r}/dev/shm",
+                   f"ln -s /proc/self/fd {r}/dev/fd", f"ln -s /proc/self/fd/0 {r}/dev/stdin",
+                   f"ln -s /proc/self/fd/1 {r}/dev/stdout",
+                   f"ln -s /proc/self/fd/2 {r}/dev/stderr",
+                   f"mount -t tmpfs -o mode=0755,nosuid,nodev frostpoint-mnt {r}{DISK_ROOT}"]
         for disk in spec.disks:
             loop = self._attach_loop(disk.image_path)
             # nouuid: a restored copy of an XFS disk shares its UUID with the original.
-            opts = "-o nouuid " if disk.filesystem == "xfs" else ""
-            script += [f"mkdir -p {disk.mountpoint} {disk.raw_mountpoint}",
-                       f"mount {opts}{loop} {disk.raw_mountpoint}"]
+            opts = "nodev,nosuid" + (",nouuid" if disk.filesystem == "xfs" else "")
+            script += [f"mkdir -p {r}{disk.mountpoint} {r}{disk.raw_mountpoint}",
+                       f"mount -o {opts} {loop} {r}{disk.raw_mountpoint}"]
         g = self.guest_dir(spec.name)
-        for sub, target in (("etc", GUEST_ETC), ("lib", GUEST_LIB), ("log", GUEST_LOG)):
+        for sub, target in BIND_TARGETS.items():
             (g / sub).mkdir(parents=True, exist_ok=True)
-            script.append(f"mount --bind {g / sub} {target}")
+            # No symlink is left on the way (_clear_bind_targets); an opaque folder the
+            # guest made may hide the image's one.
+            script += [f"mkdir -p {r}{target}", f"mount --bind {g / sub} {r}{target}",
+                       f"mount -o remount,bind,nosuid,nodev {r}{target}"]
         enter = ["nsenter", f"--mount={nsfile}", "--"]
         run(enter + ["sh", "-ec", "; ".join(script)])
         for disk in spec.disks:
@@ -141,9 +228,10 @@ class Sandbox:
                 if disk.key is None:
                     raise ValueError(f"disk {disk.name} is encrypted: its key is needed")
                 volume = run(enter + [sys.executable, "-m", "frostpoint.fabric.fscrypt",
-                                      "unlock", disk.raw_mountpoint],
+                                      "unlock", r + disk.raw_mountpoint],
                              input=disk.key.hex().encode()).stdout.decode().strip()
-                run(enter + ["mount", "--bind", volume, disk.mountpoint])
+                run(enter + ["mount", "--bind", volume, r + disk.mountpoint])
+        run(guest_helper("pivot", "--mntns", str(nsfile), r))
 
     @staticmethod
     def _attach_loop(image: Path) -> str:
@@ -153,16 +241,28 @@ class Sandbox:
         return run(["losetup", "--find", "--show", str(image)]).stdout.decode().strip()
 
     def start_init(self, machine: str) -> None:
-        log = open(self.guest_dir(machine) / "log" / "init.log", "ab")
-        cmd = self.enter_cmd(machine) + [sys.executable, "-m", "frostpoint.agent.init"]
-        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True, close_fds=True)
-        log.close()
+        """The machine's PID 1 (fabric/guestns.py), which starts the agent supervisor;
+        their output goes to the guest's /var/log/frostpoint/init.log."""
+        log = guestfs.open_append(self.guest_dir(machine), "log/init.log")
+        try:
+            out = run(guest_helper("init", "--netns", self._netns_path(machine),
+                                   "--mntns", str(self.mntns_file(machine)),
+                                   "--hostname", machine, "--log-fd", str(log)),
+                      pass_fds=(log,), env={"FROSTPOINT_GUEST_INIT": json.dumps(GUEST_INIT)})
+        finally:
+            os.close(log)
+        self.init_dir.mkdir(parents=True, exist_ok=True)
+        (self.init_dir / machine).write_text(out.stdout.decode().strip())
+
+    def _netns_path(self, machine: str) -> str:
+        return f"/run/netns/{self.network.machine_ns(machine)}"
 
     def enter_cmd(self, machine: str) -> list[str]:
-        ns = self.network.machine_ns(machine)
-        return ["nsenter", f"--net=/run/netns/{ns}", f"--mount={self.mntns_file(machine)}",
-                "--"]
+        """A command line prefix that runs a program inside the machine: in all its
+        namespaces, as restricted as the guest."""
+        return guest_helper("exec", "--netns", self._netns_path(machine),
+                            "--mntns", str(self.mntns_file(machine)),
+                            "--pid", str(self.init_pid(machine) or 0), "--")
 
     def exec(self, machine: str, argv: list[str], timeout: float = 300,
              input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -172,6 +272,37 @@ class Sandbox:
     def start_process(self, machine: str, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.enter_cmd(machine) + argv, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def unmount_disk(self, machine: str, disk: DiskSpec) -> None:
+        """Thaw and unmount one disk of a running machine, from the host side (the
+        guest itself cannot unmount)."""
+        paths = list(dict.fromkeys((disk.mountpoint, disk.raw_mountpoint)))
+        run(guest_helper("umount", "--mntns", str(self.mntns_file(machine)), "--rmdir",
+                         *paths), check=False)
+
+    def remount(self, machine: str, path: str, option: str) -> None:
+        """Make a mount in the machine exec or noexec (the doctor's remedy)."""
+        run(guest_helper("remount", "--mntns", str(self.mntns_file(machine)), path, option))
+
+    def host_pid(self, machine: str, guest_pid: int) -> int | None:
+        """The host's pid of the process the machine knows as guest_pid."""
+        init = self.init_pid(machine)
+        if init is None:
+            return None
+        try:
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except OSError:
+            return None
+        for pid in self.network.pids_in(self.network.machine_ns(machine)):
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+                    continue
+                for line in open(f"/proc/{pid}/status"):
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == guest_pid:
+                        return pid
+            except (OSError, ValueError):
+                continue
+        return None
 
     def stop(self, spec: MachineSpec, release_network: bool = False) -> None:
         """Power off: every process in the machine ends, disks are unmounted."""
@@ -194,12 +325,13 @@ class Sandbox:
             if not pids:
                 break
         if mounted:
-            mounts = " ".join(m for d in spec.disks
-                              for m in dict.fromkeys((d.mountpoint, d.raw_mountpoint)))
-            run(["nsenter", f"--mount={nsfile}", "--", "sh", "-c",
-                 f"for m in {mounts}; do umount $m; done; true"], check=False)
+            mounts = [m for d in spec.disks
+                      for m in dict.fromkeys((d.raw_mountpoint, d.mountpoint))][::-1]
+            if mounts:
+                run(guest_helper("umount", "--mntns", str(nsfile), *mounts), check=False)
             run(["umount", str(nsfile)], check=False)
         nsfile.unlink(missing_ok=True)
+        (self.init_dir / spec.name).unlink(missing_ok=True)
         for disk in spec.disks:
             self.detach_loops(disk.image_path)
         if release_network:
@@ -218,3 +350,12 @@ class Sandbox:
             disk.image_path.unlink(missing_ok=True)
         run(["rm", "-rf", str(self.guest_dir(spec.name)),
              str(self.pool.root / "disks" / spec.name)], check=False)
+        with contextlib.suppress(OSError):
+            (self.roots_dir / spec.name).rmdir()
+
+
+def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:
+    """The host's pid of a machine's process, given its pid inside the machine."""
+    from frostpoint.service.runtime import instance_id
+    net = FabricNetwork(instance_id(data_dir))
+    return Sandbox(data_dir, DiskPool(data_dir), net).host_pid(machine, guest_pid)

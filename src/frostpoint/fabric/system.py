@@ -7,16 +7,28 @@ import os
 import socket
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from frostpoint.errors.catalog import FrostpointError
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+# fabric/guestns.py runs on the host's system python3, which has Debian's libseccomp
+# binding (python3-seccomp); -I: nothing from the environment or the current folder.
+SYSTEM_PYTHON = "/usr/bin/python3"
+GUESTNS = Path(__file__).with_name("guestns.py")
+
+
+def guest_helper(*args: str) -> list[str]:
+    """The command line of a fabric/guestns.py command (enter a machine, restricted)."""
+    return [SYSTEM_PYTHON, "-I", str(GUESTNS), *args]
 
 
 def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(list(cmd), input=input, capture_output=True, timeout=timeout)
+        timeout: float = 120, pass_fds: Sequence[int] = (),
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(list(cmd), input=input, capture_output=True, timeout=timeout,
+                          pass_fds=pass_fds, env=env)
     if check and proc.returncode != 0:
         raise FrostpointError(
             "BackUpOperationFailed", f"host command failed: {' '.join(cmd)}",
@@ -39,8 +51,9 @@ def thaw_machine_disks(mntns: str | os.PathLike[str]) -> None:
     Done before killing the machine's processes: a writer blocked on a frozen
     filesystem cannot die, and would keep the namespace, mount and loop device alive.
     """
-    run(["nsenter", f"--mount={mntns}", "--", "sh", "-c",
-         "for m in /mnt/*; do fsfreeze -u \"$m\" 2>/dev/null; done; true"], check=False)
+    # FITHAW from a host process in the namespace: a guest program run by the host
+    # with full capabilities could be made to do anything (the guest writes its /etc).
+    run(guest_helper("thaw", "--mntns", str(mntns)), check=False)
 
 
 def is_mountpoint(path: str | os.PathLike[str]) -> bool:

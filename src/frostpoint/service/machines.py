@@ -8,7 +8,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session, object_session
 from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric import guestfs
 from frostpoint.fabric.packages import Package, build_packages
 from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
@@ -138,10 +138,9 @@ class Machines:
             disk.key = dek
         try:
             self.rt.sandbox.create_disks(spec)
-            etc = self.rt.sandbox.guest_dir(name) / "etc"
-            (etc / "agent.token").write_text(token)
-            (etc / "agent.token").chmod(0o600)
-            (etc / "agent.conf").write_text(render_agent_config({}))
+            g = self.rt.sandbox.guest_dir(name)  # guest-writable: never follow links
+            guestfs.write_text(g, "etc/agent.token", token, mode=0o600)
+            guestfs.write_text(g, "etc/agent.conf", render_agent_config({}))
             self.rt.sandbox.set_agent_installed(name, (agent_version or __version__)
                                                 if agent else None)
             self.rt.sandbox.start(spec)
@@ -198,10 +197,10 @@ class Machines:
                 raise FrostpointError("NotFound", f"machine {name} has no disk {disk}")
             if len(m.disks) == 1:
                 raise FrostpointError("InvalidInput", "a machine keeps at least one disk")
-            image, mountpoint = Path(d.image_path), d.mountpoint
+            image = Path(d.image_path)
             if m.power_state == "Running" and self.rt.sandbox.mntns_file(name).exists():
-                self.rt.sandbox.exec(name, ["sh", "-c", f"fsfreeze -u {mountpoint} 2>/dev/null;"
-                                            f" umount {mountpoint}; rmdir {mountpoint}; true"])
+                self.rt.sandbox.unmount_disk(name, DiskSpec(d.name, d.size_bytes, d.filesystem,
+                                                            image, d.encrypted))
             self.rt.sandbox.detach_loops(image)
             image.unlink(missing_ok=True)
             with self.rt.sessions.begin() as s:
@@ -222,8 +221,7 @@ class Machines:
                                       f"install {name}")
         if not self.rt.sandbox.is_running(name):
             return self.start(name)
-        r = self.rt.sandbox.exec(name, [sys.executable, "-m", "frostpoint.agent.main",
-                                        "restart"], timeout=60)
+        r = self.rt.sandbox.exec(name, ["frostpoint-agent", "restart"], timeout=60)
         if r.returncode != 0:
             raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
                                   "the agent could not be restarted: "

@@ -1,0 +1,235 @@
+"""A guest sees only itself, and the host never follows a path the guest controls.
+
+Every test here attacks from inside a machine (or plants something there for the host
+to trip on) and checks that the host, and the other machine, are untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Service, needs_root, running_service
+
+pytestmark = needs_root
+M, OTHER = "iso", "iso-other"
+
+
+@pytest.fixture(scope="module")
+def svc() -> Iterator[Service]:
+    for s in running_service():
+        c = s.client
+        for name in (M, OTHER):
+            c.post("/machines", {"name": name, "disks": [{"name": "data", "size": "64M"}]})
+        s.wait_agent_ready(M)
+        yield s
+
+
+def _run(svc: Service, machine: str, argv: list[str]) -> dict[str, object]:
+    return svc.client.post(f"/machines/{machine}/exec", {"argv": argv, "timeout": 60})
+
+
+def _sh(svc: Service, script: str, machine: str = M) -> dict[str, object]:
+    return _run(svc, machine, ["sh", "-c", script])
+
+
+def test_host_and_other_machine_files_are_unreadable(svc: Service) -> None:
+    host_tmp = Path(f"/tmp/fp-iso-{uuid.uuid4().hex}")
+    host_tmp.write_text("host secret in /tmp\n")
+    try:
+        svc.client.post("/keyvaults", {"name": "isokv"})
+        svc.client.post("/keyvaults/isokv/keys", {"name": "k1"})
+        keys = sorted((svc.data_dir / "keys").glob("*.key"))
+        assert keys, "a key vault has a key file on the host"
+        other_token = svc.data_dir / "machines" / OTHER / "etc" / "agent.token"
+        other_disk = next((svc.data_dir / "pool").rglob(f"{OTHER}/data.img"), None) or \
+            next(p for p in (svc.data_dir / "pool").rglob("data.img") if OTHER in str(p))
+        secrets = {
+            svc.data_dir / "api-token": (svc.data_dir / "api-token").read_text().strip(),
+            keys[0]: keys[0].read_bytes().hex(),
+            other_token: other_token.read_text().strip(),
+            other_disk: None,
+            host_tmp: "host secret in /tmp",
+        }
+        server_pid = svc.proc.pid if svc.proc else 0
+        for path, secret in secrets.items():
+            for attempt in (str(path), f"/proc/{server_pid}/root{path}",
+                            f"/proc/1/root{path}"):
+                r = _run(svc, M, ["sh", "-c", f"xxd -l 64 {attempt} || od -c {attempt} | "
+                                  "head -3 || cat " + attempt])
+                out = str(r["stdout"])
+                assert not out.strip(), f"the guest read {attempt}: {out[:200]}"
+                if secret:
+                    assert secret not in out
+        # Not by searching either: the other machine's token is nowhere in this guest.
+        r = _sh(svc, "grep -rIl --exclude-dir=proc -s -F -e "
+                     f"'{other_token.read_text().strip()}' / ; true")
+        assert str(r["stdout"]).strip() == "", r["stdout"]
+    finally:
+        host_tmp.unlink(missing_ok=True)
+
+
+def test_nsenter_to_pid1_and_other_escapes_fail(svc: Service) -> None:
+    r = _sh(svc, "nsenter -t 1 -m true")
+    assert r["returncode"] != 0 and "Operation not permitted" in str(r["stderr"])
+    for script in ("nsenter -t 1 -m -n -p true", "unshare -m true", "unshare -U -r true",
+                   "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m",
+                   "umount /mnt/data", "mknod /tmp/sda b 8 0",
+                   "echo '|/bin/sh -c id' > /proc/sys/kernel/core_pattern",
+                   "echo c > /proc/sysrq-trigger",
+                   "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None, use_errno=True); "
+                   "sys.exit(0 if l.syscall(313, -1, b\"\", 0) != -1 or ctypes.get_errno()"
+                   " not in (1,) else 1)'"):  # finit_module: EPERM from seccomp
+        r = _sh(svc, script)
+        assert r["returncode"] != 0, f"the guest could: {script}\n{r}"
+    # The host's devices are not there at all: only a minimal /dev.
+    devs = set(str(_sh(svc, "ls /dev")["stdout"]).split())
+    assert devs <= {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
+                    "fd", "stdin", "stdout", "stderr"}, devs
+    status = str(_sh(svc, "grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status")["stdout"])
+    assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
+    # No CAP_MKNOD (27), CAP_SYS_MODULE (16), CAP_SYS_PTRACE (19) in the bounding set.
+    bnd = int(next(ln for ln in status.splitlines() if ln.startswith("CapBnd")).split()[1], 16)
+    assert not bnd & (1 << 27 | 1 << 16 | 1 << 19)
+    # PID 1 and the agent it runs are as restricted as an exec'd command.
+    for who in ("1", "$(pgrep -f 'frostpoint.agent.main run' | head -1)"):
+        st = str(_sh(svc, f"grep -E '^(NoNewPrivs|Seccomp):' /proc/{who}/status")["stdout"])
+        assert "NoNewPrivs:\t1" in st and "Seccomp:\t2" in st, (who, st)
+
+
+def test_ps_shows_only_the_guest(svc: Service) -> None:
+    out = str(_sh(svc, "ps -eo pid=,args=")["stdout"])
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    pids = {int(ln.split()[0]) for ln in lines}
+    assert 1 in pids and len(lines) < 15, out
+    assert "frostpoint.cli.main server" not in out  # the host's service
+    # The other machine's agent has a pid on the host, not here.
+    assert os.getpid() not in pids or "pytest" not in out
+    other = str(_sh(svc, "ps -eo pid=,args=", OTHER)["stdout"])
+    assert "frostpoint.agent.main run" in other and "frostpoint.agent.main run" in out
+    assert str(_sh(svc, "hostname")["stdout"]).strip() == M  # its own UTS namespace
+
+
+def test_kill_of_a_host_process_fails(svc: Service) -> None:
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        r = _sh(svc, f"kill -9 {victim.pid}")
+        assert r["returncode"] != 0
+        time.sleep(0.3)
+        assert victim.poll() is None, "the guest killed a host process"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_root_is_the_image_with_layers_of_its_own(svc: Service) -> None:
+    """The image is read-only; /etc, /var, /root are writable and the machine's own."""
+    assert _sh(svc, "touch /usr/bin/fp-planted")["returncode"] != 0
+    assert _sh(svc, "echo mine > /etc/fp-iso-marker && echo v > /var/fp-iso-marker")[
+        "returncode"] == 0
+    assert _sh(svc, "test ! -e /etc/fp-iso-marker && test ! -e /var/fp-iso-marker",
+               OTHER)["returncode"] == 0, "one machine's layer showed in another"
+    assert "ID=debian" in str(_sh(svc, "cat /etc/os-release")["stdout"])
+
+
+def test_guest_cannot_power_off_its_init(svc: Service) -> None:
+    """PID 1 ignores signals from inside the machine (and the agent's own matching of
+    `frostpoint.agent.init` cannot reach it): the machine keeps running."""
+    _sh(svc, "kill -TERM 1; kill -9 1; pkill -f frostpoint.agent.init; sleep 0.5; true")
+    time.sleep(1)
+    assert _sh(svc, "true")["returncode"] == 0
+    assert svc.client.get(f"/machines/{M}")["power_state"] == "Running"
+    assert _run(svc, M, ["frostpoint-agent", "restart"])["returncode"] == 0  # a new one
+    svc.wait_agent_ready(M)
+
+
+def test_fifreeze_of_own_disk_still_works(svc: Service) -> None:
+    r = _sh(svc, "fsfreeze -f /mnt/data && fsfreeze -u /mnt/data")
+    assert r["returncode"] == 0, r
+
+
+def test_frostpoint_agent_is_on_the_guest_path(svc: Service) -> None:
+    assert str(_run(svc, M, ["frostpoint-agent", "version"])["stdout"]).strip()
+    r = _run(svc, M, ["frostpoint-agent", "restart"])
+    assert r["returncode"] == 0, r
+    svc.wait_agent_ready(M)
+    r = _run(svc, M, ["frostpoint-agent", "collect-logs"])
+    assert r["returncode"] == 0, r
+    path = str(r["stdout"]).strip().splitlines()[-1]
+    assert path.startswith("/tmp/") and not Path(path).exists(), "written on the host"
+    assert _sh(svc, f"test -s {path}")["returncode"] == 0  # in the guest's own /tmp
+
+
+def test_extension_package_carries_its_own_code(svc: Service) -> None:
+    pkg = next((svc.data_dir / "packages").glob("Frostpoint.Backup.Snapshot-*.tar.gz"))
+    with tarfile.open(pkg) as tar:
+        names = tar.getnames()
+        launcher = tar.extractfile("bin/frostpoint-snapshot").read().decode()  # type: ignore[union-attr]
+    assert launcher.startswith("#!/usr/bin/python3\n"), launcher
+    assert "lib/frostpoint/extension/main.py" in names and "vendor/httpx/__init__.py" in names
+    assert not any(n.endswith(".so") for n in names)
+
+
+# -- the host never follows a path the guest controls ---------------------------------
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_planted_symlinks_are_not_followed(svc: Service) -> None:
+    """The guest replaces every file the host writes or appends to in its folders with a
+    symlink to a host file; the host operations go on and the host file is unchanged."""
+    target = Path(f"/tmp/fp-iso-target-{uuid.uuid4().hex}")
+    target.write_text("host file\n")
+    before = _digest(target)
+    planted = ["/etc/frostpoint/agent.installed", "/var/log/frostpoint/init.log",
+               "/etc/frostpoint/agent.conf", "/etc/frostpoint/vmbackup.json"]
+    try:
+        # From inside the guest: its own folders are all it can write.
+        script = "; ".join(f"rm -f {p}; ln -s {target} {p}" for p in planted)
+        assert _sh(svc, script, OTHER)["returncode"] == 0
+        svc.client.post(f"/machines/{OTHER}/stop", {})
+        svc.client.post(f"/machines/{OTHER}/start", {})  # appends to init.log
+        svc.cli("vm", "agent", "install", OTHER, check=False)  # writes agent.installed
+        r = svc.cli("vm", "exec", OTHER, "--", "true", check=False)
+        assert r.returncode == 0, r.stderr
+        assert _digest(target) == before, "the host wrote through a guest's symlink"
+        assert target.read_text() == "host file\n"
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_planted_links_on_bind_targets_stay_in_the_guest(svc: Service) -> None:
+    """A symlink where the machine's own folders are mounted does not move the mount
+    onto a host folder at the next start. (Here the guest cannot move /var/log away,
+    mount and all: overlayfs without redirect_dir refuses to rename an image folder.
+    With it, it could; the link is planted in its writable layer as it would be.)"""
+    hostdir = Path(f"/tmp/fp-iso-dir-{uuid.uuid4().hex}")
+    hostdir.mkdir()
+    try:
+        svc.client.post(f"/machines/{OTHER}/stop", {})
+        upper = svc.data_dir / "machines" / OTHER / "layer" / "var" / "upper"
+        subprocess.run(["rm", "-rf", str(upper / "log")], check=True)
+        (upper / "log").symlink_to(hostdir)
+        svc.client.post(f"/machines/{OTHER}/start", {})
+        assert list(hostdir.iterdir()) == [], "the host mounted or wrote on its folder"
+        out = str(_sh(svc, "grep ' /var/log/frostpoint ' /proc/mounts", OTHER)["stdout"])
+        assert out.strip(), "the machine's log folder is mounted again"
+        svc.wait_agent_ready(OTHER)
+    finally:
+        subprocess.run(["rm", "-rf", str(hostdir)], check=False)
+
+
+def test_exec_reports_the_commands_exit_and_signal(svc: Service) -> None:
+    """vm exec goes through a restricted helper, yet reports as if it ran the command."""
+    assert _sh(svc, "exit 7")["returncode"] == 7
+    assert _sh(svc, "kill -9 $$")["returncode"] == -9  # the CLI exits 256 - 9
+    assert _run(svc, M, ["no-such-program"])["returncode"] == 127
+    assert _sh(svc, "cat")["stdout"] == ""  # stdin is not the service's
