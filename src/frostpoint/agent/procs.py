@@ -1,8 +1,8 @@
 """Processes of this machine only.
 
-Sandbox machines have their own network and mount namespaces but share the host's
-process IDs, so "pkill -f agent" inside one would reach every machine's agent. The
-agent matches processes by command line AND network namespace instead.
+A sandbox machine has its own PID namespace, so /proc shows only its processes; the
+agent still matches by command line AND network namespace, so the same code is right
+where a guest's /proc is shared (an agent run by hand on a host, older machines).
 """
 
 from __future__ import annotations
