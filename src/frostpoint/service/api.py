@@ -28,9 +28,6 @@ from frostpoint.service.tokens import Caller, Tokens
 
 log = logging.getLogger("frostpoint.service.api")
 
-STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
-          "AuthorizationFailed": 403, "UserErrorBackupOperationInProgress": 409}
-
 # The role each route needs (docs/security.md; tests/test_auth.py checks every route in
 # OpenAPI against its own copy). A route missing here needs admin, and has no role in
 # OpenAPI, which that test refuses: a new route fails closed and cannot be forgotten.
@@ -204,7 +201,7 @@ def create_app(svc: Services) -> FastAPI:
     @app.exception_handler(FrostpointError)
     async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if e.code == "Unauthorized" else None
-        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400),
+        return JSONResponse({"error": e.to_dict()}, status_code=e.spec.http_status,
                             headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
