@@ -239,7 +239,7 @@ def error_dict(code: str, detail: str = "", details: dict[str, Any] | None = Non
         "kind": spec.kind,
         "retryable": spec.retryable,
         "message": detail or spec.message,
-        "causes": list(spec.causes, status=400),
+        "causes": list(spec.causes),
         "actions": [a.replace("{machine}", name) for a in spec.actions],
         "details": details or {},
         "doc": spec.doc_link,
