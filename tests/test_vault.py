@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
-from frostpoint.vault import ChunkRef, LocalBackend, Vault, VaultKeys, store
+from frostpoint.service.vault_errors import catalog_error
+from frostpoint.vault import ChunkRef, LocalBackend, Vault, VaultKeys, pacing
+from frostpoint.vault.errors import VaultError
 from frostpoint.vault.format import BLOCK_SIZE
 
 BS = BLOCK_SIZE  # the block size of new vaults
@@ -159,9 +160,9 @@ def test_multiple_disks_in_one_restore_point(tmp_path: Path, vault: Vault) -> No
         out = tmp_path / f"out-{name}.img"
         vault.restore_disk("rp", name, out)
         assert sha256(out) == sha256(img)
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.restore_disk("rp", "nope", tmp_path / "x.img")
-    assert e.value.code == "NotFound"
+    assert catalog_error(e.value).code == "NotFound"
 
 
 # --- dedup ---------------------------------------------------------------------------
@@ -207,23 +208,23 @@ def test_zero_blocks_are_never_stored(tmp_path: Path, vault: Vault, vault_dir: P
 # --- keys and damage -----------------------------------------------------------------
 
 def test_wrong_key_fails_clearly(vault_dir: Path, vault: Vault) -> None:
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(vault_dir), os.urandom(32))
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
     assert "wrong vault key" in str(e.value)
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(vault_dir), b"short")
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
 
 
 def test_open_missing_and_create_twice(tmp_path: Path, key: bytes, vault_dir: Path,
                                        vault: Vault) -> None:
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(tmp_path / "empty"), key)
-    assert e.value.code == "NotFound"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "NotFound"
+    with pytest.raises(VaultError) as e:
         Vault.create(LocalBackend(vault_dir), key)
-    assert e.value.code == "Conflict"
+    assert catalog_error(e.value).code == "Conflict"
 
 
 def test_sealed_object_is_bound_to_its_aad() -> None:
@@ -233,9 +234,9 @@ def test_sealed_object_is_bound_to_its_aad() -> None:
     sealed = keys.seal(data, a)
     assert keys.open_sealed(sealed, a) == data
     assert len(sealed) < len(data)  # compressed
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         keys.open_sealed(sealed, b)      # a chunk swapped in for another
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
     raw = os.urandom(1000)
     assert keys.open_sealed(keys.seal(raw, b"x"), b"x") == raw
     # ids are keyed: another vault key gives other ids for the same data
@@ -270,9 +271,9 @@ def test_flipped_byte_is_found_and_restore_refuses(tmp_path: Path, vault: Vault,
     assert problem.refs == [ChunkRef("rp1", "disk0", 0)]
 
     out = tmp_path / "out.img"
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         v2.restore_disk("rp1", "disk0", out)
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
     assert cid in str(e.value) and pack_id in str(e.value)
     assert e.value.details["chunk"] == cid and e.value.details["pack"] == pack_id
     assert not out.exists()
@@ -295,9 +296,9 @@ def test_missing_pack_is_reported(tmp_path: Path, vault: Vault, vault_dir: Path,
     report = v2.verify()
     assert [p.chunk_id for p in report.missing] == [cid]
     assert report.missing[0].refs == [ChunkRef("rp1", "disk0", 0)]
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         v2.restore_disk("rp1", "disk0", tmp_path / "out.img")
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
     assert not (tmp_path / "out.img").exists()
 
 
@@ -306,24 +307,24 @@ def test_missing_pack_is_reported(tmp_path: Path, vault: Vault, vault_dir: Path,
 def test_restore_point_lifecycle(tmp_path: Path, vault: Vault) -> None:
     img = make_image(tmp_path / "d.img", BS, {0: text_block(40)})
     vault.backup("rp1", {"disk0": img})
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.backup("rp1", {"disk0": img})
-    assert e.value.code == "Conflict"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "Conflict"
+    with pytest.raises(VaultError) as e:
         vault.read_manifest("nope")
-    assert e.value.code == "NotFound"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "NotFound"
+    with pytest.raises(VaultError) as e:
         vault.backup("../evil", {"disk0": img})
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
 
     vault.delete_restore_point("rp1")
     assert vault.list_restore_points() == []
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.restore_disk("rp1", "disk0", tmp_path / "out.img")
-    assert e.value.code == "NotFound"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "NotFound"
+    with pytest.raises(VaultError) as e:
         vault.delete_restore_point("rp1")
-    assert e.value.code == "NotFound"
+    assert catalog_error(e.value).code == "NotFound"
     # chunks stay (GC is later), so backing up again reuses them
     assert vault.backup("rp1", {"disk0": img}).chunks_new == 0
 
@@ -333,7 +334,7 @@ def test_cancel_lists_nothing_and_keeps_flushed_packs(tmp_path: Path, vault_dir:
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # pack target 1 byte: every chunk is its own pack, so some are flushed before
     # the cancel and must be reusable afterwards.
-    monkeypatch.setattr(store, "CANCEL_CHECK_S", 0.0)  # ask before every block
+    monkeypatch.setattr(pacing, "CANCEL_CHECK_S", 0.0)  # ask before every block
     vault = Vault.create(LocalBackend(vault_dir), key, pack_target_size=1)
     vault.threads = 1
     img = make_image(tmp_path / "d.img", 8 * BS, {i: rand_block(50 + i) for i in range(8)})
@@ -344,9 +345,9 @@ def test_cancel_lists_nothing_and_keeps_flushed_packs(tmp_path: Path, vault_dir:
         calls += 1
         return calls > 6
 
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.backup("rp1", {"disk0": img}, should_cancel=should_cancel)
-    assert e.value.code == "JobCancelled"
+    assert catalog_error(e.value).code == "JobCancelled"
     assert vault.list_restore_points() == []
 
     v2 = Vault.open(LocalBackend(vault_dir), key)
@@ -365,10 +366,10 @@ def test_cancel_lists_nothing_and_keeps_flushed_packs(tmp_path: Path, vault_dir:
 CRASH_SCRIPT = """
 import sys
 from pathlib import Path
-from frostpoint.vault import LocalBackend, Vault, store
+from frostpoint.vault import LocalBackend, Vault, pacing
 vault_dir, key, rp, img = sys.argv[1:5]
 v = Vault.open(LocalBackend(vault_dir), bytes.fromhex(key))
-store.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
+pacing.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
 print("ready", flush=True)
 v.backup(rp, {"disk0": Path(img)}, progress=lambda d, t: print(d, flush=True))
 print("done", flush=True)
@@ -574,9 +575,9 @@ def test_block_size_is_per_vault_and_read_from_storage(tmp_path: Path, vault_dir
 
 @pytest.mark.parametrize("bad", [0, 4096, 64 * 1024 + 1, 32 * 1024 * 1024])
 def test_block_size_out_of_range_is_refused(vault_dir: Path, key: bytes, bad: int) -> None:
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.create(LocalBackend(vault_dir), key, block_size=bad)
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
     assert not LocalBackend(vault_dir).exists("config")
 
 
@@ -584,7 +585,7 @@ def test_cancel_is_asked_sparingly(tmp_path: Path, vault: Vault,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The service's should_cancel is a database query: the block loop asks at most
     # every CANCEL_CHECK_S, plus once before the manifest.
-    monkeypatch.setattr(store, "CANCEL_CHECK_S", 3600.0)
+    monkeypatch.setattr(pacing, "CANCEL_CHECK_S", 3600.0)
     img = make_image(tmp_path / "d.img", 12 * BS, {i: text_block(i) for i in range(12)})
     calls = 0
 
@@ -600,7 +601,7 @@ def test_cancel_is_asked_sparingly(tmp_path: Path, vault: Vault,
 def test_progress_is_reported_sparingly_and_always_at_the_end(
         tmp_path: Path, vault: Vault, monkeypatch: pytest.MonkeyPatch) -> None:
     # The service writes each progress report to its database: not once per block.
-    monkeypatch.setattr(store, "PROGRESS_EVERY_S", 3600.0)
+    monkeypatch.setattr(pacing, "PROGRESS_EVERY_S", 3600.0)
     img = standard_image(tmp_path / "d.img")
     seen: list[tuple[int, int]] = []
     vault.backup("rp1", {"disk0": img}, progress=lambda d, t: seen.append((d, t)))

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.vault_errors import catalog_error
 from frostpoint.vault import ChunkRef, Vault
 from frostpoint.vault.azure import AzureBlobBackend
+from frostpoint.vault.errors import VaultError
 from frostpoint.vault.format import BLOCK_SIZE
 from test_vault import (
     BIG,
@@ -353,15 +354,15 @@ def test_vault_round_trip_dedup_and_verify(tmp_path: Path, backend: AzureBlobBac
 
     v3.delete_restore_point("rp1")
     assert v3.list_restore_points() == ["rp2"]
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.create(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    assert e.value.code == "Conflict"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "Conflict"
+    with pytest.raises(VaultError) as e:
         Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), os.urandom(32))
-    assert e.value.code == "InvalidInput"
-    with pytest.raises(FrostpointError) as e:
+    assert catalog_error(e.value).code == "InvalidInput"
+    with pytest.raises(VaultError) as e:
         Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix + "-none"), key)
-    assert e.value.code == "NotFound"
+    assert catalog_error(e.value).code == "NotFound"
 
 
 def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, azurite: str,
@@ -389,9 +390,9 @@ def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, az
     assert report.damaged[0].refs == [ChunkRef("rp1", "disk0", 0)]
 
     out = tmp_path / "out.img"
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         v2.restore_disk("rp1", "disk0", out)
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
     assert e.value.details["chunk"] == cid and e.value.details["pack"] == pack_id
     assert not out.exists() and not (tmp_path / "out.img.partial").exists()
     v2.restore_disk("rp2", "disk0", out)   # the undamaged restore point still restores
@@ -408,11 +409,11 @@ def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, az
 CRASH_SCRIPT = """
 import sys
 from pathlib import Path
-from frostpoint.vault import Vault, store
+from frostpoint.vault import Vault, pacing
 from frostpoint.vault.azure import AzureBlobBackend
 url, key, rp, img = sys.argv[1:5]
 v = Vault.open(AzureBlobBackend.from_url(url), bytes.fromhex(key))
-store.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
+pacing.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
 print("ready", flush=True)
 v.backup(rp, {"disk0": Path(img)}, progress=lambda d, t: print(d, flush=True))
 print("done", flush=True)

@@ -6,6 +6,7 @@ operator who knows them is at home. Actions are Frostpoint commands.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,11 +212,20 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
 
 @dataclass
 class FrostpointError(Exception):
-    """An error with a catalog code; the only kind shown to a user."""
+    """An error with a catalog code; the only kind shown to a user.
+
+    FrostpointError(code, ...) makes an instance of the code's typed subclass when it
+    has one (JobCancelled, NotFound, ...), whoever raises it: code that steers by a
+    failure catches the type, and never compares code strings.
+    """
 
     code: str
     detail: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __new__(cls, code: str, *_args: Any, **_kwargs: Any) -> FrostpointError:
+        typed = _TYPED.get(code) if cls is FrostpointError else None
+        return super().__new__(typed or cls)
 
     def __post_init__(self) -> None:
         if self.code not in CATALOG:
@@ -244,3 +254,40 @@ def error_dict(code: str, detail: str = "", details: dict[str, Any] | None = Non
         "details": details or {},
         "doc": spec.doc_link,
     }
+
+
+_TYPED: dict[str, type[FrostpointError]] = {}
+
+
+def _typed(code: str) -> Callable[[type[FrostpointError]], type[FrostpointError]]:
+    def register(cls: type[FrostpointError]) -> type[FrostpointError]:
+        _TYPED[code] = cls
+        return cls
+    return register
+
+
+# The codes that steer control flow somewhere. Raise them as FrostpointError(code, ...)
+# like any other; catch them by type.
+@_typed("JobCancelled")
+class JobCancelled(FrostpointError):
+    pass
+
+
+@_typed("NotFound")
+class NotFound(FrostpointError):
+    pass
+
+
+@_typed("Unauthorized")
+class Unauthorized(FrostpointError):
+    pass
+
+
+@_typed("VaultDataCorrupt")
+class VaultDataCorrupt(FrostpointError):
+    pass
+
+
+@_typed("UserErrorGuestAgentStatusUnavailable")
+class GuestAgentUnavailable(FrostpointError):
+    pass

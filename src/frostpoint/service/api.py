@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frostpoint import __version__
 from frostpoint.doctor.doctor import Doctor, as_dicts
-from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
+from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
@@ -25,6 +25,8 @@ from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
+from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
+from frostpoint.vault.errors import VaultError
 
 log = logging.getLogger("frostpoint.service.api")
 
@@ -200,9 +202,13 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.exception_handler(FrostpointError)
     async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.code == "Unauthorized" else None
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthorized) else None
         return JSONResponse({"error": e.to_dict()}, status_code=e.spec.http_status,
                             headers=headers)
+
+    @app.exception_handler(VaultError)
+    async def vault_error(req: Request, e: VaultError) -> JSONResponse:
+        return await catalog_error(req, vault_catalog_error(e))  # the vault's edge
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
