@@ -562,3 +562,82 @@ def test_block_size_out_of_range_is_refused(store: Store, key: bytes, bad: int) 
         Vault.create(store.fresh(), key, block_size=bad)
     assert catalog_error(e.value).code == "InvalidInput"
     assert not store.fresh().exists("config")
+
+
+# --- GC and verify, cancelled -----------------------------------------------------------
+
+def test_a_gc_cancelled_mid_sweep_leaves_the_vault_consistent(
+        tmp_path: Path, store: Store, key: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pacing, "CANCEL_CHECK_S", 0.0)  # ask at every step
+    vault = Vault.create(store.fresh(), key, pack_target_size=1)  # a pack per chunk
+    a = make_image(tmp_path / "a.img", 4 * BS, {i: rand_block(70 + i) for i in range(4)})
+    b = make_image(tmp_path / "b.img", 2 * BS, {i: rand_block(80 + i) for i in range(2)})
+    vault.backup("rp-a", {"d": a})
+    vault.backup("rp-b", {"d": b})
+    vault.delete_restore_point("rp-a")
+    assert vault.gc(grace_seconds=0).packs_pending == 4  # the first mark
+    # The second run would delete the 4 packs; it is cancelled after deleting 2. It
+    # asks at the one manifest left, at each of the 6 indexes, before the sweep, and
+    # before each pack it deletes.
+    asked = 0
+
+    def should_cancel() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 1 + 6 + 1 + 2
+
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(VaultError) as e:
+        vault.gc(grace_seconds=0, progress=lambda d, t: seen.append((d, t)),
+                 should_cancel=should_cancel)
+    assert catalog_error(e.value).code == "JobCancelled"
+    assert seen and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    backend = store.fresh()
+    packs = backend.list("packs/")
+    assert len(packs) == 4, "2 of rp-a's 4 packs deleted, then it stopped"
+    for name in backend.list("index/"):  # an index never outlives its pack
+        p = name.split("/")[1]
+        assert backend.exists(f"packs/{p[:2]}/{p}"), f"index {p} without its pack"
+    again = Vault.open(backend, key)
+    assert again.damaged_indexes == [] and again.verify().ok
+    out = tmp_path / "out.img"
+    again.restore_disk("rp-b", "d", out)
+    assert sha256(out) == sha256(b)
+    # the packs left keep their first mark: the next run deletes them, no new grace
+    rest = again.gc(grace_seconds=0)
+    assert rest.packs_deleted == 2 and rest.packs_pending == 0
+    assert len(backend.list("packs/")) == 2 and again.verify().ok
+
+
+def test_a_gc_cancelled_before_its_sweep_changes_nothing(
+        tmp_path: Path, store: Store, vault: Vault) -> None:
+    a = make_image(tmp_path / "a.img", 2 * BS, {0: rand_block(90), 1: rand_block(91)})
+    vault.backup("rp-a", {"d": a})
+    vault.delete_restore_point("rp-a")
+    backend = store.fresh()
+    before = {n: backend.get(n) for n in backend.list("")}
+    with pytest.raises(VaultError) as e:
+        vault.gc(grace_seconds=0, should_cancel=lambda: True)
+    assert catalog_error(e.value).code == "JobCancelled"
+    assert {n: backend.get(n) for n in backend.list("")} == before  # not even a mark
+    assert vault.gc(grace_seconds=0).packs_pending == 1
+
+
+def test_verify_can_be_cancelled(tmp_path: Path, vault: Vault,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pacing, "CANCEL_CHECK_S", 0.0)
+    img = make_image(tmp_path / "d.img", 3 * BS, {i: rand_block(95 + i) for i in range(3)})
+    vault.backup("rp1", {"d": img})
+    asked = 0
+
+    def should_cancel() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 1  # after the manifests, at the first pack
+    with pytest.raises(VaultError) as e:
+        vault.verify(should_cancel=should_cancel)
+    assert catalog_error(e.value).code == "JobCancelled"
+    assert asked == 2
+    seen: list[tuple[int, int]] = []
+    report = vault.verify(progress=lambda d, t: seen.append((d, t)), should_cancel=lambda: False)
+    assert report.ok and report.chunks_checked == 3 and seen[-1] == (3, 3)

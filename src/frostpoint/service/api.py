@@ -342,13 +342,14 @@ def create_app(svc: Services) -> FastAPI:
         return svc.protection.import_vault(body.name, body.backend, body.location,
                                            body.key_file, body.passphrase)
 
+    # verify and GC are jobs: the answer is the job (follow it at /jobs/{id})
     @app.post("/vaults/{name}/verify", dependencies=r)
     def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:
-        return svc.vault_checks.verify(name, sample)
+        return svc.vault_checks.start_verify(name, sample)
 
     @app.post("/vaults/{name}/gc", dependencies=r)
     def gc_vault(name: str, grace_hours: float = 24.0) -> dict[str, Any]:
-        return svc.vault_checks.gc(name, grace_hours)
+        return svc.vault_checks.start_gc(name, grace_hours)
 
     @app.post("/policies", dependencies=r)
     def create_policy(body: PolicyIn) -> dict[str, Any]:
