@@ -75,7 +75,7 @@ def backup(repo: Repository, rp_id: str, disks: Mapping[str, Path],
     with repo.backup_lock:
         if repo.backend.exists(fmt.manifest_name(rp_id)):
             raise AlreadyExists(f"restore point {rp_id} already exists",
-                                  {"restore_point": rp_id})
+                                {"restore_point": rp_id})
         t0 = time.monotonic()
         stats = BackupStats()
         fds: dict[str, int] = {}
@@ -88,7 +88,7 @@ def backup(repo: Repository, rp_id: str, disks: Mapping[str, Path],
                     fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     raise NotInVault(f"disk {name}: image {path} does not exist",
-                        {"disk": name}) from None
+                                     {"disk": name}) from None
                 sizes[name] = os.lseek(fds[name], 0, os.SEEK_END)  # works for devices
             stats.bytes_total = sum(sizes.values())
             writer = PackWriter(repo, stats)
@@ -201,11 +201,11 @@ class Archiver:
                 head = self.repo.backend.get_range(pack_obj, off, min(length, table_read_size(n)))
             except FileNotFoundError:
                 raise VaultCorrupt(f"pack of chunk {cid.hex()} is "
-                                      "missing") from None
+                                   "missing") from None
             base_of_it, rows, _ = keys.open_table(head, cid)
             if base_of_it is not None:
                 raise VaultCorrupt(f"chunk {cid.hex()} has a base "
-                                      "its index does not name")
+                                   "its index does not name")
             base = cid
             frames = [Frame(r.raw_len, r.digest, None) for r in rows]
             hints = [r.stored_len < r.raw_len for r in rows]

@@ -239,8 +239,7 @@ class VaultKeys:
                         INLINE, IN_BASE) or (r.where == IN_BASE and base == NO_BASE):
                     raise ValueError("a frame entry is out of range")
         except (struct.error, ValueError) as e:
-            raise VaultCorrupt(f"chunk table is damaged: {e}"
-                                  ) from None
+            raise VaultCorrupt(f"chunk table is damaged: {e}") from None
         return (None if base == NO_BASE else base), rows, end
 
     def open_chunk(self, blob: bytes | memoryview, cid: bytes) -> Chunk:
@@ -268,8 +267,7 @@ class VaultKeys:
         try:
             plain = self._dctx().decompress(frame.stored, max_output_size=frame.raw_len)
         except zstandard.ZstdError as e:
-            raise VaultCorrupt(f"chunk frame does not decompress: {e}"
-                                  ) from None
+            raise VaultCorrupt(f"chunk frame does not decompress: {e}") from None
         if len(plain) != frame.raw_len:
             raise VaultCorrupt("chunk frame has the wrong length")
         return plain

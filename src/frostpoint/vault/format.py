@@ -80,7 +80,7 @@ def is_vault_object(name: str) -> bool:
 def check_rp_id(rp_id: str) -> None:
     if not isinstance(rp_id, str) or not _RP_ID_RE.match(rp_id):
         raise InvalidRequest(f"invalid restore point id {rp_id!r}: use 1-128 of A-Z a-z 0-9 . _ - "
-            "(not starting with a punctuation character)")
+                             "(not starting with a punctuation character)")
 
 
 # --- AAD: binds each sealed object to its role and name, so objects cannot be swapped.
@@ -169,10 +169,10 @@ class VaultConfig:
                 raise ValueError("not a frostpoint vault config")
             version = int(doc["version"])
         except (ValueError, KeyError, TypeError) as e:
-            raise VaultCorrupt(f"vault config is not valid: {e}",
-                                  ) from None
+            raise VaultCorrupt(f"vault config is not valid: {e}") from None
         if version != FORMAT_VERSION:
-            raise InvalidRequest(f"vault format version {version} is not supported "
+            raise InvalidRequest(
+                f"vault format version {version} is not supported "
                 f"(this Frostpoint reads version {FORMAT_VERSION}; older vaults are not "
                 "migrated: see docs/vault-format.md)")
         try:
@@ -182,8 +182,7 @@ class VaultConfig:
             keycheck = base64.b64decode(doc["keycheck"], validate=True)
             sealed = base64.b64decode(doc["settings"], validate=True)
         except (ValueError, KeyError, TypeError) as e:
-            raise VaultCorrupt(f"vault config is not valid: {e}",
-                                  ) from None
+            raise VaultCorrupt(f"vault config is not valid: {e}") from None
         try:
             ok = keys.open_sealed(keycheck, keycheck_aad(vault_id))
         except VaultCorrupt:
@@ -198,17 +197,17 @@ class VaultConfig:
                       created=str(settings["created"])[:64], version=version)
         except VaultCorrupt:
             raise VaultCorrupt("vault config failed authentication: it was changed "
-                "or damaged on storage", {"vault_id": vault_id}) from None
+                               "or damaged on storage", {"vault_id": vault_id}) from None
         except (ValueError, KeyError, TypeError) as e:
             raise VaultCorrupt(f"vault config is not valid: {e}",
-                                  {"vault_id": vault_id}) from None
+                               {"vault_id": vault_id}) from None
         if cfg.vault_id != vault_id:
             raise VaultCorrupt("vault config names another vault",
-                                  {"vault_id": vault_id})
+                               {"vault_id": vault_id})
         if not valid_block_size(cfg.block_size) or not (
                 0 < cfg.pack_target_size <= MAX_PACK_TARGET):
             raise VaultCorrupt("vault config has invalid sizes",
-                                  {"vault_id": vault_id})
+                               {"vault_id": vault_id})
         return cfg
 
 

@@ -46,7 +46,7 @@ def _referenced(vault: Repository, names: list[str],
         except VaultError as e:
             # A manifest we cannot read may still reference anything: delete nothing.
             raise VaultCorrupt(f"GC stopped: manifest {rp} is unreadable ({e.detail})",
-                                  {"restore_point": rp}) from None
+                               {"restore_point": rp}) from None
         count += 1
         for disk in doc["disks"].values():
             refs.update(bytes.fromhex(h) for h in disk["blocks"] if h is not None)

@@ -46,7 +46,7 @@ def export_key(key: bytes, passphrase: str, ids: dict[str, str]) -> dict[str, An
     """The key file's content. ids: names and ids to keep beside the key (clear)."""
     if len(passphrase) < MIN_PASSPHRASE:
         raise InvalidRequest(f"the passphrase needs at least "
-                              f"{MIN_PASSPHRASE} characters")
+                             f"{MIN_PASSPHRASE} characters")
     salt, nonce = os.urandom(16), os.urandom(12)
     head = {"format": FORMAT, "version": VERSION, **ids,
             "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
@@ -83,7 +83,7 @@ def import_key(doc: Any, passphrase: str) -> tuple[bytes, dict[str, Any]]:
         key = AESGCM(_stretch(passphrase, salt, n, r, p)).decrypt(nonce, sealed, _aad(head))
     except InvalidTag:
         raise KeyFileInvalid("the key file does not open: wrong "
-                              "passphrase, or the file was changed") from None
+                             "passphrase, or the file was changed") from None
     if len(key) != MASTER_KEY_SIZE:
         raise KeyFileInvalid("the key file holds no vault key")
     return key, head

@@ -30,7 +30,7 @@ def fetch_sealed(repo: Repository, cid: bytes, where: dict[str, Any]
     loc = repo.index.get(cid)
     if loc is None:
         raise ChunkMissing(f"chunk {h} is missing from the vault",
-                              {"chunk": h, **where})
+                           {"chunk": h, **where})
     pack_obj, off, length = loc
     pack_id = pack_id_of(pack_obj)
     details = {"chunk": h, "pack": pack_id, **where}
@@ -38,7 +38,7 @@ def fetch_sealed(repo: Repository, cid: bytes, where: dict[str, Any]
         blob = repo.backend.get_range(pack_obj, off, length)
     except FileNotFoundError:
         raise ChunkMissing(f"pack {pack_id} of chunk {h} is missing",
-                              details) from None
+                           details) from None
     return blob, pack_id, details
 
 def check_chunk(repo: Repository, cid: bytes, pack_id: str, blob: bytes | memoryview,
@@ -51,7 +51,7 @@ def check_chunk(repo: Repository, cid: bytes, pack_id: str, blob: bytes | memory
 
     def damaged(what: str) -> VaultCorrupt:
         return VaultCorrupt(f"chunk {h} in pack {pack_id} {what}",
-                               details)
+                            details)
 
     def opened(c: bytes, sealed: bytes | memoryview) -> Chunk:
         try:
@@ -95,7 +95,7 @@ def restore_disk(repo: Repository, rp_id: str, disk_name: str, target: Path,
     disk = doc["disks"].get(disk_name)
     if disk is None:
         raise NotInVault(f"restore point {rp_id} has no disk {disk_name}",
-            {"restore_point": rp_id, "disk": disk_name, "disks": sorted(doc["disks"])})
+                         {"restore_point": rp_id, "disk": disk_name, "disks": sorted(doc["disks"])})
     size, bs, blocks = int(disk["size"]), int(disk["block_size"]), disk["blocks"]
     progress = throttled(progress)
     target = Path(target)
@@ -113,7 +113,7 @@ def restore_disk(repo: Repository, rp_id: str, disk_name: str, target: Path,
             length = sum(map(len, frames))
             if length != n:
                 raise VaultCorrupt(f"chunk {cid.hex()} has length {length}, "
-                    f"block at {off} needs {n}", {"chunk": cid.hex(), "offset": off})
+                                   f"block at {off} needs {n}", {"chunk": cid.hex(), "offset": off})
             while frames:  # pwritev: no joined copy of the block
                 wrote = os.pwritev(fd, frames, off)
                 off += wrote

@@ -80,7 +80,7 @@ class Vault:
             raise InvalidRequest("pack_target_size must be 1 B to 1 GiB")
         if not fmt.valid_block_size(block_size):
             raise InvalidRequest("block_size must be a multiple of 4 KiB "
-                                  "from 64 KiB to 16 MiB")
+                                 "from 64 KiB to 16 MiB")
         vault_id = secrets.token_hex(16)
         config = fmt.VaultConfig(
             vault_id=vault_id,
@@ -194,7 +194,7 @@ class Vault:
             blob = self.backend.get(fmt.manifest_name(rp_id))
         except FileNotFoundError:
             raise NotInVault(f"restore point {rp_id} does not exist",
-                                  {"restore_point": rp_id}) from None
+                             {"restore_point": rp_id}) from None
         try:
             doc = fmt.decode_manifest(
                 self._keys.open_sealed(blob, fmt.manifest_aad(rp_id)))
@@ -203,7 +203,7 @@ class Vault:
                                {"restore_point": rp_id}) from None
         if doc.get("id") != rp_id:
             raise VaultCorrupt(f"manifest of restore point {rp_id} names another id",
-                                  {"restore_point": rp_id})
+                               {"restore_point": rp_id})
         return doc
 
     def delete_restore_point(self, rp_id: str) -> None:
@@ -212,7 +212,7 @@ class Vault:
         name = fmt.manifest_name(rp_id)
         if not self.backend.exists(name):
             raise NotInVault(f"restore point {rp_id} does not exist",
-                                  {"restore_point": rp_id})
+                             {"restore_point": rp_id})
         self.backend.delete(name)
 
 
