@@ -131,12 +131,6 @@ class VaultChecks:
             return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
 
     # -- the work -------------------------------------------------------------------
-    def verify(self, name: str, sample: float = 100.0) -> dict[str, Any]:
-        """verify, in the caller's thread (no job)."""
-        if not 0 < sample <= 100:
-            raise FrostpointError("InvalidInput", "--sample is a percentage in (0, 100]")
-        return self._verify(self.protection.store(self._vault_id(name)), name, sample)
-
     def _verify(self, store: VaultStore, name: str, sample: float,
                 progress: Progress | None = None, cancel: Any = None) -> dict[str, Any]:
         report = store.verify(progress=progress, sample=sample, should_cancel=cancel)
