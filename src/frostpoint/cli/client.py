@@ -13,8 +13,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from frostpoint.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 from frostpoint.errors.catalog import error_dict
-from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,0 +1,206 @@
+"""frostpoint vault / policy / protect: where backups go, when, and for which machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from frostpoint.cli.client import Client, console, emit, show_error
+from frostpoint.cli.common import JSON, api, group, table
+from frostpoint.errors.catalog import error_dict
+
+vault = group("Vaults.")
+vault_key = group("A vault's key: export it for recovery.")
+vault.add_typer(vault_key, name="key")
+policy = group("Backup policies.")
+protect = group("Protection of machines.")
+
+
+@vault.command("create")
+@api
+def vault_create(name: str,
+                 location: str = typer.Option(
+                     None, help="Folder (local), or azure://CONTAINER[/PREFIX]"
+                     "[?connection_string_env=VAR] (azure)."),
+                 backend: str = typer.Option("local", help="local | azure"),
+                 block_size: str = typer.Option(
+                     None, help="Block (chunk) size, 64K-16M in 4K steps; default 4M."),
+                 as_json: bool = JSON) -> None:
+    """Create a vault. Azure reads the connection string from the service's env."""
+    emit(Client().post("/vaults", {"name": name, "location": location,
+                                   "backend": backend, "block_size": block_size}), as_json)
+
+
+@vault.command("delete")
+@api
+def vault_delete(name: str, yes: bool = typer.Option(False, "--yes",
+                                                     help="Do not ask; required with --json."),
+                 as_json: bool = JSON) -> None:
+    """Delete a vault with all its data and its key (no machine may be protected into it)."""
+    if not yes and (as_json or not sys.stdin.isatty() or not typer.confirm(
+            f"delete vault {name}, every restore point in it, and its key?")):
+        show_error(error_dict("InvalidInput", "not confirmed: add --yes"), as_json)
+        raise typer.Exit(1)
+    emit(Client().delete(f"/vaults/{name}"), as_json)
+
+
+@vault.command("list")
+@api
+def vault_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/vaults"), as_json,
+         lambda d: table(d, ["name", "backend", "location", "restore_points"]))
+
+
+@vault.command("verify")
+@api
+def vault_verify(name: str,
+                 sample: float = typer.Option(100.0, help="Percent of chunks to re-read."),
+                 as_json: bool = JSON) -> None:
+    """Re-read and re-hash the vault; name each damaged chunk and what it affects."""
+    r = Client().post(f"/vaults/{name}/verify", params={"sample": sample})
+
+    def human(d: dict[str, Any]) -> None:
+        state = "[green]OK[/]" if d["ok"] else "[red]DAMAGED[/]"
+        console.print(f"vault {name}: {state}, {d['chunks_checked']} chunks checked "
+                      f"({d['sample_percent']}%) in {d['restore_points']} restore points")
+        for p in d["problems"]:
+            console.print(f"  [red]{p['kind']}[/] chunk {p['chunk']} (pack {p['pack']}): "
+                          f"{p['reason']}")
+            for a in p["affects"]:
+                console.print(f"    restore point {a['restore_point']} "
+                              f"({a.get('machine', '?')}) disk {a['disk']} "
+                              f"at {a['offset']}: files {a.get('files')}")
+    emit(r, as_json, human)
+    if not r["ok"]:
+        raise typer.Exit(1)
+
+
+@vault.command("gc")
+@api
+def vault_gc(name: str,
+             grace_hours: float = typer.Option(24.0, help="Safety margin before deletion."),
+             as_json: bool = JSON) -> None:
+    """Reclaim packs no restore point uses (mark now, delete after the margin)."""
+    emit(Client().post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours}), as_json)
+
+
+def _passphrase(env: str | None, twice: bool, as_json: bool) -> str:
+    """From the environment variable env (scripts), else asked on the terminal."""
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            show_error(error_dict("InvalidInput", f"environment variable {env} with the "
+                                  "passphrase is not set"), as_json)
+            raise typer.Exit(1)
+        return value
+    if not sys.stdin.isatty():
+        show_error(error_dict("InvalidInput", "no terminal to ask for the passphrase: "
+                              "use --passphrase-env VAR"), as_json)
+        raise typer.Exit(1)
+    value = typer.prompt("passphrase", hide_input=True)
+    if twice and typer.prompt("passphrase again", hide_input=True) != value:
+        show_error(error_dict("InvalidInput", "the passphrases differ"), as_json)
+        raise typer.Exit(1)
+    return str(value)
+
+
+PASSPHRASE_ENV = typer.Option(None, "--passphrase-env",
+                              help="Read the passphrase from this environment variable.")
+
+
+@vault_key.command("export")
+@api
+def vault_key_export(name: str,
+                     to: Path = typer.Option(..., "--to", help="The key file to write."),
+                     passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
+    """Write the vault's key, sealed under a passphrase, for `vault import` after the
+    host is lost. Keep the file and the passphrase apart from the host."""
+    if to.exists():
+        show_error(error_dict("Conflict", f"{to} exists: choose a new file"), as_json)
+        raise typer.Exit(1)
+    doc = Client().post(f"/vaults/{name}/key/export",
+                        {"passphrase": _passphrase(passphrase_env, True, as_json)})
+    fd = os.open(to, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    emit({"vault": name, "key_file": str(to), "vault_id": doc.get("vault_id")}, as_json)
+
+
+@vault.command("import")
+@api
+def vault_import(name: str,
+                 backend: str = typer.Option(
+                     None, help="local | azure; default: as in the key file."),
+                 location: str = typer.Option(
+                     None, help="Where the vault is now; default: as in the key file."),
+                 key: Path = typer.Option(..., "--key", help="A `vault key export` file."),
+                 passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
+    """Register an existing vault from its exported key; its restore points are listed
+    again and restore from the vault."""
+    try:
+        doc = json.loads(key.read_text())
+    except (OSError, ValueError) as e:
+        show_error(error_dict("InvalidInput", f"cannot read key file {key}: {e}"), as_json)
+        raise typer.Exit(1) from None
+    if not isinstance(doc, dict):
+        show_error(error_dict("InvalidInput", f"{key} is not a key file"), as_json)
+        raise typer.Exit(1)
+    backend = backend or str(doc.get("backend") or "local")
+    location = location or str(doc.get("location") or "")
+    emit(Client().post("/vaults/import", {
+        "name": name, "backend": backend, "location": location, "key_file": doc,
+        "passphrase": _passphrase(passphrase_env, False, as_json)}), as_json)
+
+
+@policy.command("create")
+@api
+def policy_create(name: str, time: str = typer.Option("22:00", help="Daily, HH:MM UTC."),
+                  instant_days: int = typer.Option(2, help="Instant restore points, 1-5 days."),
+                  retention_days: int = typer.Option(30, help="Vault retention, days."),
+                  as_json: bool = JSON) -> None:
+    emit(Client().post("/policies", {"name": name, "schedule_time": time,
+                                     "instant_rp_days": instant_days,
+                                     "vault_retention_days": retention_days}), as_json)
+
+
+@policy.command("list")
+@api
+def policy_list(as_json: bool = JSON) -> None:
+    emit(Client().get("/policies"), as_json,
+         lambda d: table(d, ["name", "schedule_time", "instant_rp_days",
+                             "vault_retention_days"]))
+
+
+@protect.command("enable")
+@api
+def protect_enable(machine: str, vault_: str = typer.Option(..., "--vault"),
+                   policy_: str = typer.Option(..., "--policy"), as_json: bool = JSON) -> None:
+    emit(Client().post("/protection/enable", {"machine": machine, "vault": vault_,
+                                              "policy": policy_}), as_json)
+
+
+@protect.command("stop")
+@api
+def protect_stop(machine: str, as_json: bool = JSON) -> None:
+    """Stop protection, retaining the data."""
+    emit(Client().post(f"/protection/{machine}/stop"), as_json)
+
+
+@protect.command("resume")
+@api
+def protect_resume(machine: str, as_json: bool = JSON) -> None:
+    emit(Client().post(f"/protection/{machine}/resume"), as_json)
+
+
+@protect.command("show")
+@api
+def protect_show(machine: str, as_json: bool = JSON) -> None:
+    emit(Client().get(f"/protection/{machine}"), as_json)
