@@ -105,6 +105,27 @@ def test_the_checks_see_the_doc() -> None:
     """The parsing finds what it should, so the two tests above can fail."""
     lines = _command_lines()
     assert any(x.startswith("vm create NAME") and "--agent-version" in x for x in lines)
-    assert "job list --machine MACHINE" in lines  # inside the error example's fix lines
+    assert "job list --machine web" in lines  # inside the error example's fix lines
     assert _resolve("vm extension set web X", _commands()) == "vm extension set"
     assert _resolve("vm frobnicate", _commands()) is None
+
+
+def test_help_says_what_each_option_is_for() -> None:
+    """`--help` of every command: each option has a description, and no value shows a
+    Python type (`<bool>`, `<list[str]>`) instead of what to type."""
+    from typer.testing import CliRunner
+    runner = CliRunner()
+    bare = []
+    for path, cmd in sorted(_commands().items()):
+        for p in cmd.params:
+            if p.param_type_name == "option" and p.name not in ("help",) and not p.help:
+                bare.append(f"frostpoint {path} {p.opts[0]}: no help")
+        if not cmd.help:
+            bare.append(f"frostpoint {path}: no description")
+        out = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "100"}).output
+        assert "Usage: " in out, out
+        for line in out.splitlines():
+            if line.lstrip().startswith("-") and re.search(r"<(bool|list|int|float|str|path)",
+                                                           line):
+                bare.append(f"frostpoint {path}: {line.strip()}")
+    assert bare == []

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from frostpoint.cli.client import ApiError, Client, console, data_dir, emit, show_error
-from frostpoint.cli.common import JSON, api, group, table
+from frostpoint.cli.common import JSON, api, arg, group, table
 from frostpoint.defaults import DEFAULT_LISTEN
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 
@@ -19,9 +19,14 @@ token = group("API tokens and their roles.")
 rg = group("Resource groups (restore points' home).")
 
 
-def server(data_dir_: Path = typer.Option(None, "--data-dir", help="State, pool, vaults."),
-           listen: str = typer.Option(DEFAULT_LISTEN, help="Management API address."),
-           db_url: str = typer.Option(None, help="SQLAlchemy URL (default SQLite).")) -> None:
+def server(data_dir_: Path = typer.Option(
+               None, "--data-dir", metavar="PATH",
+               help="State, pool, vaults; default $FROSTPOINT_DATA_DIR or /var/lib/frostpoint."),
+           listen: str = typer.Option(DEFAULT_LISTEN, metavar="HOST:PORT",
+                                      help="Management API address."),
+           db_url: str = typer.Option(None, metavar="URL",
+                                      help="SQLAlchemy URL (default SQLite in the data "
+                                           "directory).")) -> None:
     """Run the backup service (management API, fabric endpoints, scheduler)."""
     # The service is imported here only: every other command starts without it.
     from frostpoint.service.runtime import Timeouts
@@ -55,7 +60,7 @@ def quickstart(down: bool = typer.Option(False, "--down", help="Remove what it m
         raise typer.Exit(1)
 
 
-def errors(code: str = typer.Argument(None), as_json: bool = JSON) -> None:
+def errors(code: str = arg("CODE", "One code; default all.", None), as_json: bool = JSON) -> None:
     """The error catalog: every code with its causes and fixes."""
     codes = [code] if code else list(CATALOG)
     if code and code not in CATALOG:
@@ -65,15 +70,20 @@ def errors(code: str = typer.Argument(None), as_json: bool = JSON) -> None:
     if as_json:
         emit(data if not code else data[0], True)
         return
-    for e in data:
-        show_error(e, False)
+    for e in data:  # on stdout: `frostpoint errors | grep Freeze` finds it
+        show_error(e, False, console)
         console.print()
 
 
 @lock.command("create")
 @api
-def lock_create(name: str, resource_group: str = typer.Option(...),
-                kind: str = typer.Option("CanNotDelete"), as_json: bool = JSON) -> None:
+def lock_create(name: str = arg("NAME", "The new lock's name."),
+                resource_group: str = typer.Option(..., metavar="RG",
+                                                   help="The resource group (rg list)."),
+                kind: str = typer.Option("CanNotDelete", metavar="CanNotDelete|ReadOnly",
+                                         help="Either stops the cleanup of restore points."),
+                as_json: bool = JSON) -> None:
+    """Lock a resource group: its restore points are not cleaned up."""
     emit(Client().post("/locks", {"name": name, "resource_group": resource_group,
                                   "kind": kind}), as_json)
 
@@ -81,6 +91,7 @@ def lock_create(name: str, resource_group: str = typer.Option(...),
 @lock.command("list")
 @api
 def lock_list(as_json: bool = JSON) -> None:
+    """Locks and their resource groups."""
     emit(Client().get("/locks"), as_json,
          lambda d: table(d, ["name", "kind", "resource_group"]))
 
@@ -97,19 +108,23 @@ def rg_list(as_json: bool = JSON) -> None:
 
 @lock.command("delete")
 @api
-def lock_delete(name: str, as_json: bool = JSON) -> None:
+def lock_delete(name: str = arg("NAME", "The lock."), as_json: bool = JSON) -> None:
+    """Delete a lock."""
     emit(Client().delete(f"/locks/{name}"), as_json)
 
 
 @keyvault.command("create")
 @api
-def keyvault_create(name: str, as_json: bool = JSON) -> None:
+def keyvault_create(name: str = arg("NAME", "The new key vault's name."),
+                    as_json: bool = JSON) -> None:
+    """Create a key vault."""
     emit(Client().post("/keyvaults", {"name": name}), as_json)
 
 
 @keyvault.command("list")
 @api
 def keyvault_list(as_json: bool = JSON) -> None:
+    """Key vaults, their keys and grants."""
     emit(Client().get("/keyvaults"), as_json, lambda d: table(
         [{**v, "keys": ", ".join(v["keys"]),
           "grants": ", ".join(f"{g['principal']}: {'/'.join(g['permissions'])}"
@@ -118,23 +133,27 @@ def keyvault_list(as_json: bool = JSON) -> None:
 
 @keyvault.command("show")
 @api
-def keyvault_show(name: str, as_json: bool = JSON) -> None:
+def keyvault_show(name: str = arg("NAME", "The key vault."), as_json: bool = JSON) -> None:
+    """A key vault: keys and grants."""
     emit(Client().get(f"/keyvaults/{name}"), as_json)
 
 
 @keyvault.command("key-create")
 @api
-def keyvault_key_create(name: str, key: str, as_json: bool = JSON) -> None:
+def keyvault_key_create(name: str = arg("NAME", "The key vault."),
+                        key: str = arg("KEY", "The new key's name."), as_json: bool = JSON) -> None:
     """Make a key-encryption key in the key vault (disks use it as NAME/KEY)."""
     emit(Client().post(f"/keyvaults/{name}/keys", {"name": key}), as_json)
 
 
 @keyvault.command("grant")
 @api
-def keyvault_grant(name: str,
-                   principal: str = typer.Option("frostpoint-backup",
+def keyvault_grant(name: str = arg("NAME", "The key vault."),
+                   principal: str = typer.Option("frostpoint-backup", metavar="P",
                                                  help="Who: the backup service by default."),
-                   permissions: str = typer.Option("get,unwrapKey"),
+                   permissions: str = typer.Option(
+                       "get,unwrapKey", metavar="P1,P2",
+                       help="Of get, list, wrapKey, unwrapKey (backup needs get,unwrapKey)."),
                    as_json: bool = JSON) -> None:
     """Let a principal use the key vault's keys (backup needs get and unwrapKey)."""
     emit(Client().post(f"/keyvaults/{name}/grants", {
@@ -144,16 +163,20 @@ def keyvault_grant(name: str,
 
 @keyvault.command("revoke")
 @api
-def keyvault_revoke(name: str, principal: str = typer.Option("frostpoint-backup"),
+def keyvault_revoke(name: str = arg("NAME", "The key vault."),
+                    principal: str = typer.Option("frostpoint-backup", metavar="P",
+                                                  help="Whose grant to remove."),
                     as_json: bool = JSON) -> None:
+    """Remove a principal's grant on the key vault."""
     emit(Client().delete(f"/keyvaults/{name}/grants/{principal}"), as_json)
 
 
 # -- API tokens -------------------------------------------------------------------------
 @token.command("create")
 @api
-def token_create(name: str,
-                 role: str = typer.Option(..., help="reader | operator | admin"),
+def token_create(name: str = arg("NAME", "The new token's name."),
+                 role: str = typer.Option(..., metavar="reader|operator|admin",
+                                          help="What the token may do (security.md)."),
                  as_json: bool = JSON) -> None:
     """Make an API token with a role; it is printed once (only its hash is kept)."""
     def human(d: dict[str, Any]) -> None:
@@ -172,6 +195,6 @@ def token_list(as_json: bool = JSON) -> None:
 
 @token.command("revoke")
 @api
-def token_revoke(name: str, as_json: bool = JSON) -> None:
+def token_revoke(name: str = arg("NAME", "The token."), as_json: bool = JSON) -> None:
     """Revoke a token: its next request gets Unauthorized."""
     emit(Client().delete(f"/tokens/{name}"), as_json)

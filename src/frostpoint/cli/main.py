@@ -10,8 +10,10 @@ from __future__ import annotations
 import typer
 
 from frostpoint.cli import admin, doctor, jobs, machines, vaults
+from frostpoint.cli.common import HELP_STYLE
 
-app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.")
+app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.",
+                  **HELP_STYLE)
 app.command()(admin.server)
 app.command()(admin.quickstart)
 app.command()(admin.errors)

@@ -11,9 +11,10 @@ from typing import Any
 import typer
 
 from frostpoint.cli.client import Client, console, emit, show_error
-from frostpoint.cli.common import JSON, api, group, table
+from frostpoint.cli.common import JSON, MACHINE, api, arg, group, table
 from frostpoint.errors.catalog import error_dict
 
+VAULT = arg("VAULT", "The vault's name.")
 vault = group("Vaults.")
 vault_key = group("A vault's key: export it for recovery.")
 vault.add_typer(vault_key, name="key")
@@ -23,13 +24,15 @@ protect = group("Protection of machines.")
 
 @vault.command("create")
 @api
-def vault_create(name: str,
+def vault_create(name: str = arg("NAME", "The new vault's name."),
                  location: str = typer.Option(
-                     None, help="Folder (local), or azure://CONTAINER[/PREFIX]"
+                     None, metavar="LOCATION", help="Folder (local), or azure://CONTAINER[/PREFIX]"
                      "[?connection_string_env=VAR] (azure)."),
-                 backend: str = typer.Option("local", help="local | azure"),
+                 backend: str = typer.Option("local", metavar="local|azure",
+                                             help="Where the vault keeps its data."),
                  block_size: str = typer.Option(
-                     None, help="Block (chunk) size, 64K-16M in 4K steps; default 4M."),
+                     None, metavar="SIZE",
+                     help="Block (chunk) size, 64K-16M in 4K steps; default 4M."),
                  as_json: bool = JSON) -> None:
     """Create a vault. Azure reads the connection string from the service's env."""
     emit(Client().post("/vaults", {"name": name, "location": location,
@@ -38,28 +41,35 @@ def vault_create(name: str,
 
 @vault.command("delete")
 @api
-def vault_delete(name: str, yes: bool = typer.Option(False, "--yes",
-                                                     help="Do not ask; required with --json."),
+def vault_delete(name: str = VAULT,
+                 yes: bool = typer.Option(False, "--yes",
+                                          help="Do not ask; required with --json."),
                  as_json: bool = JSON) -> None:
-    """Delete a vault with all its data and its key (no machine may be protected into it)."""
-    if not yes and (as_json or not sys.stdin.isatty() or not typer.confirm(
-            f"delete vault {name}, every restore point in it, and its key?")):
-        show_error(error_dict("InvalidInput", "not confirmed: add --yes"), as_json)
-        raise typer.Exit(1)
+    """Delete a vault with all its data and its key. No machine may be protected into
+    it: `protect stop M` and `protect disable M` first."""
+    if not yes:
+        if as_json or not sys.stdin.isatty():
+            show_error(error_dict("InvalidInput", "not confirmed: add --yes"), as_json)
+            raise typer.Exit(1)
+        if not typer.confirm(f"delete vault {name}, every restore point in it, and its key?"):
+            console.print(f"vault {name} kept")  # the user's answer, not an error
+            return
     emit(Client().delete(f"/vaults/{name}"), as_json)
 
 
 @vault.command("list")
 @api
 def vault_list(as_json: bool = JSON) -> None:
+    """Vaults with their backend, location and restore point count."""
     emit(Client().get("/vaults"), as_json,
          lambda d: table(d, ["name", "backend", "location", "restore_points"]))
 
 
 @vault.command("verify")
 @api
-def vault_verify(name: str,
-                 sample: float = typer.Option(100.0, help="Percent of chunks to re-read."),
+def vault_verify(name: str = VAULT,
+                 sample: float = typer.Option(100.0, metavar="PERCENT",
+                                              help="Percent of chunks to re-read."),
                  as_json: bool = JSON) -> None:
     """Re-read and re-hash the vault; name each damaged chunk and what it affects."""
     r = Client().post(f"/vaults/{name}/verify", params={"sample": sample})
@@ -82,8 +92,9 @@ def vault_verify(name: str,
 
 @vault.command("gc")
 @api
-def vault_gc(name: str,
-             grace_hours: float = typer.Option(24.0, help="Safety margin before deletion."),
+def vault_gc(name: str = VAULT,
+             grace_hours: float = typer.Option(24.0, metavar="HOURS",
+                                               help="Safety margin before deletion."),
              as_json: bool = JSON) -> None:
     """Reclaim packs no restore point uses (mark now, delete after the margin)."""
     emit(Client().post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours}), as_json)
@@ -109,14 +120,15 @@ def _passphrase(env: str | None, twice: bool, as_json: bool) -> str:
     return str(value)
 
 
-PASSPHRASE_ENV = typer.Option(None, "--passphrase-env",
+PASSPHRASE_ENV = typer.Option(None, "--passphrase-env", metavar="VAR",
                               help="Read the passphrase from this environment variable.")
 
 
 @vault_key.command("export")
 @api
-def vault_key_export(name: str,
-                     to: Path = typer.Option(..., "--to", help="The key file to write."),
+def vault_key_export(name: str = VAULT,
+                     to: Path = typer.Option(..., "--to", metavar="FILE",
+                                             help="The key file to write."),
                      passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
     """Write the vault's key, sealed under a passphrase, for `vault import` after the
     host is lost. Keep the file and the passphrase apart from the host."""
@@ -136,12 +148,14 @@ def vault_key_export(name: str,
 
 @vault.command("import")
 @api
-def vault_import(name: str,
+def vault_import(name: str = arg("NAME", "The name the vault gets here."),
                  backend: str = typer.Option(
-                     None, help="local | azure; default: as in the key file."),
+                     None, metavar="local|azure", help="Default: as in the key file."),
                  location: str = typer.Option(
-                     None, help="Where the vault is now; default: as in the key file."),
-                 key: Path = typer.Option(..., "--key", help="A `vault key export` file."),
+                     None, metavar="LOCATION",
+                     help="Where the vault is now; default: as in the key file."),
+                 key: Path = typer.Option(..., "--key", metavar="FILE",
+                                          help="A `vault key export` file."),
                  passphrase_env: str = PASSPHRASE_ENV, as_json: bool = JSON) -> None:
     """Register an existing vault from its exported key; its restore points are listed
     again and restore from the vault."""
@@ -162,10 +176,15 @@ def vault_import(name: str,
 
 @policy.command("create")
 @api
-def policy_create(name: str, time: str = typer.Option("22:00", help="Daily, HH:MM UTC."),
-                  instant_days: int = typer.Option(2, help="Instant restore points, 1-5 days."),
-                  retention_days: int = typer.Option(30, help="Vault retention, days."),
+def policy_create(name: str = arg("NAME", "The new policy's name."),
+                  time: str = typer.Option("22:00", metavar="HH:MM",
+                                           help="The daily backup time, UTC."),
+                  instant_days: int = typer.Option(
+                      2, metavar="DAYS", help="Keep instant restore points 1-5 days."),
+                  retention_days: int = typer.Option(
+                      30, metavar="DAYS", help="Keep vault restore points this long."),
                   as_json: bool = JSON) -> None:
+    """Create a daily backup policy."""
     emit(Client().post("/policies", {"name": name, "schedule_time": time,
                                      "instant_rp_days": instant_days,
                                      "vault_retention_days": retention_days}), as_json)
@@ -174,6 +193,7 @@ def policy_create(name: str, time: str = typer.Option("22:00", help="Daily, HH:M
 @policy.command("list")
 @api
 def policy_list(as_json: bool = JSON) -> None:
+    """Backup policies."""
     emit(Client().get("/policies"), as_json,
          lambda d: table(d, ["name", "schedule_time", "instant_rp_days",
                              "vault_retention_days"]))
@@ -181,26 +201,41 @@ def policy_list(as_json: bool = JSON) -> None:
 
 @protect.command("enable")
 @api
-def protect_enable(machine: str, vault_: str = typer.Option(..., "--vault"),
-                   policy_: str = typer.Option(..., "--policy"), as_json: bool = JSON) -> None:
+def protect_enable(machine: str = MACHINE,
+                   vault_: str = typer.Option(..., "--vault", metavar="VAULT",
+                                              help="The vault its backups go to."),
+                   policy_: str = typer.Option(..., "--policy", metavar="POLICY",
+                                               help="When it is backed up, how long kept."),
+                   as_json: bool = JSON) -> None:
+    """Protect a machine: scheduled backups into a vault (or move it to another)."""
     emit(Client().post("/protection/enable", {"machine": machine, "vault": vault_,
                                               "policy": policy_}), as_json)
 
 
 @protect.command("stop")
 @api
-def protect_stop(machine: str, as_json: bool = JSON) -> None:
+def protect_stop(machine: str = MACHINE, as_json: bool = JSON) -> None:
     """Stop protection, retaining the data."""
     emit(Client().post(f"/protection/{machine}/stop"), as_json)
 
 
+@protect.command("disable")
+@api
+def protect_disable(machine: str = MACHINE, as_json: bool = JSON) -> None:
+    """Unprotect a machine whose protection is stopped: its vault can then be deleted.
+    Its restore points stay."""
+    emit(Client().post(f"/protection/{machine}/disable"), as_json)
+
+
 @protect.command("resume")
 @api
-def protect_resume(machine: str, as_json: bool = JSON) -> None:
+def protect_resume(machine: str = MACHINE, as_json: bool = JSON) -> None:
+    """Resume stopped or paused protection."""
     emit(Client().post(f"/protection/{machine}/resume"), as_json)
 
 
 @protect.command("show")
 @api
-def protect_show(machine: str, as_json: bool = JSON) -> None:
+def protect_show(machine: str = MACHINE, as_json: bool = JSON) -> None:
+    """A machine's protection: state, vault, policy, last backup."""
     emit(Client().get(f"/protection/{machine}"), as_json)
