@@ -132,15 +132,17 @@ def emit(data: Any, as_json: bool, human: Any = None) -> None:
 
 
 def show_error(error: dict[str, Any], as_json: bool, out: Console | None = None) -> None:
-    """An error object: JSON on stdout, or for a person on stderr (or `out`). Fix
-    commands are printed whole on one line each, never wrapped: they are pasted."""
+    """An error object: JSON on stdout, or for a person on stderr (or `out`). Lines are
+    never wrapped at the terminal's width: fix commands (and commands in a message) are
+    pasted, and the terminal wraps long lines for the eye anyway."""
     if as_json:
         sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
         return
     out = out or err_console
-    out.print(f"[bold red]{error.get('code')}[/]: {escape(str(error.get('message')))}")
+    out.print(f"[bold red]{error.get('code')}[/]: {escape(str(error.get('message')))}",
+              soft_wrap=True)  # a message can name a command too
     for c in error.get("causes", []):
-        out.print(f"  cause:  {escape(str(c))}")
+        out.print(f"  cause:  {escape(str(c))}", soft_wrap=True)
     for a in error.get("actions", []):
         out.print(f"  fix:    [cyan]{escape(str(a))}[/]", soft_wrap=True)
     if error.get("details"):
