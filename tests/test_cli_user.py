@@ -163,6 +163,10 @@ def test_doctor_yes_alone_deletes_no_lock_and_check_applies_one_fix(
         p = cli(service, "doctor", M, "--fix", "--check", "nosuchcheck")
         assert p.returncode == 1 and "NotFound" in p.stderr and "restore_points.locks" in \
             p.stderr
+        one = json.loads(cli(service, "doctor", M, "--fix", "--check", "machine.provisioning",
+                             "--json").stdout)
+        assert one["applied"] == [{"check": "machine.provisioning",
+                                   "result": "nothing to apply: it passes"}], one["applied"]
         cli(service, "doctor", M, "--fix", "--check", "restore_points.locks", "--yes")
         assert service.client.get("/locks") == []
     finally:

@@ -35,14 +35,15 @@ NAME = arg("NAME", "The name.")
 def api(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command; a service error prints its code, causes and fixes, exit 1. The
     fixes get the machine and job the command was given in place of MACHINE and JOB."""
-    machine_arg = "name" if fn.__module__.endswith(".machines") else "machine"
+    vm_group = fn.__module__.endswith(".machines")  # `vm show NAME`: NAME is the machine
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ApiError as e:
-            show_error(fill_hints(e.error, kwargs.get(machine_arg), kwargs.get("job_id")),
+            machine = kwargs.get("machine") or (kwargs.get("name") if vm_group else None)
+            show_error(fill_hints(e.error, machine, kwargs.get("job_id")),
                        kwargs.get("as_json", False))
             raise typer.Exit(1) from None
     return wrapper

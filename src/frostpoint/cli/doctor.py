@@ -47,6 +47,10 @@ def doctor(machine: str = MACHINE,
     applied: list[dict[str, Any]] = []
     if fix:
         for f in findings:
+            if check and f["check"] == check and (f["status"] == "pass" or not f["remedy"]):
+                applied.append({"check": check, "result": "nothing to apply: "
+                                + ("it passes" if f["status"] == "pass" else
+                                   "the doctor has no fix for it; see its fix commands")})
             if f["status"] == "pass" or not f["remedy"] or (check and f["check"] != check):
                 continue
             if f["risky"] and not _confirm(f, yes and bool(check), as_json):
@@ -59,7 +63,8 @@ def doctor(machine: str = MACHINE,
                     f"/machines/{machine}/doctor/fix", {"check": f["check"]})})
             except ApiError as e:
                 applied.append({"check": f["check"], "result": "failed", "error": e.error})
-        if any(a.get("result") not in ("skipped (risky)", "failed") for a in applied):
+        if any(a.get("result") not in ("skipped (risky)", "failed")
+               and not str(a.get("result")).startswith("nothing") for a in applied):
             findings = c.get(f"/machines/{machine}/doctor")
     failed = any(f["status"] == "fail" for f in findings)
 
