@@ -178,7 +178,9 @@ class Protection:
                 .where(ProtectedItem.vault_id == v.id))]
             if users:
                 raise FrostpointError("Conflict", f"vault {name} holds the protection of "
-                                      f"{', '.join(users)}: delete those machines first",
+                                      f"{', '.join(users)}: stop and disable their protection "
+                                      "(frostpoint protect stop M; frostpoint protect disable "
+                                      "M), or delete those machines, first",
                                       {"machines": users})
             vid, kind, location = v.id, v.backend, v.location
             gone = 0
@@ -358,6 +360,25 @@ class Protection:
                 item.protection_state = "Protected" if has_rp else "IRPending"
             else:
                 item.protection_state = state
+        return self.describe_protection(machine)
+
+    def disable(self, machine: str) -> dict[str, Any]:
+        """Unprotect a machine whose protection is stopped: it no longer holds its vault,
+        so the vault can be deleted. Its restore points stay where they are."""
+        with self.rt.sessions.begin() as s:
+            m = _by_name(s, Machine, machine, "machine")
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            if item is None:
+                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                                      f"machine {machine} is not protected",
+                                      {"machine": machine})
+            if item.protection_state != "ProtectionStopped":
+                raise FrostpointError("Conflict", f"protection of {machine} is "
+                                      f"{item.protection_state}: stop it first with "
+                                      f"`frostpoint protect stop {machine}`",
+                                      {"machine": machine,
+                                       "protection_state": item.protection_state})
+            s.delete(item)
         return self.describe_protection(machine)
 
     def describe_protection(self, machine: str) -> dict[str, Any]:
