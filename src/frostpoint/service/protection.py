@@ -58,6 +58,18 @@ def _overlap(kind: str, a: str, b: str) -> bool:
                          or xb.startswith(xa + "/"))
 
 
+def _refuse_taken(s: Session, name: str, backend: str, location: str) -> None:
+    """A new or imported vault needs a free name and a location no other vault's
+    overlaps (a delete of one would take the other's objects)."""
+    if s.scalar(select(Vault).where(Vault.name == name)):
+        raise FrostpointError("Conflict", f"vault {name} already exists")
+    for other in s.scalars(select(Vault).where(Vault.backend == backend)):
+        if _overlap(backend, location, other.location):
+            raise FrostpointError(
+                "Conflict", f"vault location {location} overlaps vault "
+                f"{other.name} at {other.location}", {"vault": other.name})
+
+
 def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> RestorePoint:
     """The restore_points row of a manifest read by `vault import`. Its machine may
     not exist here; its instant snapshot is gone with the old host."""
@@ -143,13 +155,7 @@ class Protection:
                                   "blobs: a vault needs a prefix of its own",
                                   {"location": location})
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             v = Vault(name=name, backend=backend, location=location)
             s.add(v)
             s.flush()
@@ -232,13 +238,7 @@ class Protection:
                                   f"{store.vault_id}")
         wanted = str(head.get("service_vault_id") or "")
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             # Keep the old id when free: the key file name and audit trails still match.
             free = re.fullmatch(r"[0-9a-f]{32}", wanted) and s.get(Vault, wanted) is None
             v = Vault(name=name, backend=backend, location=location,
