@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.filesize import decimal
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from frostpoint.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 from frostpoint.errors.catalog import error_dict
-from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,21 +106,33 @@ class Client:
                 if job["status"] in FINAL:
                     return job
                 time.sleep(0.3)
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bar:
-            task = bar.add_task(label or job_id, total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[amount]}"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task(label or job_id, total=None, amount="")
             while True:
                 job = self.get(f"/jobs/{job_id}")
                 current = next((t for t in job["subtasks"] if t["status"] == "InProgress"),
                                None)
                 if current:
                     p = current.get("progress", {})
+                    # Backups and restores count bytes; vault verify and GC count steps.
+                    counted = "bytes_total" not in p and "total" in p
                     bar.update(task, description=f"{label} {current['name']}",
-                               completed=p.get("bytes_done", 0),
-                               total=p.get("bytes_total") or None)
+                               completed=p.get("done" if counted else "bytes_done", 0),
+                               total=p.get("total" if counted else "bytes_total") or None,
+                               amount=_amount(p, counted))
                 if job["status"] in FINAL:
                     return job
                 time.sleep(0.3)
+
+
+def _amount(p: dict[str, Any], counted: bool) -> str:
+    """'3/10' for a count of steps, '1.2/4.0 GB' for bytes."""
+    if counted:
+        return f"{p.get('done', 0)}/{p.get('total', '?')}"
+    done, total = p.get("bytes_done", 0), p.get("bytes_total")
+    return f"{decimal(done)}/{decimal(total)}" if total else decimal(done)
 
 
 def emit(data: Any, as_json: bool, human: Any = None) -> None:
@@ -130,14 +144,20 @@ def emit(data: Any, as_json: bool, human: Any = None) -> None:
         console.print_json(json.dumps(data, default=str))
 
 
-def show_error(error: dict[str, Any], as_json: bool) -> None:
+def show_error(error: dict[str, Any], as_json: bool, out: Console | None = None) -> None:
+    """An error object: JSON on stdout, or for a person on stderr (or `out`). Lines are
+    never wrapped at the terminal's width: fix commands (and commands in a message) are
+    pasted, and the terminal wraps long lines for the eye anyway."""
     if as_json:
         sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
         return
-    err_console.print(f"[bold red]{error.get('code')}[/]: {error.get('message')}")
+    out = out or err_console
+    out.print(f"[bold red]{error.get('code')}[/]: {escape(str(error.get('message')))}",
+              soft_wrap=True)  # a message can name a command too
     for c in error.get("causes", []):
-        err_console.print(f"  cause:  {c}")
+        out.print(f"  cause:  {escape(str(c))}", soft_wrap=True)
     for a in error.get("actions", []):
-        err_console.print(f"  fix:    [cyan]{a}[/]")
+        out.print(f"  fix:    [cyan]{escape(str(a))}[/]", soft_wrap=True)
     if error.get("details"):
-        err_console.print(f"  details: {json.dumps(error['details'], default=str)[:1500]}")
+        out.print(f"  details: {escape(json.dumps(error['details'], default=str)[:1500])}",
+                  soft_wrap=True)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from frostpoint import __version__
 from frostpoint.doctor.doctor import Doctor, as_dicts
-from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
+from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
@@ -25,11 +25,10 @@ from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
+from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
+from frostpoint.vault.errors import VaultError
 
 log = logging.getLogger("frostpoint.service.api")
-
-STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
-          "AuthorizationFailed": 403, "UserErrorBackupOperationInProgress": 409}
 
 # The role each route needs (docs/security.md; tests/test_auth.py checks every route in
 # OpenAPI against its own copy). A route missing here needs admin, and has no role in
@@ -59,6 +58,7 @@ ADMIN = {
     ("POST", "/vaults/{name}/key/export"), ("POST", "/vaults/import"),
     ("POST", "/vaults/{name}/gc"), ("POST", "/policies"), ("POST", "/protection/enable"),
     ("POST", "/protection/{machine}/stop"), ("POST", "/protection/{machine}/resume"),
+    ("POST", "/protection/{machine}/disable"),
     ("DELETE", "/machines/{name}/restore-point-collection"),
     ("POST", "/locks"), ("DELETE", "/locks/{name}"),
     ("POST", "/keyvaults"), ("POST", "/keyvaults/{name}/keys"),
@@ -179,6 +179,7 @@ class RestoreIn(BaseModel):
     name: str | None = None
     path: str | None = None
     disk: str | None = None
+    overwrite: bool = False  # restore files: replace what is at the target
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -202,10 +203,18 @@ def create_app(svc: Services) -> FastAPI:
                                   {"role": who.role, "needs": need})
 
     @app.exception_handler(FrostpointError)
-    async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.code == "Unauthorized" else None
-        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400),
+    async def catalog_error(req: Request, e: FrostpointError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthorized) else None
+        # The machine in the route fills the fix hints' {machine} (not MACHINE).
+        params = req.path_params
+        machine = params.get("machine") or (
+            params.get("name") if req.url.path.startswith("/machines/") else None)
+        return JSONResponse({"error": e.to_dict(machine)}, status_code=e.spec.http_status,
                             headers=headers)
+
+    @app.exception_handler(VaultError)
+    async def vault_error(req: Request, e: VaultError) -> JSONResponse:
+        return await catalog_error(req, vault_catalog_error(e))  # the vault's edge
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -339,13 +348,14 @@ def create_app(svc: Services) -> FastAPI:
         return svc.protection.import_vault(body.name, body.backend, body.location,
                                            body.key_file, body.passphrase)
 
+    # verify and GC are jobs: the answer is the job (follow it at /jobs/{id})
     @app.post("/vaults/{name}/verify", dependencies=r)
     def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:
-        return svc.vault_checks.verify(name, sample)
+        return svc.vault_checks.start_verify(name, sample)
 
     @app.post("/vaults/{name}/gc", dependencies=r)
     def gc_vault(name: str, grace_hours: float = 24.0) -> dict[str, Any]:
-        return svc.vault_checks.gc(name, grace_hours)
+        return svc.vault_checks.start_gc(name, grace_hours)
 
     @app.post("/policies", dependencies=r)
     def create_policy(body: PolicyIn) -> dict[str, Any]:
@@ -363,6 +373,10 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/protection/{machine}/stop", dependencies=r)
     def protect_stop(machine: str, delete_data: bool = False) -> dict[str, Any]:
         return svc.stop_protection(machine, delete_data)
+
+    @app.post("/protection/{machine}/disable", dependencies=r)
+    def protect_disable(machine: str) -> dict[str, Any]:
+        return svc.protection.disable(machine)
 
     @app.post("/protection/{machine}/resume", dependencies=r)
     def protect_resume(machine: str) -> dict[str, Any]:
@@ -433,7 +447,7 @@ def create_app(svc: Services) -> FastAPI:
             raise FrostpointError("InvalidInput", "--path and --to are required")
         to = body.to if who.can("admin") else contained(svc.rt.restore_area, body.to)
         return svc.restores.restore_files(body.restore_point, body.path, to, body.disk,
-                                          body.source)
+                                          body.source, body.overwrite)
 
     # locks and resource groups
     @app.post("/locks", dependencies=r)

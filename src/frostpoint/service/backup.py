@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from frostpoint.errors.catalog import CATALOG, FrostpointError
+from frostpoint.errors.catalog import CATALOG, FrostpointError, GuestAgentUnavailable, JobCancelled
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
@@ -32,6 +32,8 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.vault_errors import as_catalog
+from frostpoint.vault.errors import VaultError
 
 MAX_INSTANT_RPS = 18
 HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
@@ -212,12 +214,13 @@ class Backups:
                                  progress=progress,
                                  should_cancel=lambda: self.runner.cancelled(job_id),
                                  previous=self._previous_snapshot(machine_id, vault_id, rp.id))
-        except FrostpointError as e:
-            if e.code == "JobCancelled":
+        except (FrostpointError, VaultError) as e:
+            err = as_catalog(e)  # the vault's own exceptions get their catalog code here
+            if isinstance(err, JobCancelled):
                 self.runner.subtask(job_id, TRANSFER, "Cancelled")
                 return "Cancelled", warnings
             self.runner.subtask(job_id, TRANSFER, "Failed")
-            warnings.append(e.to_dict(machine))
+            warnings.append(err.to_dict(machine))
             return "CompletedWithWarnings", warnings
         except Exception as e:  # noqa: BLE001 - the snapshot stands; the transfer failed
             self.runner.subtask(job_id, TRANSFER, "Failed")
@@ -310,7 +313,7 @@ class Backups:
         except FrostpointError as e:
             # No final status came: if a freeze began (or may have, the machine having
             # gone silent), nobody in the machine may be left to end it.
-            thawed = guard.after_abnormal_end(e.code == "UserErrorGuestAgentStatusUnavailable")
+            thawed = guard.after_abnormal_end(isinstance(e, GuestAgentUnavailable))
             if thawed:
                 raise FrostpointError(e.code, f"{e.detail or e.spec.message}; the fabric "
                                       f"thawed disk(s) {', '.join(thawed)} from the host, "

@@ -17,9 +17,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
-from frostpoint.errors.catalog import FrostpointError, error_dict
+from frostpoint.errors.catalog import FrostpointError, JobCancelled, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.vault_errors import as_catalog
+from frostpoint.vault.errors import VaultError
 
 ACTIVE = ("InProgress", "Cancelling")
 log = logging.getLogger("frostpoint.service")
@@ -147,9 +149,10 @@ class JobRunner:
             warnings: list[Any] = []
             try:
                 status, warnings = body(job_id)
-            except FrostpointError as e:
-                status = "Cancelled" if e.code == "JobCancelled" else "Failed"
-                error = e.to_dict(machine)
+            except (FrostpointError, VaultError) as e:  # a vault error: mapped here
+                err = as_catalog(e)
+                status = "Cancelled" if isinstance(err, JobCancelled) else "Failed"
+                error = err.to_dict(machine)
             except Exception as e:  # noqa: BLE001 - a user sees a code, never a traceback
                 status = "Failed"
                 error = error_dict("BackUpOperationFailed", f"internal error: {e}",

@@ -32,6 +32,7 @@ from frostpoint.vault import format as fmt
 from frostpoint.vault import keyfile
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.backend import Backend, LocalBackend
+from frostpoint.vault.errors import VaultCorrupt, VaultError
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault as VaultStore
 from frostpoint.vault.store import destroy
@@ -55,6 +56,18 @@ def _overlap(kind: str, a: str, b: str) -> bool:
     # Any account: a location names no account, only an environment variable.
     return ca == cb and (not xa or not xb or xa == xb or xa.startswith(xb + "/")
                          or xb.startswith(xa + "/"))
+
+
+def _refuse_taken(s: Session, name: str, backend: str, location: str) -> None:
+    """A new or imported vault needs a free name and a location no other vault's
+    overlaps (a delete of one would take the other's objects)."""
+    if s.scalar(select(Vault).where(Vault.name == name)):
+        raise FrostpointError("Conflict", f"vault {name} already exists")
+    for other in s.scalars(select(Vault).where(Vault.backend == backend)):
+        if _overlap(backend, location, other.location):
+            raise FrostpointError(
+                "Conflict", f"vault location {location} overlaps vault "
+                f"{other.name} at {other.location}", {"vault": other.name})
 
 
 def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> RestorePoint:
@@ -142,13 +155,7 @@ class Protection:
                                   "blobs: a vault needs a prefix of its own",
                                   {"location": location})
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             v = Vault(name=name, backend=backend, location=location)
             s.add(v)
             s.flush()
@@ -177,7 +184,9 @@ class Protection:
                 .where(ProtectedItem.vault_id == v.id))]
             if users:
                 raise FrostpointError("Conflict", f"vault {name} holds the protection of "
-                                      f"{', '.join(users)}: delete those machines first",
+                                      f"{', '.join(users)}: stop and disable their protection "
+                                      "(frostpoint protect stop M; frostpoint protect disable "
+                                      "M), or delete those machines, first",
                                       {"machines": users})
             vid, kind, location = v.id, v.backend, v.location
             gone = 0
@@ -229,13 +238,7 @@ class Protection:
                                   f"{store.vault_id}")
         wanted = str(head.get("service_vault_id") or "")
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             # Keep the old id when free: the key file name and audit trails still match.
             free = re.fullmatch(r"[0-9a-f]{32}", wanted) and s.get(Vault, wanted) is None
             v = Vault(name=name, backend=backend, location=location,
@@ -258,10 +261,11 @@ class Protection:
         for rp_id in store.list_restore_points():
             try:
                 doc = store.read_manifest(rp_id)
-            except FrostpointError as e:
-                if e.code == "VaultDataCorrupt":
-                    damaged.append(rp_id)
+            except VaultCorrupt:
+                damaged.append(rp_id)
                 continue
+            except VaultError:
+                continue  # deleted meanwhile, or a name that is no restore point id
             with self.rt.sessions.begin() as s:
                 if s.get(RestorePoint, rp_id) is not None:
                     continue
@@ -356,6 +360,25 @@ class Protection:
                 item.protection_state = "Protected" if has_rp else "IRPending"
             else:
                 item.protection_state = state
+        return self.describe_protection(machine)
+
+    def disable(self, machine: str) -> dict[str, Any]:
+        """Unprotect a machine whose protection is stopped: it no longer holds its vault,
+        so the vault can be deleted. Its restore points stay where they are."""
+        with self.rt.sessions.begin() as s:
+            m = _by_name(s, Machine, machine, "machine")
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            if item is None:
+                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                                      f"machine {machine} is not protected",
+                                      {"machine": machine})
+            if item.protection_state != "ProtectionStopped":
+                raise FrostpointError("Conflict", f"protection of {machine} is "
+                                      f"{item.protection_state}: stop it first with "
+                                      f"`frostpoint protect stop {machine}`",
+                                      {"machine": machine,
+                                       "protection_state": item.protection_state})
+            s.delete(item)
         return self.describe_protection(machine)
 
     def describe_protection(self, machine: str) -> dict[str, Any]:
