@@ -27,7 +27,7 @@ from pathlib import Path
 
 from frostpoint.fabric import guestfs
 from frostpoint.fabric.image import ensure_image
-from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.system import (
     guest_helper,
@@ -356,6 +356,5 @@ class Sandbox:
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:
     """The host's pid of a machine's process, given its pid inside the machine."""
-    from frostpoint.service.runtime import instance_id
     net = FabricNetwork(instance_id(data_dir))
     return Sandbox(data_dir, DiskPool(data_dir), net).host_pid(machine, guest_pid)

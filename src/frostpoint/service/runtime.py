@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import secrets
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
 from frostpoint.fabric.system import is_mountpoint, run
@@ -60,11 +59,6 @@ class Timeouts:
             if not 0 < a < b:
                 raise ValueError(f"timeouts out of order: {inner}={a:g} must be > 0 and "
                                  f"less than {outer}={b:g}")
-
-
-def instance_id(data_dir: Path) -> str:
-    """Short id naming this service's namespaces, so tests can run several services."""
-    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
 
 
 MIN_TOKEN_CHARS = 32
