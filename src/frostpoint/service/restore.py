@@ -6,7 +6,6 @@ import os
 import posixpath
 import shutil
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric import fscrypt
-from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.system import run
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
@@ -110,7 +108,8 @@ class Restores:
     def _source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
-        instant = rp.tier != "Vault" and rp.snapshot_dir and Path(rp.snapshot_dir).exists()
+        instant = (rp.tier != "Vault" and rp.snapshot_dir
+                   and self.rt.platform.snapshot_exists(rp.snapshot_dir))
         in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
         if source == "instant" and not instant:
             raise FrostpointError("UserErrorInstantRpNotFound",
@@ -130,11 +129,8 @@ class Restores:
             raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {disk}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if source == "instant":
-            snap = Path(str(rp.snapshot_dir)) / f"{disk}.img"
-            try:
-                reflink(snap, target)  # instant when both are in the pool
-            except OSError:
-                subprocess.run(["cp", "--sparse=always", str(snap), str(target)], check=True)
+            snap = self.rt.platform.snapshot_image(str(rp.snapshot_dir), disk)
+            self.rt.platform.copy_disk(snap, target)
         else:
             assert rp.vault_id
             self.protection.store(rp.vault_id).restore_disk(rp.id, disk, target,
@@ -226,7 +222,7 @@ class Restores:
             if info.get("encryption_key"):  # reading files needs the service's key access
                 key = self.machines.keyvaults.unwrap(info["encryption_key"],
                                                      info["wrapped_key"], BACKUP_PRINCIPAL)
-            work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.pool.root))
+            work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.platform.scratch_dir()))
             image, mnt = work / f"{dname}.img", work / "mnt"
             mnt.mkdir()
             self.materialize(rp, dname, image, src, self._progress(job_id))

@@ -15,7 +15,6 @@ import uvicorn
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.endpoints import host_app, wire_app
-from frostpoint.fabric.system import bind_in_netns
 from frostpoint.protocol import FABRIC_ADDRESS, HOST_PORT, WIRE_PORT
 from frostpoint.service import clock
 from frostpoint.service.api import create_app
@@ -87,8 +86,9 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         svc = Services(rt)
         svc.reconcile_machines()
         svc.backups.runner.reap_orphans()
-        wire_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, WIRE_PORT)
-        host_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, HOST_PORT)
+        rt.platform.attach_backend(svc.machines)
+        wire_sock, host_sock = rt.platform.endpoint_sockets(FABRIC_ADDRESS,
+                                                            (WIRE_PORT, HOST_PORT))
     except BaseException:
         rt.release_fabric()
         raise

@@ -102,7 +102,7 @@ class Services:
         if state == "Deleting":  # the user asked for the delete: finish it
             self.machines.delete(name)
             return "Deleted"
-        running = self.rt.sandbox.is_running(name)
+        running = self.rt.platform.is_running(name)
         with self.rt.sessions.begin() as s:
             m = Machines.get(s, name)
             if state == "Creating":
