@@ -25,6 +25,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,11 @@ class MemoryPlatform:
             thawed = sorted(m.frozen & names)
             m.frozen -= names
             return thawed
+
+    def image_files(self, image: Path, filesystem: str,
+                    key: bytes | None) -> AbstractContextManager[Path]:
+        # Memory disks hold bytes, not filesystems: file restores need the sandbox.
+        raise PlatformRefused("disks of the memory platform have no filesystem to read")
 
     # -- for tests: what a program in the guest would do -------------------------------
     def write_disk(self, machine: str, disk: str, data: bytes, offset: int = 0) -> None:

@@ -18,9 +18,10 @@ what the vault reads.
 from __future__ import annotations
 
 import socket
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from frostpoint.protocol import DISK_ROOT
 
@@ -80,6 +81,7 @@ class GuestBackend(Protocol):
     def snapshot_task(self, machine_id: str, task_id: str) -> dict[str, Any]: ...
 
 
+@runtime_checkable  # isinstance checks the methods are there (tests/test_layering.py)
 class MachinePlatform(Protocol):
     """Everything the service does to machines (see the module's docstring)."""
 
@@ -149,5 +151,12 @@ class MachinePlatform(Protocol):
 
     def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
         """Thaw the machine's frozen disks from the host; returns the names thawed."""
+
+    def image_files(self, image: Path, filesystem: str,
+                    key: bytes | None) -> AbstractContextManager[Path]:
+        """The files of a copy of a disk (file restores), for the host to read while
+        the context lasts: read-only, and nothing of the guest's filesystem (device
+        nodes, set-id bits, programs) counts on the host; unlocked with key if the disk
+        is encrypted."""
 
 

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from frostpoint.fabric import guestfs
+from frostpoint.fabric import fscrypt, guestfs
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.fabric.image import ensure_image
 from frostpoint.fabric.network import FabricNetwork, instance_id
@@ -54,6 +55,8 @@ SHUTDOWN_GRACE_S = 10.0  # a guest's processes get this long to exit on SIGTERM 
 LAYERS = ("etc", "var", "root")
 # The bind-mount targets in those layers: a guest may have left a symlink there.
 BIND_TARGETS = {"etc": GUEST_ETC, "lib": GUEST_LIB, "log": GUEST_LOG}
+# A guest's filesystem mounted on the host (file restores): nothing of it counts there.
+GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
 GUEST_INIT = ["python3", "-m", "frostpoint.agent.init"]  # the agent supervisor
 DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
              ("urandom", 1, 9), ("tty", 5, 0))
@@ -446,6 +449,21 @@ class Sandbox:
     def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
         return thaw_disks_from_host(self.data_dir / "run" / "thaw" / machine,
                                     [(d.name, d.filesystem, d.image_path) for d in disks])
+
+    @contextlib.contextmanager
+    def image_files(self, image: Path, filesystem: str,
+                    key: bytes | None) -> Iterator[Path]:
+        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=image.parent))
+        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
+        try:
+            run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(mnt)])
+            try:
+                yield fscrypt.unlock(mnt, key) if key else mnt
+            finally:
+                run(["umount", str(mnt)], check=False)
+        finally:
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
 
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:

@@ -13,8 +13,6 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric import fscrypt
-from frostpoint.fabric.system import run
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.machines import Machines
@@ -23,7 +21,6 @@ from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 RESTORE = "Restore"
-GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
 
 
 def contained(root: Path, path: str) -> Path | None:
@@ -223,17 +220,12 @@ class Restores:
                 key = self.machines.keyvaults.unwrap(info["encryption_key"],
                                                      info["wrapped_key"], BACKUP_PRINCIPAL)
             work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.platform.scratch_dir()))
-            image, mnt = work / f"{dname}.img", work / "mnt"
-            mnt.mkdir()
-            self.materialize(rp, dname, image, src, self._progress(job_id))
-            # The filesystem is the guest's: no device nodes, set-id bits or programs
-            # of it count on the host.
-            opts = "ro,noload" if fs == "ext4" else "ro,norecovery,nouuid"
+            image = work / f"{dname}.img"
             try:
-                run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image),
-                     str(mnt)])
-                try:
-                    root = fscrypt.unlock(mnt, key) if key else mnt
+                self.materialize(rp, dname, image, src, self._progress(job_id))
+                # The filesystem is the guest's: the platform mounts it read-only,
+                # nodev, nosuid, noexec (fabric/platform.py image_files).
+                with self.rt.platform.image_files(image, fs, key) as root:
                     inner = contained(root, path)
                     if inner is None:
                         raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
@@ -241,8 +233,6 @@ class Restores:
                     dest.mkdir(parents=True, exist_ok=True)
                     target = dest / inner.name if inner != root else dest
                     skipped = copy_out(inner, target)
-                finally:
-                    run(["umount", str(mnt)], check=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             return {"restored": str(target), "disk": dname, "skipped": skipped}
