@@ -36,6 +36,7 @@ from frostpoint.fabric.platform import (
     GuestBackend,
     MachineSpec,
     Snapshot,
+    SnapshotFolders,
 )
 from frostpoint.protocol import GUEST_ETC, GUEST_LIB, GUEST_LOG, SNAPSHOT_EXTENSION
 
@@ -56,7 +57,7 @@ class MemoryMachine:
     guest: InProcessGuest | None = None
 
 
-class MemoryPlatform:
+class MemoryPlatform(SnapshotFolders):
     """MachinePlatform in memory (disks and snapshots in files under root)."""
 
     def __init__(self, root: Path, heartbeat_s: float = 0.1) -> None:
@@ -247,15 +248,6 @@ class MemoryPlatform:
                 raise
             tmp.rename(target)
             return Snapshot(str(target), [d.name for d in disks])
-
-    def snapshot_exists(self, location: str) -> bool:
-        return Path(location).is_dir()
-
-    def snapshot_image(self, location: str, disk: str) -> Path:
-        return Path(location) / f"{disk}.img"
-
-    def delete_snapshot(self, location: str) -> None:
-        shutil.rmtree(location, ignore_errors=True)
 
     def copy_disk(self, src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)

@@ -17,6 +17,7 @@ what the vault reads.
 
 from __future__ import annotations
 
+import shutil
 import socket
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -66,6 +67,19 @@ class Snapshot:
 
     location: str  # opaque; stored on the restore point
     disks: list[str]
+
+
+class SnapshotFolders:
+    """Both platforms keep a snapshot as a folder (its location) of NAME.img files."""
+
+    def snapshot_exists(self, location: str) -> bool:
+        return Path(location).is_dir()
+
+    def snapshot_image(self, location: str, disk: str) -> Path:
+        return Path(location) / f"{disk}.img"
+
+    def delete_snapshot(self, location: str) -> None:
+        shutil.rmtree(location, ignore_errors=True)
 
 
 class GuestBackend(Protocol):

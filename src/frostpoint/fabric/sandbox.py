@@ -38,6 +38,7 @@ from frostpoint.fabric.platform import (
     GuestBackend,
     MachineSpec,
     Snapshot,
+    SnapshotFolders,
 )
 from frostpoint.fabric.pool import DiskPool, reflink
 from frostpoint.fabric.system import (
@@ -62,7 +63,7 @@ DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
              ("urandom", 1, 9), ("tty", 5, 0))
 
 
-class Sandbox:
+class Sandbox(SnapshotFolders):
     """Start, stop, exec and delete sandbox machines on this host: the real
     MachinePlatform (fabric/platform.py)."""
 
@@ -430,15 +431,6 @@ class Sandbox:
                 raise FileExistsError(f"snapshot {snapshot_id} exists already") from e
             raise
         return Snapshot(str(target), [d.name for d in disks])
-
-    def snapshot_exists(self, location: str) -> bool:
-        return Path(location).is_dir()
-
-    def snapshot_image(self, location: str, disk: str) -> Path:
-        return Path(location) / f"{disk}.img"
-
-    def delete_snapshot(self, location: str) -> None:
-        shutil.rmtree(location, ignore_errors=True)
 
     def copy_disk(self, src: Path, dst: Path) -> None:
         try:
