@@ -62,6 +62,19 @@ class Service:
         from frostpoint.service.clock import Clock
         Clock(self.clock_file).advance(seconds)
 
+    def move_clock_to(self, hhmm: str, seconds_before: float = 15) -> None:
+        """Move the service's clock forward to seconds_before the next HH:MM (UTC): a
+        daily schedule at HH:MM comes due a little later, after the agents' next
+        heartbeat (heartbeats before the move look old to the moved clock)."""
+        from frostpoint.service.clock import Clock
+        now = Clock(self.clock_file).now()
+        hour, minute = (int(x) for x in hhmm.split(":"))
+        target = now.replace(hour=hour, minute=minute, second=0, microsecond=0) \
+            - timedelta(seconds=seconds_before)
+        if target <= now:
+            target += timedelta(days=1)
+        self.move_clock((target - now).total_seconds())
+
     def let_days_pass(self, days: int) -> None:
         """Move the service's clock past `days` days, to 00:01 UTC of the day after, so
         that no daily schedule (HH:MM, 22:00 by default) comes due on the way."""
