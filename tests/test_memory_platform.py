@@ -8,6 +8,7 @@ clock (service/clock.py), not by editing the database.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,8 +39,10 @@ class World:
     clock: clock.Clock
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@contextlib.contextmanager
+def service_on_memory(tmp_path: Path) -> Iterator[World]:
+    """The service as the server wires it (Runtime, Services, the backend attached),
+    on the memory platform and a clock of its own."""
     platform = MemoryPlatform(tmp_path / "memory", heartbeat_s=0.05)
     moved = clock.Clock()
     old = clock.use(moved)
@@ -50,11 +53,16 @@ def world(tmp_path: Path) -> Iterator[World]:
     try:
         yield World(rt, svc, platform, moved)
     finally:
-        for name in list(platform.machines):
-            m = platform.machines[name]
+        for m in list(platform.machines.values()):
             platform.stop(m.spec)
         clock.use(old)
         rt.engine.dispose()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with service_on_memory(tmp_path) as w:
+        yield w
 
 
 def wait_job(w: World, job_id: str, timeout: float = 20) -> dict[str, Any]:
@@ -224,3 +232,20 @@ def test_the_schedule_comes_due_once_a_day(world: World) -> None:
     assert wait_job(w, job_id)["status"] == "Completed"
     w.clock.advance(86400)
     assert w.svc.run_schedule() == ["m5"]  # the next day
+
+
+def test_a_guest_dead_while_frozen_is_thawed_by_the_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Short limits, in their order: host call < freeze < extension wait < job.
+    for k, v in (("FROSTPOINT_HOST_CALL_S", "0.5"), ("FROSTPOINT_FREEZE_S", "1"),
+                 ("FROSTPOINT_EXTENSION_WAIT_S", "10"), ("FROSTPOINT_JOB_S", "60"),
+                 ("FROSTPOINT_HEARTBEAT_STALE_S", "1")):
+        monkeypatch.setenv(k, v)
+    with service_on_memory(tmp_path) as w:  # after the variables: Timeouts reads them
+        protected(w, "m6")
+        wait_agent(w, "m6")
+        w.platform.machines["m6"].die_when_frozen = True
+        job = backup(w, "m6")
+        assert job["error"]["code"] == "UserErrorGuestAgentStatusUnavailable", job
+        assert job["error"]["details"]["host_thawed"] == ["data"], job["error"]
+        assert not w.platform.machines["m6"].frozen  # the fabric thawed it

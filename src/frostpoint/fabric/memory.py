@@ -55,6 +55,7 @@ class MemoryMachine:
     agent_version: str | None = None
     frozen: set[str] = field(default_factory=set)  # disk names frozen now
     guest: InProcessGuest | None = None
+    die_when_frozen: bool = False  # a test's fault: every guest process dies mid-freeze
 
 
 class MemoryPlatform(SnapshotFolders):
@@ -360,6 +361,9 @@ class InProcessGuest:
                      phase="freezing", mounts=[d["mountpoint"] for d in settings["disks"]])
         with self.platform.lock:
             m.frozen |= set(disks)
+            if m.die_when_frozen:  # kill -9 of everything: nobody left to thaw
+                self.stopping.set()
+                return
         t0 = time.monotonic()
         try:
             result = backend.take_snapshot(mid, {"taskId": task, "frozen": True})
