@@ -165,14 +165,13 @@ def test_one_backup_of_a_machine_at_a_time(world: World) -> None:
     w = world
     protected(w, "m2")
     wait_agent(w, "m2")
-    w.platform.heartbeat_s = 0.5  # the guest answers within a beat: hold it a little
+    w.platform.machines["m2"].hold_frozen_s = 0.5  # the first backup lasts a while
     first = w.svc.backups.start("m2")
     with pytest.raises(FrostpointError) as e:
         w.svc.backups.start("m2")
     assert e.value.code == "UserErrorBackupOperationInProgress"
     assert e.value.details["running_job"] == first["id"]
     assert wait_job(w, first["id"])["status"] == "Completed"
-    w.platform.heartbeat_s = 0.05
     assert backup(w, "m2")["status"] == "Completed"  # the slot is free again
 
 
@@ -249,3 +248,32 @@ def test_a_guest_dead_while_frozen_is_thawed_by_the_host(
         assert job["error"]["code"] == "UserErrorGuestAgentStatusUnavailable", job
         assert job["error"]["details"]["host_thawed"] == ["data"], job["error"]
         assert not w.platform.machines["m6"].frozen  # the fabric thawed it
+
+
+def test_a_backup_cancelled_through_the_api_mid_freeze_ends_cancelled_and_thawed(
+        world: World) -> None:
+    from fastapi.testclient import TestClient
+
+    from frostpoint.service.api import create_app
+    w = world
+    protected(w, "m7")
+    wait_agent(w, "m7")
+    w.platform.machines["m7"].hold_frozen_s = 1.0
+    api = TestClient(create_app(w.svc), headers={"Authorization": f"Bearer {w.rt.api_token}"})
+    job = api.post("/backups", json={"machine": "m7"}).json()
+    deadline = time.monotonic() + 10
+    while not w.platform.machines["m7"].frozen:
+        assert time.monotonic() < deadline, "the guest never froze"
+        time.sleep(0.01)
+    assert api.post(f"/jobs/{job['id']}/cancel").json()["status"] == "Cancelling"
+    final = wait_job(w, job["id"])
+    assert final["status"] == "Cancelled", final
+    # The job may end before the guest's freeze does (as with the real extension):
+    # the guest asks for its snapshot, is refused (the task is withdrawn), and thaws.
+    deadline = time.monotonic() + 5
+    while w.platform.machines["m7"].frozen:
+        assert time.monotonic() < deadline, "the guest stayed frozen"
+        time.sleep(0.02)
+    assert api.get("/restore-points", params={"machine": "m7"}).json() == []
+    assert not (w.platform.root / "snapshots" / "m7" / job["id"]).exists()  # never taken
+    assert backup(w, "m7")["status"] == "Completed"  # and the slot is free

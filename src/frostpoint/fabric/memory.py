@@ -56,6 +56,7 @@ class MemoryMachine:
     frozen: set[str] = field(default_factory=set)  # disk names frozen now
     guest: InProcessGuest | None = None
     die_when_frozen: bool = False  # a test's fault: every guest process dies mid-freeze
+    hold_frozen_s: float = 0.0  # as vmbackup.json holdFrozenSeconds: a long freeze
 
 
 class MemoryPlatform(SnapshotFolders):
@@ -365,6 +366,7 @@ class InProcessGuest:
                 self.stopping.set()
                 return
         t0 = time.monotonic()
+        self.stopping.wait(m.hold_frozen_s)
         try:
             result = backend.take_snapshot(mid, {"taskId": task, "frozen": True})
         except Exception as e:  # noqa: BLE001
