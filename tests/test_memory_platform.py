@@ -277,3 +277,29 @@ def test_a_backup_cancelled_through_the_api_mid_freeze_ends_cancelled_and_thawed
     assert api.get("/restore-points", params={"machine": "m7"}).json() == []
     assert not (w.platform.root / "snapshots" / "m7" / job["id"]).exists()  # never taken
     assert backup(w, "m7")["status"] == "Completed"  # and the slot is free
+
+
+def test_restores_from_the_pool_and_the_vault_hold_the_bytes_of_the_backup(
+        world: World, tmp_path: Path) -> None:
+    w = world
+    protected(w, "m8")
+    wait_agent(w, "m8")
+    w.platform.write_disk("m8", "data", b"backed-up", offset=5 * MiB)
+    rp = backup(w, "m8")["details"]["restore_point"]
+    w.platform.write_disk("m8", "data", b"later....", offset=5 * MiB)
+    for source in ("instant", "vault"):
+        out = tmp_path / source
+        job = wait_job(w, w.svc.restores.restore_disks(rp, str(out), source)["id"])
+        assert job["status"] == "Completed", job
+        with open(out / "data.img", "rb") as f:
+            f.seek(5 * MiB)
+            assert f.read(9) == b"backed-up", source
+        name = f"copy-{source[0]}"
+        job = wait_job(w, w.svc.restores.restore_vm(rp, name, source)["id"])
+        assert job["status"] == "Completed", job
+        assert w.platform.is_running(name)
+        copy = w.platform.machines[name].spec.disks[0]
+        with open(copy.image_path, "rb") as f:
+            f.seek(5 * MiB)
+            assert f.read(9) == b"backed-up", source
+    assert not list(w.platform.scratch_dir().iterdir()), "restores left copies behind"

@@ -254,6 +254,16 @@ class MemoryPlatform(SnapshotFolders):
     def copy_disk(self, src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
+    def replace_disk(self, disk: DiskSpec, image: Path) -> None:
+        with self.lock:
+            m = next((m for m in self.machines.values()
+                      if any(d.image_path == disk.image_path for d in m.spec.disks)), None)
+            if m is None:
+                raise PlatformRefused(f"no machine has disk {disk.name} at {disk.image_path}")
+            if m.power == "Running":
+                raise PlatformRefused(f"machine {m.spec.name} is running: stop it first")
+            shutil.move(image, disk.image_path)
+
     def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
         with self.lock:
             m = self.machines.get(machine)

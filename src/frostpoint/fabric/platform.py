@@ -163,6 +163,10 @@ class MachinePlatform(Protocol):
     def copy_disk(self, src: Path, dst: Path) -> None:
         """A new disk image dst with src's bytes (instant where the pool reflinks)."""
 
+    def replace_disk(self, disk: DiskSpec, image: Path) -> None:
+        """Make a stopped machine's disk hold image's bytes; image (made under
+        scratch_dir) is moved into place."""
+
     def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
         """Thaw the machine's frozen disks from the host; returns the names thawed."""
 

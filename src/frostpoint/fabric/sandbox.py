@@ -438,6 +438,9 @@ class Sandbox(SnapshotFolders):
         except OSError:
             subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
 
+    def replace_disk(self, disk: DiskSpec, image: Path) -> None:
+        os.replace(image, disk.image_path)  # scratch_dir is in the pool: one filesystem
+
     def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
         return thaw_disks_from_host(self.data_dir / "run" / "thaw" / machine,
                                     [(d.name, d.filesystem, d.image_path) for d in disks])

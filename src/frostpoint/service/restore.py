@@ -15,7 +15,7 @@ from sqlalchemy import select
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import Machines
+from frostpoint.service.machines import Machines, machine_spec
 from frostpoint.service.models import Job, RestorePoint, SubTask, utcnow
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
@@ -197,12 +197,16 @@ class Restores:
                                         for d in rp.disks])
             self.machines.stop(name)
             with self.rt.sessions() as s:
-                m = Machines.get(s, name)
-                images = {d.name: Path(d.image_path) for d in m.disks}
-            for dname, image in images.items():
-                tmp = image.with_name(image.name + ".restore")
-                self.materialize(rp, dname, tmp, src, self._progress(job_id))
-                os.replace(tmp, image)
+                disks = machine_spec(Machines.get(s, name)).disks
+            for disk in disks:  # made beside the disks, then put in place by the platform
+                work = Path(tempfile.mkdtemp(prefix="restore-",
+                                             dir=self.rt.platform.scratch_dir()))
+                try:
+                    tmp = work / f"{disk.name}.img"
+                    self.materialize(rp, disk.name, tmp, src, self._progress(job_id))
+                    self.rt.platform.replace_disk(disk, tmp)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
             self.machines.start(name)
             return {"machine": name}
         return self._start("Vm", rp_id, {"name": name, "source": source}, body)
