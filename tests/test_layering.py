@@ -60,5 +60,6 @@ def test_the_service_reaches_machines_only_through_the_seam() -> None:
             bad += [f"{f.name}:{node.lineno} {n}" for n in names if n in banned]
         text = f.read_text()
         bad += [f"{f.name}: {w}" for w in ("rt.sandbox", "rt.pool", "rt.network", "guest_dir",
-                                           "mntns_file", '"sh", "-c"') if w in text]
+                                           "mntns_file", '"sh", "-c"', "Path(rp.snapshot_dir)",
+                                           "rmtree(rp.snapshot_dir") if w in text]
     assert not bad, bad
