@@ -25,6 +25,13 @@ lint: setup
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -rs
 
+# The service's rules on the in-memory platform, with every capability dropped: they
+# need no root (docs/machines.md "The seam"); seconds.
+.PHONY: test-memory
+test-memory: setup
+	setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all --no-new-privs \
+		$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_memory_platform.py tests/test_clock.py
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,37 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The service's clock reads its offset from this file (service/clock.py).
+        self.clock_file = data_dir / "test-clock"
         self.env = {**os.environ, **TEST_ENV, "FROSTPOINT_DATA_DIR": str(data_dir),
-                    "FROSTPOINT_URL": self.url}
+                    "FROSTPOINT_URL": self.url, "FROSTPOINT_TEST_CLOCK_FILE": str(self.clock_file)}
+
+    def move_clock(self, seconds: float) -> None:
+        """Move the running service's clock forward (its offset file, service/clock.py)."""
+        from frostpoint.service.clock import Clock
+        Clock(self.clock_file).advance(seconds)
+
+    def move_clock_to(self, hhmm: str, seconds_before: float = 15) -> None:
+        """Move the service's clock forward to seconds_before the next HH:MM (UTC): a
+        daily schedule at HH:MM comes due a little later, after the agents' next
+        heartbeat (heartbeats before the move look old to the moved clock)."""
+        from frostpoint.service.clock import Clock
+        now = Clock(self.clock_file).now()
+        hour, minute = (int(x) for x in hhmm.split(":"))
+        target = now.replace(hour=hour, minute=minute, second=0, microsecond=0) \
+            - timedelta(seconds=seconds_before)
+        if target <= now:
+            target += timedelta(days=1)
+        self.move_clock((target - now).total_seconds())
+
+    def let_days_pass(self, days: int) -> None:
+        """Move the service's clock past `days` days, to 00:01 UTC of the day after, so
+        that no daily schedule (HH:MM, 22:00 by default) comes due on the way."""
+        from frostpoint.service.clock import Clock
+        now = Clock(self.clock_file).now()
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        target = midnight + timedelta(days=days + 1, minutes=1)
+        self.move_clock((target - now).total_seconds())
 
     def server_argv(self) -> list[str]:
         return [sys.executable, "-m", "frostpoint.cli.main", "server", "--data-dir",

@@ -75,11 +75,29 @@ def recorded(service: Service) -> dict[str, str]:
     return {line.split()[1]: line.split()[0] for line in text.splitlines()}
 
 
-def test_backup_twice_and_restore_from_vault_and_pool(service: Service,
-                                                      tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def app_machine(service: Service) -> str:
+    """The machine with the app running, made once for the tests that need it."""
     service.protected_machine(M, [{"name": "data", "size": "128M", "filesystem": "ext4"},
                                   {"name": "logs", "size": "320M", "filesystem": "xfs"}])
     service.exec(M, APP)
+    return M
+
+
+@pytest.fixture(scope="module")
+def restore_point(service: Service, app_machine: str) -> str:
+    """A restore point of the app machine: the newest one, or one made now, so each
+    test that restores runs alone too (pytest -k)."""
+    rps = service.client.get("/restore-points", params={"machine": app_machine})
+    if rps:
+        return str(rps[0]["id"])
+    job = service.backup(app_machine)
+    assert job["status"] == "Completed", job
+    return str(job["details"]["restore_point"])
+
+
+def test_backup_twice_and_restore_from_vault_and_pool(service: Service, app_machine: str,
+                                                      tmp_path: Path) -> None:
     points = []
     for round_ in (1, 2):
         job = service.backup(M)
@@ -109,10 +127,9 @@ def test_backup_twice_and_restore_from_vault_and_pool(service: Service,
         assert images["vault"] == images["instant"], "vault and pool copies differ"
 
 
-def test_restore_files_and_new_machine(service: Service, tmp_path: Path) -> None:
-    if not any(m["name"] == M for m in service.client.get("/machines")):
-        pytest.skip("runs after the round-trip test, on its machine")
-    rp = service.client.get("/restore-points", params={"machine": M})[0]
+def test_restore_files_and_new_machine(service: Service, restore_point: str,
+                                       tmp_path: Path) -> None:
+    rp = {"id": restore_point}
     j = service.cli_json("restore", "files", rp["id"], "--path", "random.bin",
                          "--to", str(tmp_path / "files"), "--disk", "data")
     assert j["status"] == "Completed", j
@@ -127,12 +144,9 @@ def test_restore_files_and_new_machine(service: Service, tmp_path: Path) -> None
     service.client.delete("/machines/rt-copy")
 
 
-def test_missing_path_in_restore_files_is_a_clear_error(service: Service,
+def test_missing_path_in_restore_files_is_a_clear_error(service: Service, restore_point: str,
                                                         tmp_path: Path) -> None:
-    if not any(m["name"] == M for m in service.client.get("/machines")):
-        pytest.skip("runs after the round-trip test, on its machine")
-    rp = service.client.get("/restore-points", params={"machine": M})[0]
-    p = service.cli("restore", "files", rp["id"], "--path", "no/such/file", "--to",
+    p = service.cli("restore", "files", restore_point, "--path", "no/such/file", "--to",
                     str(tmp_path), "--json", check=False)
     assert p.returncode == 1
     assert '"NotFound"' in p.stdout

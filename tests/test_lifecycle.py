@@ -167,13 +167,6 @@ def test_the_cli_without_a_token_file_says_so_in_one_error(
 
 
 # -- 2.6: retention and GC go on past a failure ----------------------------------------
-def age(service: Service, rp_id: str) -> None:
-    """What the passing of the retention period does to a restore point."""
-    with sqlite3.connect(service.data_dir / "frostpoint.db", timeout=30) as db:
-        db.execute("UPDATE restore_points SET instant_expires_at = '2000-01-01 00:00:00', "
-                   "vault_expires_at = '2000-01-01 00:00:00' WHERE id = ?", (rp_id,))
-
-
 def listed(service: Service) -> set[str]:
     return {r["id"] for r in service.client.get("/restore-points")}
 
@@ -200,8 +193,7 @@ def test_one_broken_vault_and_a_manifest_deleted_by_hand_stop_no_retention(
     shutil.move(bad_dir, tmp_path / "bad-vault.away")  # the bad vault's storage is gone
     bad_dir.write_text("not a vault")
     mark = len((s.data_dir / "server.log").read_bytes())
-    for rp in (plain, by_hand, on_bad):
-        age(s, rp)
+    s.let_days_pass(30)  # the "keep" policy's vault retention: all three are due
     deadline = time.monotonic() + 45
     while {plain, by_hand} & listed(s):
         assert time.monotonic() < deadline, "retention stopped at the first failure"

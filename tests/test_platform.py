@@ -7,9 +7,9 @@ import os
 import stat
 import subprocess
 import time
-from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from conftest import Service, needs_root
 
@@ -88,16 +88,27 @@ def test_identity_tokens(service: Service) -> None:
         service.client.delete(f"/machines/{name}")
 
 
-def test_scheduled_backup_runs_at_the_policy_time(service: Service) -> None:
+SCHEDULE = "23:58"  # the daily policy's time; the test moves the clock there
+
+
+@pytest.fixture(scope="module")
+def sched(service: Service) -> str:
+    """A protected machine on a daily policy, made once for the tests that use it (each
+    of them also runs alone)."""
     m = "sched"
     c = service.client
     c.post("/machines", {"name": m, "disks": [{"name": "data", "size": "32M"}]})
     c.post("/vaults", {"name": "vs"})
-    due = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
-    if due > datetime.now(UTC).strftime("%H:%M"):  # just after midnight
-        due = "00:00"
-    c.post("/policies", {"name": "every-day-now", "schedule_time": due})
-    c.post("/protection/enable", {"machine": m, "vault": "vs", "policy": "every-day-now"})
+    c.post("/policies", {"name": "daily", "schedule_time": SCHEDULE})
+    c.post("/protection/enable", {"machine": m, "vault": "vs", "policy": "daily"})
+    service.wait_agent_ready(m)
+    return m
+
+
+def test_scheduled_backup_runs_at_the_policy_time(service: Service, sched: str) -> None:
+    m = sched
+    c = service.client
+    service.move_clock_to(SCHEDULE)  # days pass by the service's clock (service/clock.py)
     service.wait_agent_ready(m)
     deadline = time.monotonic() + 40
     jobs: list[dict] = []
@@ -113,8 +124,8 @@ def test_scheduled_backup_runs_at_the_policy_time(service: Service) -> None:
     assert c.get(f"/protection/{m}")["protection_state"] == "Protected"
 
 
-def test_stopped_machine_is_backed_up_crash_consistent(service: Service) -> None:
-    m = "sched"
+def test_stopped_machine_is_backed_up_crash_consistent(service: Service, sched: str) -> None:
+    m = sched
     service.exec(m, "echo before-stop > /mnt/data/f.txt")
     service.cli_json("vm", "stop", m)
     job = service.backup(m)
@@ -123,8 +134,8 @@ def test_stopped_machine_is_backed_up_crash_consistent(service: Service) -> None
     service.cli_json("vm", "start", m)
 
 
-def test_protection_stop_and_resume(service: Service) -> None:
-    m = "sched"
+def test_protection_stop_and_resume(service: Service, sched: str) -> None:
+    m = sched
     assert service.cli_json("protect", "stop", m)["protection_state"] == "ProtectionStopped"
     p = service.cli("backup", "now", m, "--json", check=False)
     assert p.returncode == 1
@@ -149,7 +160,8 @@ def test_every_listed_command_answers_json(service: Service) -> None:
     assert "NotFound" in human.stderr and "fix:" in human.stderr
 
 
-def test_locks_on_the_restore_point_resource_group(service: Service) -> None:
+def test_locks_on_the_restore_point_resource_group(service: Service, sched: str) -> None:
+    # The resource group is made when a machine (sched) is first protected.
     rgs = service.client.get("/resource-groups")
     assert [rg["name"] for rg in rgs] == ["FrostpointRG_local_1"]
     service.cli_json("lock", "create", "keep", "--resource-group", "FrostpointRG_local_1")

@@ -2,13 +2,13 @@
 own (the cleanup loop), its data is marked by the automatic GC and reclaimed after
 the grace, and what is still retained keeps restoring.
 
-Days cannot pass in a test: the one thing the test does by hand is move the expiry
-dates of one restore point into the past, in the service's database, as time would."""
+Days pass by moving the service's clock (service/clock.py): the old restore point's
+policy keeps it 1 day, the new one is kept 30, so a day and a bit later only the old
+one is due."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +23,6 @@ pytestmark = needs_root
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
     yield from running_service(FROSTPOINT_CLEANUP_S="1", FROSTPOINT_GC_S="1")
-
-
-def age(service: Service, rp_id: str) -> None:
-    """What the passing of the retention period does to a restore point."""
-    with sqlite3.connect(service.data_dir / "frostpoint.db", timeout=30) as db:
-        db.execute("UPDATE restore_points SET instant_expires_at = '2000-01-01 00:00:00', "
-                   "vault_expires_at = '2000-01-01 00:00:00' WHERE id = ?", (rp_id,))
 
 
 def test_vault_restore_points_expire_by_policy_and_gc_reclaims_them(
@@ -52,7 +45,7 @@ def test_vault_restore_points_expire_by_policy_and_gc_reclaims_them(
     assert new["status"] == "Completed", new
     old_rp, new_rp = old["details"]["restore_point"], new["details"]["restore_point"]
 
-    age(s, old_rp)
+    s.let_days_pass(1)  # past the old point's 1 day, far from the new one's 30
     deadline = time.monotonic() + 30
     while any(r["id"] == old_rp for r in c.get("/restore-points", params={"machine": "ret"})):
         assert time.monotonic() < deadline, "the expired restore point is still listed"

@@ -10,10 +10,10 @@ Fixes are either safe (applied by --fix) or risky (applied only when confirmed).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +21,7 @@ from sqlalchemy import select
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.protocol import (
     FABRIC_ADDRESS,
+    GUEST_ETC,
     MIN_AGENT_VERSION,
     SNAPSHOT_EXTENSION,
     version_tuple,
@@ -28,7 +29,7 @@ from frostpoint.protocol import (
 from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import Machines
+from frostpoint.service.machines import Machines, machine_spec
 from frostpoint.service.models import (
     Job,
     Lock,
@@ -70,7 +71,7 @@ class Doctor:
             mid = m.id
         out: list[Finding] = []
         out += self._machine(name, info)
-        running = info["power_state"] == "Running" and self.rt.sandbox.is_running(name)
+        running = info["power_state"] == "Running" and self.rt.platform.is_running(name)
         if running:
             out += self._agent(name, info)
         out += self._extensions(name, info)
@@ -109,7 +110,7 @@ class Doctor:
                                "remove-failed-extensions"))
         else:
             out.append(Finding("machine.provisioning", "pass", f"provisioning {prov}"))
-        if power == "Running" and not self.rt.sandbox.is_running(name):
+        if power == "Running" and not self.rt.platform.is_running(name):
             out.append(Finding("machine.power", "fail",
                                "the platform says Running but nothing runs in the machine: "
                                "it was powered off from inside the guest",
@@ -190,7 +191,7 @@ class Doctor:
         return out
 
     def _in_guest(self, name: str) -> list[Finding]:
-        r = self.rt.sandbox.exec(name, ["frostpoint-agent", "doctor", "--json"], timeout=60)
+        r = self.rt.platform.exec(name, ["frostpoint-agent", "doctor", "--json"], timeout=60)
         try:
             items = json.loads(r.stdout)
         except ValueError:
@@ -214,6 +215,8 @@ class Doctor:
 
     def _disks(self, name: str, info: dict[str, Any]) -> list[Finding]:
         out = []
+        with self.rt.sessions() as s:
+            spec_disks = {d.name: d for d in machine_spec(Machines.get(s, name)).disks}
         for d in info["disks"]:
             limit = MAX_ENCRYPTED_DISK if d["encrypted"] else MAX_DISK
             if d["size_bytes"] > limit:
@@ -223,7 +226,7 @@ class Doctor:
                                    "UserErrorUnsupportedDiskSize",
                                    ["split the data over smaller disks",
                                     f"frostpoint vm disk delete {name} {d['name']}"]))
-            elif not Path(self.rt.pool.disk_path(name, d["name"])).exists():
+            elif not self.rt.platform.disk_exists(spec_disks[d["name"]]):
                 out.append(Finding(f"disk.{d['name']}", "fail",
                                    f"disk {d['name']}'s image is gone from the pool",
                                    "UserErrorCrpReportedUserError",
@@ -376,24 +379,25 @@ class Doctor:
             for e in exts:
                 m.remove_extension(name, e)
         elif r == "enable-extensions":
-            self._guest(name, "sed -i 's/^Extensions.Enabled=.*/Extensions.Enabled=y/' "
-                              "/etc/frostpoint/agent.conf")
+            self._set_agent_conf(name, "Extensions.Enabled", "y")
             m.agent_restart(name)
         elif r == "remount-exec":
-            self.rt.sandbox.remount(name, a["mount"], "exec")  # the guest cannot mount
+            self.rt.platform.remount(name, a["mount"], "exec")  # the guest cannot mount
         elif r == "thaw":
             mount = a.get("mount")
-            self._guest(name, f"fsfreeze -u {mount}" if mount else
-                        "frostpoint-agent thaw")
+            self._guest(name, ["fsfreeze", "-u", str(mount)] if mount else
+                        ["frostpoint-agent", "thaw"])
         elif r == "set-endpoint":  # discovery found nothing: name the well-known address
-            self._guest(name, f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address="
-                              f"{FABRIC_ADDRESS}/' /etc/frostpoint/agent.conf")
+            self._set_agent_conf(name, "Endpoint.Address", FABRIC_ADDRESS)
             m.agent_restart(name)
         elif r == "open-port":
             # Delete every OUTPUT rule that drops or rejects the port.
-            self._guest(name, f"iptables -S OUTPUT | grep -- '--dport {a['port']} ' | "
-                              "grep -E -- '-j (DROP|REJECT)' | sed 's/^-A /-D /' | "
-                              "while read -r rule; do iptables $rule; done")
+            rules = self._guest(name, ["iptables", "-S", "OUTPUT"]).decode(errors="replace")
+            for rule in rules.splitlines():
+                words = rule.split()
+                if (words[:1] == ["-A"] and f"--dport {a['port']} " in rule + " "
+                        and re.search(r"-j (DROP|REJECT)\b", rule)):
+                    self._guest(name, ["iptables", "-D", *words[1:]])
         elif r == "delete-locks":
             for lk in a["locks"]:
                 self.svc.protection.delete_lock(lk)
@@ -416,11 +420,25 @@ class Doctor:
             raise FrostpointError("InvalidInput", f"no remedy for {finding.check}")
         return f"applied {r} for {finding.check}"
 
-    def _guest(self, name: str, script: str) -> None:
-        r = self.rt.sandbox.exec(name, ["sh", "-c", script], timeout=60)
+    def _guest(self, name: str, argv: list[str]) -> bytes:
+        """Run one program in the machine (an argv, no shell); its output."""
+        r = self.rt.platform.exec(name, argv, timeout=60)
         if r.returncode != 0:
             raise FrostpointError("InvalidInput", f"remedy failed in {name}: "
                                   + r.stderr.decode(errors="replace")[-300:])
+        return r.stdout
+
+    def _set_agent_conf(self, name: str, key: str, value: str) -> None:
+        """Set one key of the guest's /etc/frostpoint/agent.conf (through the platform,
+        which never follows a link the guest planted)."""
+        path = f"{GUEST_ETC}/agent.conf"
+        old = (self.rt.platform.read_guest_file(name, path) or b"").decode(errors="replace")
+        lines = [f"{key}={value}" if ln.startswith(f"{key}=") else ln
+                 for ln in old.splitlines()]
+        if f"{key}={value}" not in lines:
+            lines.append(f"{key}={value}")
+        self.rt.platform.write_guest_file(name, path, "".join(f"{ln}\n" for ln in lines)
+                                          .encode())
 
 
 def as_dicts(findings: list[Finding]) -> list[dict[str, Any]]:

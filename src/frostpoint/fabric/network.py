@@ -21,6 +21,7 @@ MAC and send any frame. So the fabric, not the guest, decides who a port is:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -32,6 +33,13 @@ from frostpoint.fabric.system import run
 from frostpoint.protocol import FABRIC_ADDRESS, FABRIC_SUBNET, HOST_PORT, PREFIX_LEN, WIRE_PORT
 
 log = logging.getLogger(__name__)
+
+
+def instance_id(data_dir: Path) -> str:
+    """Short id naming a service's namespaces (from its data directory), so tests can
+    run several services on one host. Here, not in the service: the fabric names its
+    own namespaces and never imports the service."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
 
 BRIDGE = "fpbr0"
 TABLE = "bridge frostpoint"

@@ -17,19 +17,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
-from frostpoint.fabric import guestfs
+from frostpoint.fabric import fscrypt, guestfs
+from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.fabric.image import ensure_image
-from frostpoint.fabric.network import FabricNetwork
-from frostpoint.fabric.pool import DiskPool
+from frostpoint.fabric.network import FabricNetwork, instance_id
+from frostpoint.fabric.platform import (
+    DiskSpec,
+    ExecResult,
+    GuestBackend,
+    MachineSpec,
+    Snapshot,
+    SnapshotFolders,
+)
+from frostpoint.fabric.pool import DiskPool, reflink
 from frostpoint.fabric.system import (
+    bind_in_netns,
     guest_helper,
     is_mountpoint,
     loop_devices,
@@ -43,40 +56,16 @@ SHUTDOWN_GRACE_S = 10.0  # a guest's processes get this long to exit on SIGTERM 
 LAYERS = ("etc", "var", "root")
 # The bind-mount targets in those layers: a guest may have left a symlink there.
 BIND_TARGETS = {"etc": GUEST_ETC, "lib": GUEST_LIB, "log": GUEST_LOG}
+# A guest's filesystem mounted on the host (file restores): nothing of it counts there.
+GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
 GUEST_INIT = ["python3", "-m", "frostpoint.agent.init"]  # the agent supervisor
 DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
              ("urandom", 1, 9), ("tty", 5, 0))
 
 
-@dataclass
-class DiskSpec:
-    name: str
-    size_bytes: int
-    filesystem: str
-    image_path: Path
-    encrypted: bool = False
-    key: bytes | None = field(default=None, repr=False)  # its data key, to attach it
-
-    @property
-    def mountpoint(self) -> str:
-        return f"{DISK_ROOT}/{self.name}"
-
-    @property
-    def raw_mountpoint(self) -> str:
-        """Where an encrypted disk's filesystem itself is mounted, out of the way; its
-        encrypted volume is bind-mounted at the mount point."""
-        return f"{DISK_ROOT}/.disks/{self.name}" if self.encrypted else self.mountpoint
-
-
-@dataclass
-class MachineSpec:
-    name: str
-    slot: int
-    disks: list[DiskSpec] = field(default_factory=list)
-
-
-class Sandbox:
-    """Start, stop, exec and delete sandbox machines on this host."""
+class Sandbox(SnapshotFolders):
+    """Start, stop, exec and delete sandbox machines on this host: the real
+    MachinePlatform (fabric/platform.py)."""
 
     def __init__(self, data_dir: Path, pool: DiskPool, network: FabricNetwork) -> None:
         self.data_dir = data_dir
@@ -137,7 +126,7 @@ class Sandbox:
         self._make_mount_ns(spec)
         self.start_init(spec.name)
 
-    def set_agent_installed(self, machine: str, version: str | None) -> None:
+    def install_agent(self, machine: str, version: str | None) -> None:
         """Record the agent release on the machine (None: an image without the agent)."""
         etc = self.guest_dir(machine)
         if version:
@@ -265,9 +254,10 @@ class Sandbox:
                             "--pid", str(self.init_pid(machine) or 0), "--")
 
     def exec(self, machine: str, argv: list[str], timeout: float = 300,
-             input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
-                              timeout=timeout, input=input)
+             input: bytes | None = None) -> ExecResult:
+        p = subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
+                           timeout=timeout, input=input)
+        return ExecResult(p.returncode, p.stdout, p.stderr)
 
     def start_process(self, machine: str, argv: list[str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.enter_cmd(machine) + argv, start_new_session=True,
@@ -304,8 +294,9 @@ class Sandbox:
                 continue
         return None
 
-    def stop(self, spec: MachineSpec, release_network: bool = False) -> None:
-        """Power off: every process in the machine ends, disks are unmounted."""
+    def stop(self, spec: MachineSpec, deallocate: bool = False) -> None:
+        """Power off: every process in the machine ends, disks are unmounted;
+        deallocate: its network port is released too."""
         ns = self.network.machine_ns(spec.name)
         nsfile = self.mntns_file(spec.name)
         mounted = nsfile.exists() and is_mountpoint(nsfile)
@@ -334,7 +325,7 @@ class Sandbox:
         (self.init_dir / spec.name).unlink(missing_ok=True)
         for disk in spec.disks:
             self.detach_loops(disk.image_path)
-        if release_network:
+        if deallocate:
             self.network.detach_machine(spec.name)
 
     @staticmethod
@@ -345,7 +336,7 @@ class Sandbox:
                 run(["losetup", "-d", device], check=False)
 
     def delete(self, spec: MachineSpec) -> None:
-        self.stop(spec, release_network=True)
+        self.stop(spec, deallocate=True)
         for disk in spec.disks:
             disk.image_path.unlink(missing_ok=True)
         run(["rm", "-rf", str(self.guest_dir(spec.name)),
@@ -353,9 +344,124 @@ class Sandbox:
         with contextlib.suppress(OSError):
             (self.roots_dir / spec.name).rmdir()
 
+    # -- the rest of MachinePlatform (fabric/platform.py) ------------------------------
+    def ensure(self) -> None:
+        # What exists already (a restart after a crash keeps machines running on it) is
+        # never released by release(); only what this start made.
+        self._made = {"pool_image": not self.pool.image.exists(),
+                      "pool_mount": not is_mountpoint(self.pool.root),
+                      "fabric_ns": not self.network.ns_exists(self.network.fabric_ns),
+                      "mntns_mount": not is_mountpoint(self.ns_dir)}
+        self.pool.ensure()
+        self.network.ensure_fabric()
+        self.prepare()
+
+    def release(self) -> None:
+        """Undo what ensure made, after a start that failed: no loop device, pool
+        mount, 64 GiB pool file, fabric namespace or mount is left behind."""
+        made = getattr(self, "_made", {})
+        if made.get("mntns_mount"):
+            while is_mountpoint(self.ns_dir):
+                if run(["umount", str(self.ns_dir)], check=False).returncode:
+                    break
+        if made.get("fabric_ns") and self.network.ns_exists(self.network.fabric_ns):
+            run(["ip", "netns", "del", self.network.fabric_ns], check=False)
+        if made.get("pool_mount") and is_mountpoint(self.pool.root):
+            run(["umount", str(self.pool.root)], check=False)  # frees its loop device
+        if made.get("pool_image") and not is_mountpoint(self.pool.root):
+            self.pool.image.unlink(missing_ok=True)
+
+    def endpoint_sockets(self, address: str, ports: tuple[int, ...]) -> list[socket.socket]:
+        return [bind_in_netns(self.network.fabric_ns, address, port) for port in ports]
+
+    def attach_backend(self, backend: GuestBackend) -> None:
+        """The sandbox's agents reach the service over HTTP (endpoint_sockets)."""
+
+    def machine_address(self, slot: int) -> str:
+        return self.network.machine_address(slot)
+
+    def disk_location(self, machine: str, disk: str) -> str:
+        return str(self.pool.disk_path(machine, disk))
+
+    def scratch_dir(self) -> Path:
+        return self.pool.root  # where copies of disks reflink
+
+    def create(self, spec: MachineSpec, guest_files: dict[str, tuple[str, int]]) -> None:
+        self.create_disks(spec)
+        for path, (text, mode) in guest_files.items():
+            self.write_guest_file(spec.name, path, text.encode(), mode)
+
+    def detach_disk(self, spec: MachineSpec, disk: DiskSpec) -> None:
+        if self.mntns_file(spec.name).exists():
+            self.unmount_disk(spec.name, disk)
+        self.detach_loops(disk.image_path)
+        disk.image_path.unlink(missing_ok=True)
+
+    def disk_exists(self, disk: DiskSpec) -> bool:
+        return disk.image_path.exists()
+
+    def _guest_rel(self, machine: str, path: str) -> str:
+        where = self.guest_path(machine, path)
+        return str(where.relative_to(self.guest_dir(machine)))
+
+    def read_guest_file(self, machine: str, path: str) -> bytes | None:
+        try:
+            return guestfs.read_bytes(self.guest_dir(machine), self._guest_rel(machine, path))
+        except FileNotFoundError:
+            return None
+
+    def write_guest_file(self, machine: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        guestfs.write_bytes(self.guest_dir(machine), self._guest_rel(machine, path), data,
+                            mode=mode)
+
+    def snapshot_disks(self, machine: str, snapshot_id: str,
+                       disks: list[DiskSpec]) -> Snapshot:
+        target = self.pool.snapshot_dir(machine, snapshot_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Cloned under a temporary name and renamed into place: a snapshot folder, once
+        # there, is complete, and a rename never replaces a folder with files in it.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            for disk in disks:
+                reflink(disk.image_path, tmp / f"{disk.name}.img")
+            os.rename(tmp, target)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if target.exists():
+                raise FileExistsError(f"snapshot {snapshot_id} exists already") from e
+            raise
+        return Snapshot(str(target), [d.name for d in disks])
+
+    def copy_disk(self, src: Path, dst: Path) -> None:
+        try:
+            reflink(src, dst)  # instant when both are in the pool
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+
+    def replace_disk(self, disk: DiskSpec, image: Path) -> None:
+        os.replace(image, disk.image_path)  # scratch_dir is in the pool: one filesystem
+
+    def thaw(self, machine: str, disks: list[DiskSpec]) -> list[str]:
+        return thaw_disks_from_host(self.data_dir / "run" / "thaw" / machine,
+                                    [(d.name, d.filesystem, d.image_path) for d in disks])
+
+    @contextlib.contextmanager
+    def image_files(self, image: Path, filesystem: str,
+                    key: bytes | None) -> Iterator[Path]:
+        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=image.parent))
+        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
+        try:
+            run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(mnt)])
+            try:
+                yield fscrypt.unlock(mnt, key) if key else mnt
+            finally:
+                run(["umount", str(mnt)], check=False)
+        finally:
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:
     """The host's pid of a machine's process, given its pid inside the machine."""
-    from frostpoint.service.runtime import instance_id
     net = FabricNetwork(instance_id(data_dir))
     return Sandbox(data_dir, DiskPool(data_dir), net).host_pid(machine, guest_pid)

@@ -12,10 +12,9 @@ import signal
 import time
 from pathlib import Path
 
-from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
-from frostpoint.service.runtime import instance_id
 
 
 def teardown_host(data_dir: Path) -> None:

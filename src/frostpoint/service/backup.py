@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -14,11 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from frostpoint.errors.catalog import CATALOG, FrostpointError, GuestAgentUnavailable, JobCancelled
-from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import BUSY, Machines
+from frostpoint.service.machines import BUSY, Machines, machine_spec
 from frostpoint.service.models import (
     Job,
     Lock,
@@ -99,7 +97,7 @@ class Backups:
             snap_dir = (job.details.get("snapshot") or {}).get("dir")
             if snap_dir and not s.scalar(select(RestorePoint.id).where(
                     RestorePoint.job_id == job_id)):
-                shutil.rmtree(snap_dir, ignore_errors=True)  # no restore point uses it
+                self.rt.platform.delete_snapshot(snap_dir)  # no restore point uses it
             m = s.get(Machine, job.machine_id)
             if m is not None and any(e.name == SNAPSHOT_EXTENSION for e in m.extensions):
                 # The goal state changes (the task is withdrawn): wake the agent's poll.
@@ -139,7 +137,7 @@ class Backups:
                     f"without it): frostpoint vm agent install {m.name}",
                     {"agent_installed": False})
             disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in m.disks]
-            images = [(d.name, Path(d.image_path)) for d in m.disks]
+            images = machine_spec(m).disks
             for d in m.disks:
                 if d.key_ref and d.wrapped_key:  # the service itself must be let in
                     self.machines.keyvaults.unwrap(d.key_ref, d.wrapped_key,
@@ -178,7 +176,8 @@ class Backups:
             snap = self.machines.snapshot_disks(machine, job_id, images)
             consistency, freeze_ms = "CrashConsistent", None
         if self.runner.cancelled(job_id):
-            shutil.rmtree(snap.get("dir", ""), ignore_errors=True)
+            if snap.get("dir"):
+                self.rt.platform.delete_snapshot(snap["dir"])
             raise FrostpointError("JobCancelled")
         now = utcnow()
         rp = RestorePoint(machine_id=machine_id, machine_name=machine,
@@ -206,7 +205,9 @@ class Backups:
 
         try:
             store = self.protection.store(vault_id)
-            stats = store.backup(rp.id, {d: Path(snap["dir"]) / f"{d}.img" for d, _ in images},
+            files = {d.name: self.rt.platform.snapshot_image(snap["dir"], d.name)
+                     for d in images}
+            stats = store.backup(rp.id, files,
                                  labels={"machine": machine, "job": job_id,
                                          # what `vault import` needs to list it again
                                          "consistency": str(consistency),
@@ -252,8 +253,8 @@ class Backups:
                 .order_by(RestorePoint.created_at.desc())).first()
             if prev is None or not prev.snapshot_dir:
                 return None
-            return {d["name"]: (Path(prev.snapshot_dir) / f"{d['name']}.img", prev.id)
-                    for d in prev.disks}
+            return {d["name"]: (self.rt.platform.snapshot_image(prev.snapshot_dir, d["name"]),
+                                prev.id) for d in prev.disks}
 
     def _precheck(self, m: Machine) -> None:
         if m.provisioning_state in BUSY:
@@ -389,7 +390,7 @@ class Backups:
                     break
                 for rp in rps:
                     if rp.snapshot_dir:
-                        shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                        self.rt.platform.delete_snapshot(rp.snapshot_dir)
                     if rp.tier == "Snapshot and Vault":
                         rp.tier, rp.snapshot_dir = "Vault", None
                     else:
@@ -419,7 +420,7 @@ class Backups:
                     blocked.append(rp.id)
                     continue
                 if rp.snapshot_dir:
-                    shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                    self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 removed.append(rp.id)
                 if rp.tier == "Snapshot and Vault":
                     rp.tier, rp.snapshot_dir = "Vault", None
@@ -502,8 +503,8 @@ class _FreezeGuard:
             if m is None:
                 return []
             name = m.name
-            disks = [(d.name, d.filesystem, Path(d.image_path)) for d in m.disks]
-        thawed = thaw_disks_from_host(rt.data_dir / "run" / "thaw" / name, disks)
+            disks = machine_spec(m).disks
+        thawed = rt.platform.thaw(name, disks)
         if thawed:
             log.warning("machine %s: thawed %s from the host, frozen past the limit",
                         name, thawed)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +17,9 @@ from sqlalchemy.orm import Session, object_session
 from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric import guestfs
 from frostpoint.fabric.packages import Package, build_packages
-from frostpoint.fabric.pool import reflink
-from frostpoint.fabric.sandbox import DiskSpec, MachineSpec
-from frostpoint.protocol import SNAPSHOT_EXTENSION, version_tuple
+from frostpoint.fabric.platform import DiskSpec, MachineSpec
+from frostpoint.protocol import GUEST_ETC, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.keyvault import PLATFORM, KeyVaults
 from frostpoint.service.models import (
     Disk,
@@ -125,12 +120,12 @@ class Machines:
             if slot is None:
                 raise FrostpointError("Conflict", "no free machine slot on this host")
             m = Machine(name=name, region=region, slot=slot,
-                        address=self.rt.network.machine_address(slot),
+                        address=self.rt.platform.machine_address(slot),
                         agent_token_hash=token_hash(token), agent_installed=agent,
                         provisioning_state="Creating", power_state="Stopped")
             for lun, dname, size, fs, key_ref, wrapped, _ in specs:
                 m.disks.append(Disk(name=dname, lun=lun, size_bytes=size, filesystem=fs,
-                                    image_path=str(self.rt.pool.disk_path(name, dname)),
+                                    image_path=self.rt.platform.disk_location(name, dname),
                                     mountpoint=f"/mnt/{dname}", encrypted=bool(key_ref),
                                     key_ref=key_ref, wrapped_key=wrapped))
             s.add(m)
@@ -138,13 +133,12 @@ class Machines:
         for disk, (*_, dek) in zip(spec.disks, specs, strict=True):
             disk.key = dek
         try:
-            self.rt.sandbox.create_disks(spec)
-            g = self.rt.sandbox.guest_dir(name)  # guest-writable: never follow links
-            guestfs.write_text(g, "etc/agent.token", token, mode=0o600)
-            guestfs.write_text(g, "etc/agent.conf", render_agent_config({}))
-            self.rt.sandbox.set_agent_installed(name, (agent_version or __version__)
-                                                if agent else None)
-            self.rt.sandbox.start(spec)
+            self.rt.platform.create(spec, {
+                f"{GUEST_ETC}/agent.token": (token, 0o600),
+                f"{GUEST_ETC}/agent.conf": (render_agent_config({}), 0o644)})
+            self.rt.platform.install_agent(name, (agent_version or __version__)
+                                           if agent else None)
+            self.rt.platform.start(spec)
         except Exception as e:
             with self.rt.sessions.begin() as s:
                 self.get(s, name).provisioning_state = "Failed"
@@ -184,8 +178,8 @@ class Machines:
 
     def start(self, name: str) -> dict[str, Any]:
         with self._updating(name) as m:
-            if not self.rt.sandbox.is_running(name):
-                self.rt.sandbox.start(self.keyed_spec(m))
+            if not self.rt.platform.is_running(name):
+                self.rt.platform.start(self.keyed_spec(m))
         with self.rt.sessions.begin() as s:
             self.get(s, name).power_state = "Running"
         return self.show(name)
@@ -198,12 +192,8 @@ class Machines:
                 raise FrostpointError("NotFound", f"machine {name} has no disk {disk}")
             if len(m.disks) == 1:
                 raise FrostpointError("InvalidInput", "a machine keeps at least one disk")
-            image = Path(d.image_path)
-            if m.power_state == "Running" and self.rt.sandbox.mntns_file(name).exists():
-                self.rt.sandbox.unmount_disk(name, DiskSpec(d.name, d.size_bytes, d.filesystem,
-                                                            image, d.encrypted))
-            self.rt.sandbox.detach_loops(image)
-            image.unlink(missing_ok=True)
+            spec = machine_spec(m)
+            self.rt.platform.detach_disk(spec, next(x for x in spec.disks if x.name == disk))
             with self.rt.sessions.begin() as s:
                 mm = self.get(s, name)
                 mm.disks.remove(next(x for x in mm.disks if x.name == disk))
@@ -220,9 +210,9 @@ class Machines:
                 raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
                                       f"machine {name} has no agent: frostpoint vm agent "
                                       f"install {name}")
-        if not self.rt.sandbox.is_running(name):
+        if not self.rt.platform.is_running(name):
             return self.start(name)
-        r = self.rt.sandbox.exec(name, ["frostpoint-agent", "restart"], timeout=60)
+        r = self.rt.platform.exec(name, ["frostpoint-agent", "restart"], timeout=60)
         if r.returncode != 0:
             raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
                                   "the agent could not be restarted: "
@@ -237,8 +227,8 @@ class Machines:
             upgrade, m.agent_installed = m.agent_installed, True
             running = m.power_state == "Running"
         # The machine's init starts the agent within a second of the package appearing.
-        self.rt.sandbox.set_agent_installed(name, __version__)
-        if running and not self.rt.sandbox.is_running(name):
+        self.rt.platform.install_agent(name, __version__)
+        if running and not self.rt.platform.is_running(name):
             self.start(name)
         elif running and upgrade:
             self.agent_restart(name)  # the running agent is the old release
@@ -252,7 +242,7 @@ class Machines:
 
     def stop(self, name: str, deallocate: bool = False) -> dict[str, Any]:
         with self._updating(name) as m:
-            self.rt.sandbox.stop(machine_spec(m), release_network=deallocate)
+            self.rt.platform.stop(machine_spec(m), deallocate=deallocate)
             with self.rt.sessions.begin() as s:
                 mm = self.get(s, name)
                 mm.power_state = "Deallocated" if deallocate else "Stopped"
@@ -264,7 +254,7 @@ class Machines:
             m = self.get(s, name)
             m.provisioning_state = "Deleting"
             spec = machine_spec(m)
-        self.rt.sandbox.delete(spec)
+        self.rt.platform.delete(spec)
         with self.rt.sessions.begin() as s:
             s.delete(self.get(s, name))
 
@@ -275,7 +265,7 @@ class Machines:
                 raise FrostpointError("UserErrorVmNotInDesirableState",
                                       f"machine {name} is {m.power_state}",
                                       {"machine": name, "power_state": m.power_state})
-        p = self.rt.sandbox.exec(name, argv, timeout=timeout)
+        p = self.rt.platform.exec(name, argv, timeout=timeout)
         return {"returncode": p.returncode, "stdout": p.stdout.decode(errors="replace"),
                 "stderr": p.stderr.decode(errors="replace")}
 
@@ -462,7 +452,7 @@ class Machines:
             if job.status != "InProgress" or job.cancel_requested:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}")
-            disks = [(d.name, Path(d.image_path)) for d in m.disks]
+            disks = machine_spec(m).disks
             name = m.name
         self._check_disks(name, disks)
         self._claim_snapshot(task_id)
@@ -490,9 +480,8 @@ class Machines:
                                       "or its Take Snapshot step is over; a restore point "
                                       "is never taken again", {"task": task_id})
 
-    @staticmethod
-    def _check_disks(machine: str, disks: list[tuple[str, Path]]) -> None:
-        missing = [d for d, image in disks if not image.exists()]
+    def _check_disks(self, machine: str, disks: list[DiskSpec]) -> None:
+        missing = [d.name for d in disks if not self.rt.platform.disk_exists(d)]
         if missing:
             # The platform cannot snapshot a disk it does not have: a user-caused refusal.
             raise FrostpointError(
@@ -504,24 +493,13 @@ class Machines:
                                          for d in missing]}})
 
     def snapshot_disks(self, machine: str, snapshot_id: str,
-                       disks: list[tuple[str, Path]]) -> dict[str, Any]:
+                       disks: list[DiskSpec]) -> dict[str, Any]:
         t0 = time.monotonic()
         self._check_disks(machine, disks)
-        target = self.rt.pool.snapshot_dir(machine, snapshot_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Cloned under a temporary name and renamed into place: a snapshot folder, once
-        # there, is complete, and a rename never replaces a folder with files in it.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            for dname, image in disks:
-                reflink(image, tmp / f"{dname}.img")
-            os.rename(tmp, target)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if target.exists():
-                raise FrostpointError("Conflict", f"snapshot {snapshot_id} exists already; "
-                                      "it is never taken again") from e
-            raise
-        return {"snapshotId": snapshot_id, "dir": str(target),
-                "disks": [d for d, _ in disks],
+            snap = self.rt.platform.snapshot_disks(machine, snapshot_id, disks)
+        except FileExistsError as e:
+            raise FrostpointError("Conflict", f"snapshot {snapshot_id} exists already; "
+                                  "it is never taken again") from e
+        return {"snapshotId": snapshot_id, "dir": snap.location, "disks": snap.disks,
                 "durationMs": round((time.monotonic() - t0) * 1000, 2)}

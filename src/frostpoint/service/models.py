@@ -6,11 +6,13 @@ Schema changes go through Alembic (service/migrations); never create_all in prod
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from frostpoint.service import clock
 
 
 def new_id() -> str:
@@ -18,8 +20,8 @@ def new_id() -> str:
 
 
 def utcnow() -> datetime:
-    # Naive UTC everywhere: SQLite drops time zones, so one convention for all backends.
-    return datetime.now(UTC).replace(tzinfo=None)
+    # The service's clock (service/clock.py): real time, unless a test moved it.
+    return clock.utcnow()
 
 
 class Base(DeclarativeBase):

@@ -6,7 +6,6 @@ import os
 import posixpath
 import shutil
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,14 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric import fscrypt
-from frostpoint.fabric.pool import reflink
-from frostpoint.fabric.system import run
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import NAME_RE, Machines
+from frostpoint.service.machines import NAME_RE, Machines, machine_spec
 from frostpoint.service.models import Job, Machine, RestorePoint, SubTask, utcnow
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 RESTORE = "Restore"
-GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
 IMAGE_MODE = 0o600  # a restored image holds the guest's data, from either tier
 
 
@@ -111,7 +106,8 @@ class Restores:
     def _source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
-        instant = rp.tier != "Vault" and rp.snapshot_dir and Path(rp.snapshot_dir).exists()
+        instant = (rp.tier != "Vault" and rp.snapshot_dir
+                   and self.rt.platform.snapshot_exists(rp.snapshot_dir))
         in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
         if source == "instant" and not instant:
             raise FrostpointError("UserErrorInstantRpNotFound",
@@ -131,11 +127,8 @@ class Restores:
             raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {disk}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if source == "instant":
-            snap = Path(str(rp.snapshot_dir)) / f"{disk}.img"
-            try:
-                reflink(snap, target)  # instant when both are in the pool
-            except OSError:
-                subprocess.run(["cp", "--sparse=always", str(snap), str(target)], check=True)
+            snap = self.rt.platform.snapshot_image(str(rp.snapshot_dir), disk)
+            self.rt.platform.copy_disk(snap, target)
         else:
             assert rp.vault_id
             self.protection.store(rp.vault_id).restore_disk(rp.id, disk, target,
@@ -221,12 +214,16 @@ class Restores:
                                         for d in rp.disks])
             self.machines.stop(name)
             with self.rt.sessions() as s:
-                m = Machines.get(s, name)
-                images = {d.name: Path(d.image_path) for d in m.disks}
-            for dname, image in images.items():
-                tmp = image.with_name(image.name + ".restore")
-                self.materialize(rp, dname, tmp, src, self._progress(job_id))
-                os.replace(tmp, image)
+                disks = machine_spec(Machines.get(s, name)).disks
+            for disk in disks:  # made beside the disks, then put in place by the platform
+                work = Path(tempfile.mkdtemp(prefix="restore-",
+                                             dir=self.rt.platform.scratch_dir()))
+                try:
+                    tmp = work / f"{disk.name}.img"
+                    self.materialize(rp, disk.name, tmp, src, self._progress(job_id))
+                    self.rt.platform.replace_disk(disk, tmp)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
             self.machines.start(name)
             return {"machine": name}
         return self._start("Vm", rp_id, {"name": name, "source": source}, body)
@@ -248,18 +245,13 @@ class Restores:
             if info.get("encryption_key"):  # reading files needs the service's key access
                 key = self.machines.keyvaults.unwrap(info["encryption_key"],
                                                      info["wrapped_key"], BACKUP_PRINCIPAL)
-            work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.pool.root))
-            image, mnt = work / f"{dname}.img", work / "mnt"
-            mnt.mkdir()
-            self.materialize(rp, dname, image, src, self._progress(job_id))
-            # The filesystem is the guest's: no device nodes, set-id bits or programs
-            # of it count on the host.
-            opts = "ro,noload" if fs == "ext4" else "ro,norecovery,nouuid"
+            work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.platform.scratch_dir()))
+            image = work / f"{dname}.img"
             try:
-                run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image),
-                     str(mnt)])
-                try:
-                    root = fscrypt.unlock(mnt, key) if key else mnt
+                self.materialize(rp, dname, image, src, self._progress(job_id))
+                # The filesystem is the guest's: the platform mounts it read-only,
+                # nodev, nosuid, noexec (fabric/platform.py image_files).
+                with self.rt.platform.image_files(image, fs, key) as root:
                     inner = contained(root, path)
                     if inner is None:
                         raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
@@ -273,8 +265,6 @@ class Restores:
                         if target.is_symlink() or not target.is_dir():
                             target.unlink()  # a file or link is replaced, not written into
                     skipped = copy_out(inner, target)
-                finally:
-                    run(["umount", str(mnt)], check=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             return {"restored": str(target), "disk": dname, "skipped": skipped}

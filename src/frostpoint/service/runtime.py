@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import secrets
 import tempfile
@@ -15,10 +14,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric.network import FabricNetwork
+from frostpoint.fabric.network import FabricNetwork, instance_id
+from frostpoint.fabric.platform import MachinePlatform
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.sandbox import Sandbox
-from frostpoint.fabric.system import is_mountpoint, run
 from frostpoint.service.db import make_engine, migrate, session_factory
 from frostpoint.service.tokens import Tokens
 
@@ -57,11 +56,6 @@ class Timeouts:
             if not 0 < a < b:
                 raise ValueError(f"timeouts out of order: {inner}={a:g} must be > 0 and "
                                  f"less than {outer}={b:g}")
-
-
-def instance_id(data_dir: Path) -> str:
-    """Short id naming this service's namespaces, so tests can run several services."""
-    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:4]
 
 
 MIN_TOKEN_CHARS = 32
@@ -167,8 +161,14 @@ class Notifier:
         return self.versions.get(machine_id, 0)
 
 
+def sandbox_platform(data_dir: Path) -> MachinePlatform:
+    """The real machines of this host (fabric/sandbox.py)."""
+    return Sandbox(data_dir, DiskPool(data_dir), FabricNetwork(instance_id(data_dir)))
+
+
 class Runtime:
-    def __init__(self, data_dir: Path, db_url: str | None = None) -> None:
+    def __init__(self, data_dir: Path, db_url: str | None = None,
+                 platform: MachinePlatform | None = None) -> None:
         self.data_dir = data_dir
         self.lock_fd = lock_data_dir(data_dir)  # first: nothing in DATA before the lock
         self.instance = instance_id(data_dir)
@@ -182,37 +182,18 @@ class Runtime:
         self.restore_area = data_dir / "restores"
         self.restore_area.mkdir(mode=0o700, exist_ok=True)
         self.timeouts = Timeouts()
-        self.pool = DiskPool(data_dir)
-        self.network = FabricNetwork(self.instance)
-        self.sandbox = Sandbox(data_dir, self.pool, self.network)
+        # The one way to the machines (fabric/platform.py): the sandbox, or in tests
+        # the in-memory platform.
+        self.platform: MachinePlatform = platform or sandbox_platform(data_dir)
         self.notifier = Notifier()
         self.keys_dir = data_dir / "keys"
 
     def start_fabric(self) -> None:
-        # What exists already (a restart after a crash keeps machines running on it) is
-        # never released by release_fabric; only what this start made.
-        self._made = {"pool_image": not self.pool.image.exists(),
-                      "pool_mount": not is_mountpoint(self.pool.root),
-                      "fabric_ns": not self.network.ns_exists(self.network.fabric_ns),
-                      "mntns_mount": not is_mountpoint(self.sandbox.ns_dir)}
-        self.pool.ensure()
-        self.network.ensure_fabric()
-        self.sandbox.prepare()
+        self.platform.ensure()
 
     def release_fabric(self) -> None:
-        """Undo what start_fabric made, after a start that failed: no loop device, pool
-        mount, 64 GiB pool file, fabric namespace or mount is left behind."""
-        made = getattr(self, "_made", {})
-        if made.get("mntns_mount"):
-            while is_mountpoint(self.sandbox.ns_dir):
-                if run(["umount", str(self.sandbox.ns_dir)], check=False).returncode:
-                    break
-        if made.get("fabric_ns") and self.network.ns_exists(self.network.fabric_ns):
-            run(["ip", "netns", "del", self.network.fabric_ns], check=False)
-        if made.get("pool_mount") and is_mountpoint(self.pool.root):
-            run(["umount", str(self.pool.root)], check=False)  # frees its loop device
-        if made.get("pool_image") and not is_mountpoint(self.pool.root):
-            self.pool.image.unlink(missing_ok=True)
+        """Undo what start_fabric made, after a start that failed."""
+        self.platform.release()
 
     def vault_key(self, vault_id: str, create: bool = False) -> bytes:
         return self.secret(f"{vault_id}.key", create)

@@ -15,8 +15,8 @@ import uvicorn
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.endpoints import host_app, wire_app
-from frostpoint.fabric.system import bind_in_netns
 from frostpoint.protocol import FABRIC_ADDRESS, HOST_PORT, WIRE_PORT
+from frostpoint.service import clock
 from frostpoint.service.api import create_app
 from frostpoint.service.runtime import Runtime, lock_data_dir
 from frostpoint.service.services import Services
@@ -72,6 +72,12 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = parse_listen(listen)
+    test_clock = clock.clock()
+    if test_clock.offset_file is not None:  # tests only (service/clock.py)
+        test_clock.check_offset_file()
+        logging.getLogger("frostpoint.service").warning(
+            "%s is set: the service's clock is moved by %s (a test clock; never in "
+            "production)", clock.TEST_CLOCK_ENV, test_clock.offset())
     lock_data_dir(data_dir)
     mgmt_sock = bind_listen(host, port)
     rt = Runtime(data_dir, db_url)
@@ -80,8 +86,9 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         svc = Services(rt)
         svc.reconcile_machines()
         svc.backups.runner.reap_orphans()
-        wire_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, WIRE_PORT)
-        host_sock = bind_in_netns(rt.network.fabric_ns, FABRIC_ADDRESS, HOST_PORT)
+        rt.platform.attach_backend(svc.machines)
+        wire_sock, host_sock = rt.platform.endpoint_sockets(FABRIC_ADDRESS,
+                                                            (WIRE_PORT, HOST_PORT))
     except BaseException:
         rt.release_fabric()
         raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from typing import Any
@@ -59,7 +58,7 @@ class Services:
                                       f"a backup of {name} is running; cancel it first")
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.machine_id == m.id)):
                 if rp.snapshot_dir:
-                    shutil.rmtree(rp.snapshot_dir, ignore_errors=True)
+                    self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 if rp.vault_id:
                     rp.tier, rp.snapshot_dir = "Vault", None
                     rp.machine_id, rp.collection_id = None, None
@@ -103,7 +102,7 @@ class Services:
         if state == "Deleting":  # the user asked for the delete: finish it
             self.machines.delete(name)
             return "Deleted"
-        running = self.rt.sandbox.is_running(name)
+        running = self.rt.platform.is_running(name)
         with self.rt.sessions.begin() as s:
             m = Machines.get(s, name)
             if state == "Creating":

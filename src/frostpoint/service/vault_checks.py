@@ -159,7 +159,8 @@ class VaultChecks:
                 return out
             out["machine"] = rp.machine_name
             fs = next((d["filesystem"] for d in rp.disks if d["name"] == disk), None)
-            image = Path(rp.snapshot_dir) / f"{disk}.img" if rp.snapshot_dir else None
+            image = (self.rt.platform.snapshot_image(rp.snapshot_dir, disk)
+                     if rp.snapshot_dir else None)
         if image is None or not image.exists():
             out["files"] = "unknown: the instant snapshot has expired"
         elif fs == "ext4":
