@@ -139,10 +139,17 @@ class Service:
         return [p for p in (host_pid(self.data_dir, machine, g) for g in guest) if p]
 
     def data_disk_writable(self, machine: str, seconds: float) -> bool:
-        """A write to /mnt/data finishes within seconds (it blocks while frozen)."""
-        r = self.client.post(f"/machines/{machine}/exec", {"argv": [
-            "timeout", str(seconds), "sh", "-c",
-            "echo probe > /mnt/data/probe && sync /mnt/data/probe"]})
+        """A write to /mnt/data finishes within seconds (it blocks while frozen).
+
+        The write runs in the background and is waited for: a writer blocked on a frozen
+        filesystem cannot be killed (`timeout` would wait for it until the thaw), so the
+        answer comes after `seconds` either way; a blocked writer finishes at the thaw."""
+        ticks = max(1, round(seconds * 10))
+        r = self.client.post(f"/machines/{machine}/exec", {"argv": ["sh", "-c", (
+            "f=/tmp/probe-done.$$; (echo probe > /mnt/data/probe && "
+            "sync /mnt/data/probe && touch $f) </dev/null >/dev/null 2>&1 & "
+            f"i=0; while [ $i -lt {ticks} ]; do "
+            "if [ -e $f ]; then rm -f $f; exit 0; fi; sleep 0.1; i=$((i+1)); done; exit 1")]})
         return r["returncode"] == 0
 
     def wait_agent_ready(self, machine: str, timeout: float = 30) -> None:
