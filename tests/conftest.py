@@ -37,6 +37,28 @@ TEST_ENV = {
     "FROSTPOINT_JOB_STALE_S": "6",
 }
 
+# Run by the host's python in a machine's mount namespace only (not its PID namespace,
+# not restricted): test set-ups that need what the guest may not do (a device node, a
+# bind mount), or a machine with no process left. Nothing is imported after setns:
+# the namespace's root is the guest's, without the host's files.
+IN_MOUNTS = """
+import ctypes, os, stat, sys
+libc = ctypes.CDLL(None, use_errno=True)
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 2, 4, 8, 32, 4096
+def check(ret, what):
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, what + ": " + os.strerror(e))
+def mount(src, target, flags):
+    check(libc.mount(src.encode() if src else None, target.encode(), None, flags, None),
+          "mount " + target)
+def umount(target):
+    check(libc.umount2(target.encode(), 0), "umount " + target)
+check(libc.setns(os.open(sys.argv[1], os.O_RDONLY), 0x00020000), "setns")
+os.chdir("/")
+exec(sys.argv[2])
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -136,6 +158,13 @@ class Service:
             raise AssertionError(f"in {machine}: {script}\n{r['stderr']}")
         return str(r["stdout"])
 
+    def in_mounts(self, machine: str, code: str, timeout: float = 60) -> None:
+        """Run python code as the host in machine's mount namespace (see IN_MOUNTS):
+        os, stat, mount(src, target, flags), umount(target) and the MS_* flags."""
+        subprocess.run([sys.executable, "-c", IN_MOUNTS,
+                        str(self.data_dir / "run" / "mntns" / machine), code],
+                       check=True, timeout=timeout)
+
     def guest_file(self, machine: str, sub: str) -> Path:
         """Host path of the machine's /etc/frostpoint (etc), /var/lib/.. (lib), /var/log/.."""
         return self.data_dir / "machines" / machine / sub
@@ -169,10 +198,17 @@ class Service:
         return [p for p in (host_pid(self.data_dir, machine, g) for g in guest) if p]
 
     def data_disk_writable(self, machine: str, seconds: float) -> bool:
-        """A write to /mnt/data finishes within seconds (it blocks while frozen)."""
-        r = self.client.post(f"/machines/{machine}/exec", {"argv": [
-            "timeout", str(seconds), "sh", "-c",
-            "echo probe > /mnt/data/probe && sync /mnt/data/probe"]})
+        """A write to /mnt/data finishes within seconds (it blocks while frozen).
+
+        The write runs in the background and is waited for: a writer blocked on a frozen
+        filesystem cannot be killed (`timeout` would wait for it until the thaw), so the
+        answer comes after `seconds` either way; a blocked writer finishes at the thaw."""
+        ticks = max(1, round(seconds * 10))
+        r = self.client.post(f"/machines/{machine}/exec", {"argv": ["sh", "-c", (
+            "f=/tmp/probe-done.$$; (echo probe > /mnt/data/probe && "
+            "sync /mnt/data/probe && touch $f) </dev/null >/dev/null 2>&1 & "
+            f"i=0; while [ $i -lt {ticks} ]; do "
+            "if [ -e $f ]; then rm -f $f; exit 0; fi; sleep 0.1; i=$((i+1)); done; exit 1")]})
         return r["returncode"] == 0
 
     def wait_agent_ready(self, machine: str, timeout: float = 30) -> None:

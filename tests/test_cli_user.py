@@ -131,7 +131,7 @@ def test_exec_on_a_stopped_machine_says_vm_start(service: Service) -> None:
         # for its heartbeat, so the findings after the fix show the fix's effect.
         service.exec("uxstop", "sed -i 's/^Agent.AutoRestart=.*/Agent.AutoRestart=n/' "
                                "/etc/frostpoint/agent.conf; "
-                               f"{sys.executable} -m frostpoint.agent.main stop")
+                               "frostpoint-agent stop")
         time.sleep(13)  # past the heartbeat limit
         service.exec("uxstop", "sed -i 's/^Agent.AutoRestart=.*/Agent.AutoRestart=y/' "
                                "/etc/frostpoint/agent.conf")

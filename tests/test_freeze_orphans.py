@@ -128,11 +128,16 @@ def test_a_freeze_nobody_is_left_to_end_is_thawed_by_the_host(service: Service) 
     time.sleep(0.5)  # the marker comes before the first FIFREEZE: let both finish
     killed = kill_every_process(service, m)
     assert len(killed) >= 4, killed  # init, agent, extension, watchdog
-    # A writer in the machine (made after the kill): blocked while the disk is frozen.
+    # A writer on the machine's disk (made after the kill): blocked while the disk is
+    # frozen. Nothing can be started inside the machine any more (its PID namespace
+    # died with its init): the writer works in the machine's mount namespace, which
+    # the host keeps, so it writes to the very mount the guest had frozen.
     done: list[float] = []
 
     def write() -> None:
-        service.exec(m, "echo probe > /mnt/data/probe && sync /mnt/data/probe")
+        service.in_mounts(m, "f = os.open('/mnt/data/probe', os.O_WRONLY | os.O_CREAT | "
+                             "os.O_TRUNC); os.write(f, b'probe'); os.fsync(f)",
+                          timeout=FREEZE_S + 30)
         done.append(time.monotonic())
 
     writer = threading.Thread(target=write, daemon=True)
