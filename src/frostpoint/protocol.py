@@ -1,8 +1,12 @@
 """Facts shared by the fabric and the guest: ports, addresses, guest paths.
 
 These are the documented protocol (docs/protocol.md), not an implementation detail
-of either side.
+of either side. Standard library only: this module runs on the guest's python3.
 """
+
+from __future__ import annotations
+
+from enum import StrEnum
 
 FABRIC_SUBNET = "10.213.0"  # inside Frostpoint's own fabric namespace; never routed out
 FABRIC_ADDRESS = f"{FABRIC_SUBNET}.1"
@@ -20,6 +24,16 @@ DISK_ROOT = "/mnt"  # disk NAME is mounted at /mnt/NAME
 
 SNAPSHOT_EXTENSION = "Frostpoint.Backup.Snapshot"
 CUSTOM_SCRIPT_EXTENSION = "Frostpoint.CustomScript"  # runs settings.commandToExecute
+
+
+class Consistency(StrEnum):
+    """What a restore point's snapshot is consistent to (the extension reports it)."""
+    CRASH = "CrashConsistent"
+    FILE_SYSTEM = "FileSystemConsistent"
+    APPLICATION = "ApplicationConsistent"
+    UNKNOWN = "Unknown"  # a restore point `vault import` found without that label
+
+
 MIN_AGENT_VERSION = "0.1.0"
 # The agent package record: "frostpoint-agent VERSION", the release on the machine.
 AGENT_INSTALLED = f"{GUEST_ETC}/agent.installed"
