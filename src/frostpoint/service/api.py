@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from frostpoint import __version__
 from frostpoint import schemas as S
 from frostpoint.doctor.doctor import Doctor, as_dicts
+from frostpoint.enums import JobStatus, JobTrigger
 from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
@@ -376,7 +377,7 @@ def create_app(svc: Services) -> FastAPI:
     # backups and jobs
     @app.post("/backups", dependencies=r, response_model=S.Job)
     def backup_now(body: BackupIn) -> dict[str, Any]:
-        return svc.backups.start(body.machine, "OnDemand", body.retain_days)
+        return svc.backups.start(body.machine, JobTrigger.ON_DEMAND, body.retain_days)
 
     @app.get("/jobs", dependencies=r, response_model=list[S.Job])
     def list_jobs(machine: str | None = None,
@@ -403,7 +404,7 @@ def create_app(svc: Services) -> FastAPI:
                 raise FrostpointError("NotFound", f"no job {job_id}")
             if job.status in ACTIVE:
                 job.cancel_requested = True
-                job.status = "Cancelling"
+                job.status = JobStatus.CANCELLING
         return show_job(job_id)
 
     # restore points and restores

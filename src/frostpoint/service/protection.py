@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from frostpoint.enums import Consistency, ProtectionState, RestorePointTier
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.machines import NAME_RE
 from frostpoint.service.models import (
@@ -78,7 +79,8 @@ def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> Re
         id=rp_id, machine_id=None, machine_name=str(labels.get("machine", "unknown"))[:64],
         collection_id=None, job_id=str(labels.get("job", "imported"))[:32],
         vault_id=vault_id, created_at=created,
-        consistency=str(labels.get("consistency", "Unknown"))[:32], tier="Vault",
+        consistency=str(labels.get("consistency", Consistency.UNKNOWN))[:32],
+        tier=RestorePointTier.VAULT,
         snapshot_dir=None, instant_expires_at=created,
         # Kept until deleted by hand: an old retention would hand them straight to the
         # cleanup loop, and after a disaster they may be the only copies.
@@ -182,11 +184,12 @@ class Protection:
             vid, kind, location = v.id, v.backend, v.location
             gone = 0
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.vault_id == vid)):
-                if rp.tier == "Vault":
+                if rp.tier == RestorePointTier.VAULT:
                     s.delete(rp)
                     gone += 1
                 else:
-                    rp.tier, rp.vault_id, rp.vault_expires_at = "Snapshot", None, None
+                    rp.tier, rp.vault_id, rp.vault_expires_at = (RestorePointTier.SNAPSHOT,
+                                                                 None, None)
             s.delete(v)
         with self._stores_lock:
             self._stores.pop(vid, None)
@@ -338,8 +341,9 @@ class Protection:
                 s.add(item)
             else:
                 item.vault_id, item.policy_id = v.id, p.id
-                if item.protection_state in ("ProtectionStopped", "ProtectionPaused"):
-                    item.protection_state = "IRPending"
+                if item.protection_state in (ProtectionState.PROTECTION_STOPPED,
+                                             ProtectionState.PROTECTION_PAUSED):
+                    item.protection_state = ProtectionState.IR_PENDING
             self.collection_for(s, m)
         return self.describe_protection(machine)
 
@@ -353,7 +357,8 @@ class Protection:
             if state == "resume":
                 has_rp = s.scalar(select(func.count()).select_from(RestorePoint)
                                   .where(RestorePoint.machine_id == m.id))
-                item.protection_state = "Protected" if has_rp else "IRPending"
+                item.protection_state = (ProtectionState.PROTECTED if has_rp
+                                         else ProtectionState.IR_PENDING)
             else:
                 item.protection_state = state
         return self.describe_protection(machine)
@@ -363,7 +368,7 @@ class Protection:
             m = _by_name(s, Machine, machine, "machine")
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
             if item is None:
-                return {"machine": machine, "protection_state": "NotProtected"}
+                return {"machine": machine, "protection_state": ProtectionState.NOT_PROTECTED}
             v, p = s.get(Vault, item.vault_id), s.get(Policy, item.policy_id)
             assert v is not None and p is not None
             return {"machine": machine, "protection_state": item.protection_state,

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric import fscrypt
 from frostpoint.fabric.pool import reflink
@@ -24,7 +25,7 @@ from frostpoint.service.models import Job, RestorePoint, SubTask, utcnow
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
-RESTORE = "Restore"
+RESTORE = SubTaskName.RESTORE
 GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
 
 
@@ -110,8 +111,10 @@ class Restores:
     def _source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
-        instant = rp.tier != "Vault" and rp.snapshot_dir and Path(rp.snapshot_dir).exists()
-        in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
+        instant = (rp.tier != RestorePointTier.VAULT and rp.snapshot_dir
+                   and Path(rp.snapshot_dir).exists())
+        in_vault = rp.vault_id is not None and rp.tier in (RestorePointTier.SNAPSHOT_AND_VAULT,
+                                                           RestorePointTier.VAULT)
         if source == "instant" and not instant:
             raise FrostpointError("UserErrorInstantRpNotFound",
                                   f"the snapshot of restore point {rp.id} no longer exists")
@@ -152,7 +155,7 @@ class Restores:
 
     def _progress(self, job_id: str) -> Any:
         def cb(done: int, total: int) -> None:
-            self.runner.subtask(job_id, RESTORE, "InProgress", bytes_done=done,
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.IN_PROGRESS, bytes_done=done,
                                 bytes_total=total)
         return cb
 
@@ -162,14 +165,14 @@ class Restores:
         job = self._job(kind, rp, {**params, "source": source})
 
         def run_body(job_id: str) -> tuple[str, list[Any]]:
-            self.runner.subtask(job_id, RESTORE, "InProgress")
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.IN_PROGRESS)
             result = body(job_id, rp, source)
             with self.rt.sessions.begin() as s:
                 j = s.get(Job, job_id)
                 assert j is not None
                 j.details = {**j.details, **result}
-            self.runner.subtask(job_id, RESTORE, "Completed")
-            return "Completed", []
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.COMPLETED)
+            return JobStatus.COMPLETED, []
 
         self.runner.run(job.id, run_body, rp.machine_name)
         with self.rt.sessions() as s:
