@@ -15,11 +15,11 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from conftest import Service, needs_root
+from frostpoint import enums
 from frostpoint import schemas as S
 from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName
 from frostpoint.protocol import Consistency
 
-pytestmark = needs_root
 M = "models"
 
 # The keys each description had before the models (service/*.py describe*): a model
@@ -62,6 +62,15 @@ def test_parse_refuses_a_wrong_shape() -> None:
         S.parse(list[S.RestorePoint], [{"id": "x"}])
 
 
+def test_docs_list_every_state() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    for name in enums.__all__:
+        row = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{name}` |")), "")
+        assert row, f"docs/api.md has no row for {name}"
+        for member in getattr(enums, name):
+            assert f"`{member.value}`" in row, f"docs/api.md: {name} lacks {member.value}"
+
+
 def test_the_models_import_without_sqlalchemy() -> None:
     code = ("import sys, frostpoint.schemas; "
             "bad = [m for m in sys.modules if m.startswith(('sqlalchemy', "
@@ -70,6 +79,7 @@ def test_the_models_import_without_sqlalchemy() -> None:
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@needs_root
 def test_real_answers_parse_with_their_models(service: Service) -> None:
     c = service.client
     check(S.Health, c.get("/health"))
@@ -128,6 +138,7 @@ def test_real_answers_parse_with_their_models(service: Service) -> None:
         assert any(Path(to).iterdir())
 
 
+@needs_root
 def test_openapi_shows_the_real_shapes(service: Service) -> None:
     doc = service.client.get("/openapi.json")
     schemas = doc["components"]["schemas"]
