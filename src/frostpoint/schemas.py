@@ -31,7 +31,9 @@ T = TypeVar("T")
 
 
 class ApiModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # defer_build: a model builds its validator when first used, not at import (the CLI
+    # imports this module on every start and uses one or two models).
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 def parse(model: type[T], data: Any) -> T:

@@ -163,7 +163,7 @@ class Doctor:
         out = []
         for e in info["extensions"]:
             st = e.get("status") or {}
-            why = st.get("details") if isinstance(st.get("details"), dict) else {}
+            why: dict[str, Any] = st["details"] if isinstance(st.get("details"), dict) else {}
             if (e["provisioning_state"] == ProvisioningState.FAILED
                     and why.get("cause") == "extension cannot be executed"):
                 # Reinstalling does not help: what stops it is in the guest. Say where.
@@ -240,7 +240,8 @@ class Doctor:
         try:
             missing = self.svc.machines.keyvaults.missing_access(key_ref, BACKUP_PRINCIPAL)
         except FrostpointError as e:
-            return Finding(check, "fail", f"key {key_ref} of disk {disk}: {e.message}",
+            return Finding(check, "fail",
+                           f"key {key_ref} of disk {disk}: {e.detail or e.spec.message}",
                            "UserErrorKeyvaultPermissionsNotConfigured")
         if not missing:
             return Finding(check, "pass", f"the backup service may use key {key_ref}")

@@ -204,11 +204,11 @@ def _guest_app(title: str) -> FastAPI:
         return JSONResponse(error_dict("InvalidInput", "the request body is not valid",
                                        {"errors": errors}), status_code=422)
 
-    app.add_middleware(GuestGuard)  # type: ignore[arg-type]
+    app.add_middleware(GuestGuard)
     return app
 
 
-def _machine_dep(backend: MachineBackend):  # type: ignore[no-untyped-def]
+def _machine_dep(backend: MachineBackend) -> Callable[..., str]:
     def dep(authorization: str = Header(default="")) -> str:
         token = authorization.removeprefix("Bearer ").strip()
         machine_id = backend.machine_for_token(token) if token else None

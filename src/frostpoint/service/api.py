@@ -500,7 +500,7 @@ def create_app(svc: Services) -> FastAPI:
     # Each route's role in OpenAPI, for clients and for the test that checks them all.
     for route in app.routes:
         if isinstance(route, APIRoute):
-            for method in route.methods:
+            for method in route.methods or ():
                 role = route_role(method, route.path)
                 if role:
                     route.openapi_extra = {**(route.openapi_extra or {}),

@@ -91,7 +91,7 @@ class Backups:
                                   {"running_job": running}) from None
         self.runner.run(job.id, self._run, machine, self._on_end)
         with self.rt.sessions() as s:
-            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]  # just added
 
     def _on_end(self, job_id: str, status: str) -> None:
         try:
@@ -173,7 +173,7 @@ class Backups:
             freeze_ms = status.get("freezeMs")
             # A guest's warnings get the catalog's shape (causes, actions), as errors do.
             warnings += [FrostpointError(
-                w.get("code") if w.get("code") in CATALOG
+                str(w["code"]) if w.get("code") in CATALOG
                 else "ExtensionOperationFailedForManagedDisks",
                 str(w.get("message", ""))).to_dict(machine)
                 for w in status.get("warnings", []) if isinstance(w, dict)]

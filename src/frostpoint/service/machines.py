@@ -492,11 +492,11 @@ class Machines:
             t = s.scalar(select(SubTask).where(SubTask.job_id == task_id,
                                                SubTask.name == SNAPSHOT_STEP))
             claimed = {**(t.progress if t else {}), "snapshot": "taken"}
-            r = s.execute(update(step).where(
+            r = s.execute(update(step).where(  # type: ignore[arg-type]  # a Table: FromClause
                 step.c.job_id == task_id, step.c.name == SNAPSHOT_STEP,
                 step.c.status == SubTaskStatus.IN_PROGRESS,
                 step.c.progress["snapshot"].as_string().is_(None)).values(progress=claimed))
-            if r.rowcount != 1:
+            if r.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's is a CursorResult
                 raise FrostpointError("Conflict", "this task's snapshot was already taken, "
                                       "or its Take Snapshot step is over; a restore point "
                                       "is never taken again", {"task": task_id})

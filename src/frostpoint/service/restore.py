@@ -176,7 +176,7 @@ class Restores:
 
         self.runner.run(job.id, run_body, rp.machine_name)
         with self.rt.sessions() as s:
-            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]  # just added
 
     def restore_disks(self, rp_id: str, to: str, source: str = "auto",
                       disks: list[str] | None = None) -> dict[str, Any]:

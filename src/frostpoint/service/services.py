@@ -75,9 +75,9 @@ class Services:
                 j.machine_id = None
             for obj in s.scalars(select(ProtectedItem).where(ProtectedItem.machine_id == m.id)):
                 s.delete(obj)
-            for obj in s.scalars(select(RestorePointCollection)
+            for rpc in s.scalars(select(RestorePointCollection)
                                  .where(RestorePointCollection.machine_id == m.id)):
-                s.delete(obj)
+                s.delete(rpc)
         self.machines.delete(name)
 
     def stop_protection(self, machine: str, delete_data: bool = False) -> dict[str, Any]:
