@@ -127,8 +127,11 @@ def test_real_answers_parse_with_their_models(service: Service) -> None:
     check(list[S.Token], c.get("/tokens"))
     check(S.TokenRevoked, c.delete("/tokens/models-r"))
     check(S.KeyFile, c.post("/vaults/v1/key/export", {"passphrase": "a long passphrase"}))
-    check(S.VerifyReport, c.post("/vaults/v1/verify"))
-    check(S.GcReport, c.post("/vaults/v1/gc"))
+    for route, report in (("verify", S.VerifyReport), ("gc", S.GcReport)):
+        started = check(S.Job, c.post(f"/vaults/v1/{route}"))
+        ended = check(S.Job, service.wait_job(started.id))
+        assert ended.status == JobStatus.COMPLETED, ended.error
+        check(report, ended.details["report"])
     with tempfile.TemporaryDirectory(prefix="fp-models-") as to:
         restore = check(S.Job, c.post("/restores/disks", {"restore_point": rps[0].id,
                                                           "to": to}))

@@ -353,7 +353,8 @@ def test_vault_storage_fault_gives_backup_operation_failed(service: Service) -> 
     finally:
         subprocess.run(["chattr", "-R", "-i", str(vault)], check=True)
     assert service.backup(M)["status"] == "Completed"
-    assert service.cli_json("vault", "verify", service.client.get("/vaults")[0]["name"])["ok"]
+    name = service.client.get("/vaults")[0]["name"]
+    assert service.cli_json("vault", "verify", name)["details"]["report"]["ok"]
 
 
 def test_machine_without_agent_needs_an_install(service: Service) -> None:

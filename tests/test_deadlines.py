@@ -88,7 +88,7 @@ def test_transfer_hung_on_a_stalled_vault_ends_at_the_job_deadline(
             time.sleep(0.5)
     done = service.wait_job(started["id"])
     assert done["status"] == "Completed", done
-    assert service.cli_json("vault", "verify", "stall")["ok"]
+    assert service.cli_json("vault", "verify", "stall")["details"]["report"]["ok"]
     c.delete("/machines/dl")
 
 

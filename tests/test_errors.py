@@ -47,3 +47,16 @@ def test_frostpoint_errors_prints_one_code_as_json() -> None:
     p = subprocess.run([sys.executable, "-m", "frostpoint.cli.main", "errors", "Nope"],
                        capture_output=True, text=True, check=False)
     assert p.returncode == 1 and "NotFound" in p.stderr
+
+
+def test_every_code_has_an_http_status() -> None:
+    # The API answers a failed request with its code's status (service/api.py reads it
+    # from the spec); there is no other table of statuses to drift from this one.
+    for spec in CATALOG.values():
+        assert isinstance(spec.http_status, int) and 400 <= spec.http_status < 600, spec.code
+    assert {c: CATALOG[c].http_status for c in (
+        "NotFound", "Conflict", "InvalidInput", "Unauthorized", "AuthorizationFailed",
+        "UserErrorBackupOperationInProgress", "VaultDataCorrupt")} == {
+        "NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
+        "AuthorizationFailed": 403, "UserErrorBackupOperationInProgress": 409,
+        "VaultDataCorrupt": 400}

@@ -213,7 +213,7 @@ def test_one_broken_vault_and_a_manifest_deleted_by_hand_stop_no_retention(
             errors="replace"):
         assert time.monotonic() < deadline, "no GC of the good vault after the failure"
         time.sleep(0.5)
-    assert s.cli_json("vault", "verify", "good")["ok"]
+    assert s.cli_json("vault", "verify", "good")["details"]["report"]["ok"]
     # Storage back: the next pass deletes the bad vault's expired point too.
     bad_dir.unlink()
     shutil.move(tmp_path / "bad-vault.away", bad_dir)

@@ -59,7 +59,8 @@ def test_vault_restore_points_expire_by_policy_and_gc_reclaims_them(
         time.sleep(0.5)
     left = [r["id"] for r in c.get("/restore-points", params={"machine": "ret"})]
     assert left == [new_rp]
-    assert s.cli_json("vault", "verify", "v1")["restore_points"] == 1  # its manifest is gone
+    report = s.cli_json("vault", "verify", "v1")["details"]["report"]
+    assert report["restore_points"] == 1  # its manifest is gone
 
     # The automatic GC has marked what only the expired point used; after the grace
     # (0 here) a GC run deletes it.
@@ -68,14 +69,14 @@ def test_vault_restore_points_expire_by_policy_and_gc_reclaims_them(
             "vault v1 gc:" not in log:
         assert time.monotonic() < deadline, "no automatic GC ran"
         time.sleep(0.5)
-    first = s.cli_json("vault", "gc", "v1", "--grace-hours", "0")
-    second = s.cli_json("vault", "gc", "v1", "--grace-hours", "0")
+    first = s.cli_json("vault", "gc", "v1", "--grace-hours", "0")["details"]["report"]
+    second = s.cli_json("vault", "gc", "v1", "--grace-hours", "0")["details"]["report"]
     # old.bin's 6 MB were random (incompressible) and only the expired point used them:
     # deleted with their packs, or counted dead in packs that live chunks keep.
     gone = first["bytes_deleted"] + second["bytes_deleted"]
     assert gone + second["dead_bytes_kept"] >= 5_000_000, (first, second)
     assert second["packs_pending"] == 0
-    assert s.cli_json("vault", "verify", "v1")["ok"]
+    assert s.cli_json("vault", "verify", "v1")["details"]["report"]["ok"]
     out = tmp_path / "out"
     j = s.cli_json("restore", "files", new_rp, "--path", "new.bin", "--to", str(out),
                    "--source", "vault")

@@ -41,7 +41,7 @@ def test_backup_to_azure_and_restore_from_it(az_service: Service, tmp_path: Path
                    "--source", "vault")
     assert j["status"] == "Completed", j
     assert hashlib.sha256((out / "blob.bin").read_bytes()).hexdigest() == want
-    assert s.cli_json("vault", "verify", "blob")["ok"]
+    assert s.cli_json("vault", "verify", "blob")["details"]["report"]["ok"]
     bad = s.cli("vault", "create", "nope", "--backend", "azure", "--location",
                 "azure://c?connection_string_env=UNSET_VAR", "--json", check=False)
     assert bad.returncode == 1 and "UNSET_VAR" in bad.stdout

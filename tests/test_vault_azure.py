@@ -1,4 +1,6 @@
-"""The vault over Azure Blob Storage, against a real Azurite (tools/azurite).
+"""The vault over Azure Blob Storage, against a real Azurite (tools/azurite): what is
+specific to Azure. The Backend contract and the vault over it run on Azure too, in
+tests/test_backend_contract.py, which uses the Azurite fixture defined here.
 
 The Azurite fixture installs the pinned npm package on first use (`npm ci` in
 tools/azurite), starts `azurite-blob` on a free loopback port with a temporary data
@@ -26,18 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
-from frostpoint.vault import ChunkRef, Vault
+from frostpoint.vault import Vault
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.format import BLOCK_SIZE
 from test_vault import (
     BIG,
-    SIZE,
     kill_backup,
     make_image,
     rand_block,
     sha256,
-    standard_image,
     text_block,
 )
 
@@ -176,66 +175,7 @@ def key() -> bytes:
     return os.urandom(32)
 
 
-# --- backend contract ----------------------------------------------------------------
-
-def test_backend_contract(backend: AzureBlobBackend, azurite: str, prefix: str) -> None:
-    b = backend
-    b.put("packs/ab/abcd", b"1")
-    b.put("packs/cd/cdef", b"22")
-    b.put("index/abcd", b"333")
-    b.put("packs/ab/abcd", b"4444")  # replace
-    b.put("empty", b"")
-    assert b.get("packs/ab/abcd") == b"4444"
-    assert b.get("empty") == b""
-    assert b.get_range("packs/ab/abcd", 1, 2) == b"44"
-    assert b.get_range("packs/ab/abcd", 2, 100) == b"44"   # short at the end
-    assert b.get_range("packs/ab/abcd", 4, 10) == b""      # at the end
-    assert b.get_range("packs/ab/abcd", 99, 10) == b""     # past the end
-    assert b.get_range("packs/ab/abcd", 0, 0) == b""
-    assert b.list("packs/") == ["packs/ab/abcd", "packs/cd/cdef"]
-    assert b.list("packs/c") == ["packs/cd/cdef"]
-    assert b.list("") == ["empty", "index/abcd", "packs/ab/abcd", "packs/cd/cdef"]
-    assert b.list("manifests/") == []
-    assert b.exists("index/abcd") and not b.exists("index/nope")
-    assert not b.exists("packs/ab")  # a "directory" is not an object
-
-    # hidden names written by someone else are not vault objects
-    raw = AzureBlobBackend(azurite, CONTAINER)
-    raw._container.upload_blob(f"{prefix}/index/.abcd.tmp", b"half")
-    raw._container.upload_blob(f"{prefix}/.trash/x", b"old")
-    assert b.list("index/") == ["index/abcd"]
-    assert ".trash/x" not in b.list("")
-
-    for missing in ("index/nope", "nope/deeper/still"):
-        with pytest.raises(FileNotFoundError):
-            b.get(missing)
-        with pytest.raises(FileNotFoundError):
-            b.get_range(missing, 0, 10)
-        with pytest.raises(FileNotFoundError):
-            b.get_range(missing, 0, 0)
-    with pytest.raises(ValueError):
-        b.get_range("index/abcd", -1, 1)
-    b.delete("index/abcd")
-    b.delete("index/abcd")  # idempotent
-    b.delete("never/was")
-    assert not b.exists("index/abcd")
-    assert b.list("index/") == []
-    for bad in ("", "/abs", "a/../b", "a//b", ".hidden", "a/./b", "a\\b"):
-        with pytest.raises(ValueError):
-            b.put(bad, b"x")
-
-
-def test_large_object_round_trips(backend: AzureBlobBackend) -> None:
-    # Bigger than one Put Blob (staged blocks committed at once); crosses blocks.
-    data = random.Random(7).randbytes(20 * 1024 * 1024 + 123)
-    backend.put("packs/00/big", data)
-    assert backend.get("packs/00/big") == data
-    off = 8 * 1024 * 1024 - 10
-    assert backend.get_range("packs/00/big", off, 5 * BS) == data[off:off + 5 * BS]
-    assert backend.get_range("packs/00/big", len(data) - 3, 100) == data[-3:]
-    # a smaller replacement is whole, with no leftover blocks of the old one
-    backend.put("packs/00/big", b"small")
-    assert backend.get("packs/00/big") == b"small"
+# --- what only Azure has: prefixes, containers, URLs --------------------------------
 
 
 def test_prefix_isolation(azurite: str) -> None:
@@ -307,112 +247,16 @@ def test_from_url(azurite: str, monkeypatch: pytest.MonkeyPatch) -> None:
             AzureBlobBackend.from_url(bad)
 
 
-# --- the vault over Azure ------------------------------------------------------------
-
-def test_vault_round_trip_dedup_and_verify(tmp_path: Path, backend: AzureBlobBackend,
-                                           azurite: str, prefix: str, key: bytes) -> None:
-    Vault.create(backend, key)
-    img = standard_image(tmp_path / "disk0.img")
-    vault = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    stats = vault.backup("rp1", {"disk0": img}, labels={"vm": "web01"})
-    assert stats.bytes_total == stats.bytes_scanned == SIZE
-    assert stats.bytes_read == SIZE - BS   # the hole is never read
-    assert stats.zero_blocks == 2
-    assert stats.chunks_new == 3 and stats.chunks_reused == 1
-    assert BS < stats.bytes_stored < BS + BS // 2
-    assert len(backend.list("packs/")) == 1 and len(backend.list("index/")) == 1
-    assert backend.list("manifests/") == ["manifests/rp1"]
-
-    v2 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    assert v2.list_restore_points() == ["rp1"]
-    assert v2.read_manifest("rp1")["labels"] == {"vm": "web01"}
-    out = tmp_path / "restored.img"
-    v2.restore_disk("rp1", "disk0", out)
-    assert out.stat().st_size == SIZE
-    assert sha256(out) == sha256(img)
-
-    # change one block: the next backup stores one new chunk
-    old_sum = sha256(img)
-    with open(img, "r+b") as f:
-        f.seek(1 * BS)
-        f.write(text_block(99))
-    new_sum = sha256(img)
-    stats = v2.backup("rp2", {"disk0": img})
-    assert stats.chunks_new == 1 and stats.chunks_reused == 3
-    assert stats.bytes_stored < BS // 2
-
-    v3 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    assert v3.list_restore_points() == ["rp1", "rp2"]
-    for rp, want in (("rp1", old_sum), ("rp2", new_sum)):
-        o = tmp_path / f"{rp}.img"
-        v3.restore_disk(rp, "disk0", o)
-        assert sha256(o) == want
-    report = v3.verify()
-    assert report.ok, report
-    assert report.restore_points == 2 and report.chunks_checked == 4
-
-    v3.delete_restore_point("rp1")
-    assert v3.list_restore_points() == ["rp2"]
-    with pytest.raises(FrostpointError) as e:
-        Vault.create(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    assert e.value.code == "Conflict"
-    with pytest.raises(FrostpointError) as e:
-        Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), os.urandom(32))
-    assert e.value.code == "InvalidInput"
-    with pytest.raises(FrostpointError) as e:
-        Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix + "-none"), key)
-    assert e.value.code == "NotFound"
-
-
-def test_flipped_byte_in_pack_blob(tmp_path: Path, backend: AzureBlobBackend, azurite: str,
-                                   prefix: str, key: bytes) -> None:
-    vault = Vault.create(backend, key)
-    img1 = make_image(tmp_path / "d1.img", 3 * BS, {0: rand_block(20), 2: text_block(21)})
-    img2 = make_image(tmp_path / "d2.img", 2 * BS, {0: rand_block(22)})
-    vault.backup("rp1", {"disk0": img1})
-    vault.backup("rp2", {"disk0": img2})
-
-    cid = vault.read_manifest("rp1")["disks"]["disk0"]["blocks"][0]
-    loc = vault.locate_chunk(cid)
-    assert loc is not None
-    pack_id, off, length = loc
-    name = f"packs/{pack_id[:2]}/{pack_id}"
-    data = bytearray(backend.get(name))          # download, flip, upload
-    data[off + length // 2] ^= 0x01
-    backend.put(name, bytes(data))
-
-    v2 = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key)
-    report = v2.verify()
-    assert not report.ok and report.missing == []
-    assert [p.chunk_id for p in report.damaged] == [cid]
-    assert report.damaged[0].pack == pack_id
-    assert report.damaged[0].refs == [ChunkRef("rp1", "disk0", 0)]
-
-    out = tmp_path / "out.img"
-    with pytest.raises(FrostpointError) as e:
-        v2.restore_disk("rp1", "disk0", out)
-    assert e.value.code == "VaultDataCorrupt"
-    assert e.value.details["chunk"] == cid and e.value.details["pack"] == pack_id
-    assert not out.exists() and not (tmp_path / "out.img.partial").exists()
-    v2.restore_disk("rp2", "disk0", out)   # the undamaged restore point still restores
-    assert sha256(out) == sha256(img2)
-
-    backend.delete(name)                   # and a pack gone altogether
-    report = Vault.open(AzureBlobBackend(azurite, CONTAINER, prefix), key).verify()
-    assert cid in [p.chunk_id for p in report.missing]   # with the others in that pack
-    assert {p.pack for p in report.missing} == {pack_id} and report.damaged == []
-
-
 # --- crash safety --------------------------------------------------------------------
 
 CRASH_SCRIPT = """
 import sys
 from pathlib import Path
-from frostpoint.vault import Vault, store
+from frostpoint.vault import Vault, pacing
 from frostpoint.vault.azure import AzureBlobBackend
 url, key, rp, img = sys.argv[1:5]
 v = Vault.open(AzureBlobBackend.from_url(url), bytes.fromhex(key))
-store.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
+pacing.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
 print("ready", flush=True)
 v.backup(rp, {"disk0": Path(img)}, progress=lambda d, t: print(d, flush=True))
 print("done", flush=True)

@@ -145,10 +145,10 @@ def test_random_small_writes_over_generations_restore_exactly(xfs: Path, tmp_pat
 CRASH_INCREMENTAL = """
 import sys
 from pathlib import Path
-from frostpoint.vault import LocalBackend, Vault, store
+from frostpoint.vault import LocalBackend, Vault, pacing
 vault_dir, key, rp, snap, prev_snap, prev_rp = sys.argv[1:7]
 v = Vault.open(LocalBackend(vault_dir), bytes.fromhex(key))
-store.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
+pacing.PROGRESS_EVERY_S = 0.0  # every block: the test kills at exact points
 print("ready", flush=True)
 v.backup(rp, {"d": Path(snap)}, previous={"d": (Path(prev_snap), prev_rp)},
          progress=lambda d, t: print(d, flush=True))

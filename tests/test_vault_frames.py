@@ -11,11 +11,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.vault_errors import catalog_error
 from frostpoint.vault import LocalBackend, Vault, VaultKeys
 from frostpoint.vault import format as fmt
+from frostpoint.vault.archiver import Archiver
 from frostpoint.vault.crypto import FRAME, frames_of
-from frostpoint.vault.store import BackupStats, _PackWriter
+from frostpoint.vault.errors import VaultError
+from frostpoint.vault.packer import PackWriter
+from frostpoint.vault.reports import BackupStats
+from frostpoint.vault.restorer import check_chunk
 from test_vault import rand_block, sha256, text_block
 
 MiB = 1 << 20
@@ -43,9 +47,9 @@ def test_older_format_vault_is_refused_clearly(tmp_path: Path) -> None:
     doc = json.loads((d / "config").read_text())
     doc["version"] = 2
     (d / "config").write_text(json.dumps(doc))
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(d), os.urandom(32))
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
     assert "version 2" in str(e.value) and f"version {fmt.FORMAT_VERSION}" in str(e.value)
 
 
@@ -70,10 +74,10 @@ def _stored(vault: Vault, disk: Path) -> bytes:
 def _patch(vault: Vault, disk: Path, prev: bytes | None, ranges: list[tuple[int, int, bool]],
            keep: bool = False) -> tuple[bytes, bytes | None, bytes | None]:
     """The patched block 0 of disk; keep=True also stores it (pack and index)."""
-    writer = _PackWriter(vault, BackupStats())
+    writer = PackWriter(vault, BackupStats())
     fd = os.open(disk, os.O_RDONLY)
     try:
-        cid, sealed, base = vault._prepare_patch(writer, fd, 0, BS, prev, ranges, "d")
+        cid, sealed, base = Archiver(vault, writer).prepare_patch(fd, 0, BS, prev, ranges, "d")
         if keep and cid:
             writer.add(cid, sealed, base)
             writer.finish()
@@ -106,7 +110,7 @@ def test_patched_block_stores_only_touched_frames_and_has_the_id_of_the_whole_bl
     assert sealed is not None and base == prev
     assert _stored_frames(vault, cid, sealed) == [0, 1, 3]  # the rest: in the base
     assert len(sealed) < 3 * FRAME + 4096 < len(old)
-    plains = vault._check_chunk(cid, "test", sealed, {})  # frames taken from the base
+    plains = check_chunk(vault, cid, "test", sealed, {})  # frames taken from the base
     assert b"".join(plains) == new
     assert _stored(vault, disk) == cid  # the same block read whole: same id (dedup)
 
@@ -129,7 +133,7 @@ def test_a_patch_of_a_patch_names_the_first_base(tmp_path: Path, vault: Vault) -
     second, sealed, base2 = _patch(vault, disk, first, [(5 * FRAME + 7, 5 * FRAME + 9, True)])
     assert sealed is not None and base2 == full
     assert _stored_frames(vault, second, sealed) == [0, 5]
-    assert b"".join(vault._check_chunk(second, "test", sealed, {})) == two
+    assert b"".join(check_chunk(vault, second, "test", sealed, {})) == two
     assert second == vault._keys.chunk_id(bytes(two))
 
 
@@ -141,7 +145,7 @@ def test_patch_over_a_zero_block_and_back_to_zeros(tmp_path: Path, vault: Vault)
     cid, sealed, base = _patch(vault, disk, None, [(2 * FRAME, 2 * FRAME + 4096, True)])
     assert cid == vault._keys.chunk_id(bytes(data)) and sealed is not None
     assert base is None  # zero frames are stored (a few bytes each), no base
-    assert b"".join(vault._check_chunk(cid, "test", sealed, {})) == data
+    assert b"".join(check_chunk(vault, cid, "test", sealed, {})) == data
     prev = _stored(vault, disk)
     assert prev == cid
     # the only data becomes a hole again: the block is all zeros, recorded as such
@@ -167,9 +171,9 @@ def test_wrong_frame_digest_is_found_by_verify_and_restore(tmp_path: Path,
     report = vault.verify()
     assert [p.chunk_id for p in report.damaged] == [cid.hex()]
     assert "digest" in report.damaged[0].reason
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.restore_disk("rp0", "d", tmp_path / "out.img")
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
 
 
 def _replace_chunk(root: Path, vault: Vault, cid: bytes, sealed: bytes) -> None:
@@ -193,10 +197,10 @@ def _two_restore_points(tmp_path: Path, vault: Vault) -> tuple[Path, bytes, byte
     disk.write_bytes(new)
     base = bytes.fromhex(vault.read_manifest("rp0")["disks"]["d"]["blocks"][1])
     fd = os.open(disk, os.O_RDONLY)
-    writer = _PackWriter(vault, BackupStats())
+    writer = PackWriter(vault, BackupStats())
     try:
-        cid, sealed, got = vault._prepare_patch(writer, fd, BS, BS, base, [(5, 9000, True)],
-                                                "d")
+        cid, sealed, got = Archiver(vault, writer).prepare_patch(
+            fd, BS, BS, base, [(5, 9000, True)], "d")
         writer.add(cid, sealed, got)
         writer.finish()
     finally:
@@ -251,9 +255,9 @@ def test_damaged_base_is_reported_for_the_restore_points_of_its_patches(
     assert set(damaged) == {base.hex(), cid.hex()}
     assert {r.restore_point for r in damaged[cid.hex()].refs} == {"rp1"}
     assert f"base chunk {base.hex()}" in damaged[cid.hex()].reason
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         vault.restore_disk("rp1", "d", tmp_path / "out.img")
-    assert e.value.code == "VaultDataCorrupt" and base.hex() in e.value.detail
+    assert catalog_error(e.value).code == "VaultDataCorrupt" and base.hex() in e.value.detail
     assert not (tmp_path / "out.img").exists()
 
 
@@ -269,12 +273,12 @@ def test_gc_keeps_the_base_of_an_unused_chunk_in_a_kept_pack(tmp_path: Path,
     new[10:20] = b"0123456789"
     disk.write_bytes(new)
     other_data = rand_block(31)
-    writer = _PackWriter(vault, BackupStats())
+    writer = PackWriter(vault, BackupStats())
     fd = os.open(disk, os.O_RDONLY)
     try:  # the patch and an unrelated chunk, in one pack
-        patch, sealed, got = vault._prepare_patch(writer, fd, 0, BS, base, [(10, 20, True)],
-                                                  "d")
-        other, other_sealed, _ = vault._prepare(writer, other_data)
+        patch, sealed, got = Archiver(vault, writer).prepare_patch(
+            fd, 0, BS, base, [(10, 20, True)], "d")
+        other, other_sealed, _ = Archiver(vault, writer).prepare(other_data)
         writer.add(patch, sealed, got)
         writer.add(other, other_sealed, None)
         writer.finish()

@@ -100,4 +100,4 @@ def test_restore_after_the_data_directory_is_lost(place: tuple[str, str], tmp_pa
                          "--to", str(files), "--source", "vault")
         assert j["status"] == "Completed", j
         assert hashlib.sha256((files / "precious.bin").read_bytes()).hexdigest() == want
-        assert new.cli_json("vault", "verify", "back")["ok"]
+        assert new.cli_json("vault", "verify", "back")["details"]["report"]["ok"]

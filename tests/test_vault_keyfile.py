@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.vault_errors import catalog_error
 from frostpoint.vault import keyfile
+from frostpoint.vault.errors import VaultError
 
 PASS = "correct horse battery staple"
 IDS = {"vault": "main", "vault_id": "ab" * 16, "backend": "local", "location": "/v"}
@@ -31,15 +32,15 @@ def test_round_trip_and_no_key_in_clear(exported: tuple[bytes, dict[str, object]
 def test_wrong_passphrase_and_changed_fields_are_refused(
         exported: tuple[bytes, dict[str, object]]) -> None:
     _key, doc = exported
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         keyfile.import_key(copy.deepcopy(doc), PASS + "!")
-    assert e.value.code == "VaultKeyInvalid"
+    assert catalog_error(e.value).code == "VaultKeyInvalid"
     for field, value in (("location", "/elsewhere"), ("vault_id", "cd" * 16),
                          ("backend", "azure")):
         changed = {**copy.deepcopy(doc), field: value}
-        with pytest.raises(FrostpointError) as e:
+        with pytest.raises(VaultError) as e:
             keyfile.import_key(changed, PASS)
-        assert e.value.code == "VaultKeyInvalid", field
+        assert catalog_error(e.value).code == "VaultKeyInvalid", field
 
 
 def test_hostile_kdf_parameters_are_refused_without_running_them(
@@ -49,16 +50,16 @@ def test_hostile_kdf_parameters_are_refused_without_running_them(
         hostile = copy.deepcopy(doc)
         hostile["kdf"].update(kdf)  # type: ignore[union-attr]
         t0 = time.monotonic()
-        with pytest.raises(FrostpointError) as e:
+        with pytest.raises(VaultError) as e:
             keyfile.import_key(hostile, PASS)
-        assert e.value.code == "InvalidInput" and time.monotonic() - t0 < 0.5, kdf
+        assert catalog_error(e.value).code == "InvalidInput" and time.monotonic() - t0 < 0.5, kdf
     for bad in ([], "x", {"format": "other"}, {**doc, "version": 2}):
-        with pytest.raises(FrostpointError) as e:
+        with pytest.raises(VaultError) as e:
             keyfile.import_key(bad, PASS)
-        assert e.value.code == "InvalidInput"
+        assert catalog_error(e.value).code == "InvalidInput"
 
 
 def test_a_short_passphrase_is_refused() -> None:
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         keyfile.export_key(os.urandom(32), "short", IDS)
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.vault_errors import catalog_error
 from frostpoint.vault import LocalBackend, Vault
 from frostpoint.vault import format as fmt
+from frostpoint.vault.errors import VaultError
 from test_vault import rand_block
 
 BS = 64 * 1024
@@ -42,9 +43,9 @@ def test_every_change_to_the_config_is_refused(tmp_path: Path) -> None:
         doc[field] = _changed(doc[field])
         assert doc != good, field
         (d / "config").write_text(json.dumps(doc))
-        with pytest.raises(FrostpointError) as e:
+        with pytest.raises(VaultError) as e:
             Vault.open(LocalBackend(d), key)
-        assert e.value.code in ("InvalidInput", "VaultDataCorrupt"), field
+        assert catalog_error(e.value).code in ("InvalidInput", "VaultDataCorrupt"), field
     (d / "config").write_text(json.dumps(good))
     assert Vault.open(LocalBackend(d), key).config.block_size == BS
 
@@ -56,9 +57,9 @@ def test_a_tampered_config_names_the_damage(tmp_path: Path) -> None:
     doc = json.loads((d / "config").read_text())
     doc["settings"] = _changed(doc["settings"])
     (d / "config").write_text(json.dumps(doc))
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(d), key)
-    assert e.value.code == "VaultDataCorrupt" and "config" in e.value.detail
+    assert catalog_error(e.value).code == "VaultDataCorrupt" and "config" in e.value.detail
     assert "authentication" in e.value.detail
     # A config sealed by another vault of the same key does not open here either.
     other = tmp_path / "w"
@@ -67,9 +68,9 @@ def test_a_tampered_config_names_the_damage(tmp_path: Path) -> None:
     doc = json.loads((d / "config").read_text())
     doc["settings"] = theirs["settings"]
     (d / "config").write_text(json.dumps(doc))
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(d), key)
-    assert e.value.code == "VaultDataCorrupt"
+    assert catalog_error(e.value).code == "VaultDataCorrupt"
 
 
 def test_a_forged_gc_pending_cannot_make_gc_delete_early(tmp_path: Path) -> None:
@@ -109,8 +110,8 @@ def test_a_format_3_vault_is_refused_clearly(tmp_path: Path) -> None:
           "block_size": 4 << 20, "pack_target_size": 16 << 20,
           "created": "2026-01-01T00:00:00Z", "keycheck": doc["keycheck"]}
     (d / "config").write_text(json.dumps(v3))
-    with pytest.raises(FrostpointError) as e:
+    with pytest.raises(VaultError) as e:
         Vault.open(LocalBackend(d), key)
-    assert e.value.code == "InvalidInput"
+    assert catalog_error(e.value).code == "InvalidInput"
     assert "version 3 is not supported" in e.value.detail
     assert f"version {fmt.FORMAT_VERSION}" in e.value.detail

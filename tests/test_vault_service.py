@@ -23,9 +23,10 @@ def test_verify_names_the_damaged_chunk_its_restore_point_and_file(
     job = service.backup(m)
     assert job["status"] == "Completed"
     rp = job["details"]["restore_point"]
-    ok = service.cli_json("vault", "verify", "v1")
+    ok = service.cli_json("vault", "verify", "v1")["details"]["report"]
     assert ok["ok"] and ok["chunks_checked"] > 0
-    assert service.cli_json("vault", "verify", "v1", "--sample", "50")["ok"]
+    half = service.cli_json("vault", "verify", "v1", "--sample", "50")
+    assert half["details"]["report"]["ok"]
 
     # Damage the biggest chunk (incompressible: a block of important.bin) on storage.
     vault_id = service.client.get("/vaults")[0]["id"]
@@ -40,7 +41,10 @@ def test_verify_names_the_damaged_chunk_its_restore_point_and_file(
 
     p = service.cli("vault", "verify", "v1", "--json", check=False)
     assert p.returncode == 1
-    report = json.loads(p.stdout)
+    job = json.loads(p.stdout)  # the final job; the report in its details
+    assert job["status"] == "CompletedWithWarnings"
+    assert job["warnings"][0]["code"] == "VaultDataCorrupt"
+    report = job["details"]["report"]
     assert not report["ok"]
     [problem] = report["problems"]
     assert problem["chunk"] == chunk.hex() and problem["kind"] == "damaged"
@@ -141,7 +145,8 @@ def test_verify_maps_a_damaged_chunk_of_a_1m_block_vault_to_its_file_only(
     data[off + length // 2] ^= 0xFF
     pack.write_bytes(bytes(data))
 
-    report = json.loads(service.cli("vault", "verify", "v1m", "--json", check=False).stdout)
+    report = json.loads(service.cli("vault", "verify", "v1m", "--json",
+                                    check=False).stdout)["details"]["report"]
     [problem] = report["problems"]
     assert problem["chunk"] == h
     [affected] = problem["affects"]

@@ -40,6 +40,8 @@ class SubTaskName(StrEnum):
     TAKE_SNAPSHOT = "Take Snapshot"
     TRANSFER = "Transfer data to vault"
     RESTORE = "Restore"
+    VERIFY = "Verify"
+    COLLECT_GARBAGE = "CollectGarbage"
 
 
 class JobOperation(StrEnum):
@@ -47,6 +49,8 @@ class JobOperation(StrEnum):
     RESTORE_DISKS = "RestoreDisks"
     RESTORE_VM = "RestoreVm"
     RESTORE_FILES = "RestoreFiles"
+    VAULT_VERIFY = "VaultVerify"
+    VAULT_GC = "VaultGc"
 
 
 class JobTrigger(StrEnum):

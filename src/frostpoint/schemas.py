@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from frostpoint.enums import (
     AgentStatus,
     Consistency,
+    JobOperation,
     JobStatus,
+    JobTrigger,
     PowerState,
     ProtectionState,
     ProvisioningState,
@@ -146,9 +148,9 @@ class SubTask(ApiModel):
 
 class Job(ApiModel):
     id: str
-    operation: str  # enums.JobOperation
+    operation: JobOperation
     machine: str
-    trigger: str  # enums.JobTrigger
+    trigger: JobTrigger
     status: JobStatus
     started_at: str
     ended_at: str | None
@@ -196,6 +198,7 @@ class KeyFile(ApiModel):
 
 
 class VerifyReport(ApiModel):
+    """details["report"] of a finished VaultVerify job (service/vault_checks.py)."""
     vault: str
     ok: bool
     sample_percent: float
@@ -207,6 +210,7 @@ class VerifyReport(ApiModel):
 
 
 class GcReport(ApiModel):
+    """details["report"] of a finished VaultGc job (vault/reports.py GcReport)."""
     vault: str
     restore_points: int
     packs_total: int

@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.filesize import decimal
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from frostpoint.errors.catalog import error_dict
 from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
@@ -104,21 +105,33 @@ class Client:
                 if job["status"] in FINAL:
                     return job
                 time.sleep(0.3)
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                      TimeElapsedColumn(), console=err_console, transient=True) as bar:
-            task = bar.add_task(label or job_id, total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[amount]}"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task(label or job_id, total=None, amount="")
             while True:
                 job = self.get(f"/jobs/{job_id}")
                 current = next((t for t in job["subtasks"] if t["status"] == "InProgress"),
                                None)
                 if current:
                     p = current.get("progress", {})
+                    # Backups and restores count bytes; vault verify and GC count steps.
+                    counted = "bytes_total" not in p and "total" in p
                     bar.update(task, description=f"{label} {current['name']}",
-                               completed=p.get("bytes_done", 0),
-                               total=p.get("bytes_total") or None)
+                               completed=p.get("done" if counted else "bytes_done", 0),
+                               total=p.get("total" if counted else "bytes_total") or None,
+                               amount=_amount(p, counted))
                 if job["status"] in FINAL:
                     return job
                 time.sleep(0.3)
+
+
+def _amount(p: dict[str, Any], counted: bool) -> str:
+    """'3/10' for a count of steps, '1.2/4.0 GB' for bytes."""
+    if counted:
+        return f"{p.get('done', 0)}/{p.get('total', '?')}"
+    done, total = p.get("bytes_done", 0), p.get("bytes_total")
+    return f"{decimal(done)}/{decimal(total)}" if total else decimal(done)
 
 
 def emit(data: Any, as_json: bool, human: Any = None) -> None:

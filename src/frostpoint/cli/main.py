@@ -350,9 +350,14 @@ def vault_list(as_json: bool = JSON) -> None:
 @api
 def vault_verify(name: str,
                  sample: float = typer.Option(100.0, help="Percent of chunks to re-read."),
+                 wait: bool = typer.Option(True, "--wait/--no-wait"),
                  as_json: bool = JSON) -> None:
-    """Re-read and re-hash the vault; name each damaged chunk and what it affects."""
-    r = Client().post(f"/vaults/{name}/verify", params={"sample": sample})
+    """Re-read and re-hash the vault; name each damaged chunk and what it affects.
+
+    A job: waits for it with a progress bar (--no-wait: print the job and return);
+    --json prints the final job, its report in details.report."""
+    c = Client()
+    j = c.post(f"/vaults/{name}/verify", params={"sample": sample})
 
     def human(d: dict[str, Any]) -> None:
         state = "[green]OK[/]" if d["ok"] else "[red]DAMAGED[/]"
@@ -365,8 +370,8 @@ def vault_verify(name: str,
                 console.print(f"    restore point {a['restore_point']} "
                               f"({a.get('machine', '?')}) disk {a['disk']} "
                               f"at {a['offset']}: files {a.get('files')}")
-    emit(r, as_json, human)
-    if not r["ok"]:
+    report = _vault_job(c, j, wait, as_json, f"verify {name}", human)
+    if report is not None and not report["ok"]:
         raise typer.Exit(1)
 
 
@@ -374,9 +379,35 @@ def vault_verify(name: str,
 @api
 def vault_gc(name: str,
              grace_hours: float = typer.Option(24.0, help="Safety margin before deletion."),
+             wait: bool = typer.Option(True, "--wait/--no-wait"),
              as_json: bool = JSON) -> None:
-    """Reclaim packs no restore point uses (mark now, delete after the margin)."""
-    emit(Client().post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours}), as_json)
+    """Reclaim packs no restore point uses (mark now, delete after the margin).
+
+    A job: waits for it with a progress bar (--no-wait: print the job and return);
+    --json prints the final job, its report in details.report."""
+    c = Client()
+    j = c.post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours})
+    _vault_job(c, j, wait, as_json, f"gc {name}", lambda d: emit(d, False))
+
+
+def _vault_job(c: Client, j: dict[str, Any], wait: bool, as_json: bool, label: str,
+               human: Any) -> dict[str, Any] | None:
+    """Follow a vault verify/GC job; print the final job (--json) or its report. Exits
+    1 when the job did not complete; returns the report (None: not waited for)."""
+    if not wait:
+        emit(j, as_json, print_job)
+        return None
+    j = c.wait_job(j["id"], show=not as_json, label=label)
+    report = j.get("details", {}).get("report")
+    if as_json:
+        emit(j, True)
+    elif report is not None:
+        human(report)
+    else:
+        print_job(j)
+    if j["status"] not in ("Completed", "CompletedWithWarnings") or report is None:
+        raise typer.Exit(1)
+    return report
 
 
 def _passphrase(env: str | None, twice: bool, as_json: bool) -> str:

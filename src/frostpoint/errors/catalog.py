@@ -6,6 +6,7 @@ operator who knows them is at home. Actions are Frostpoint commands.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ class ErrorSpec:
     message: str
     causes: tuple[str, ...]
     actions: tuple[str, ...]
+    # The HTTP status the API answers with when a request fails with this code (a
+    # failed job is a 200 answer carrying the error; this is for requests only).
+    http_status: int
 
     @property
     def doc_link(self) -> str:
@@ -25,8 +29,8 @@ class ErrorSpec:
 
 
 def _spec(code: str, kind: str, retryable: bool, message: str,
-          causes: list[str], actions: list[str]) -> ErrorSpec:
-    return ErrorSpec(code, kind, retryable, message, tuple(causes), tuple(actions))
+          causes: list[str], actions: list[str], *, status: int) -> ErrorSpec:
+    return ErrorSpec(code, kind, retryable, message, tuple(causes), tuple(actions), status)
 
 
 CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
@@ -39,7 +43,7 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["frostpoint vm show {machine}",
            "frostpoint vm agent restart {machine}",
            "frostpoint doctor {machine}",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("GuestAgentSnapshotTaskStatusError", "user", True,
           "The guest agent heartbeats but reported no status for the snapshot task.",
           ["Extensions are disabled in the agent config (Extensions.Enabled=n).",
@@ -51,13 +55,13 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "Extensions.Enabled=y/' /etc/frostpoint/agent.conf",
            "frostpoint vm agent restart {machine}",
            "frostpoint doctor {machine}  # names a path that cannot be executed",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("UserErrorVmProvisioningStateFailed", "user", True,
           "The machine's provisioning state is Failed.",
           ["An extension on the machine is in a failed state."],
           ["frostpoint vm extension list {machine}",
            "frostpoint vm extension remove {machine} NAME",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("UserErrorRpCollectionLimitReached", "user", False,
           "The machine has reached the limit of 18 instant restore points.",
           ["A lock on the restore points' resource group stops the cleanup.",
@@ -65,7 +69,7 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["frostpoint rg list  # the resource groups and their locks",
            "frostpoint lock delete LOCK",
            "frostpoint rp delete-collection {machine}  # when none has expired",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("UserErrorKeyvaultPermissionsNotConfigured", "user", False,
           "The backup service has no access to the key of an encrypted disk.",
           ["The key vault holding the disk's key does not grant get/unwrapKey to the "
@@ -73,14 +77,14 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "The grant was revoked, or the key vault or key was replaced."],
           ["frostpoint vm show {machine}  # each disk's encryption_key is KEYVAULT/KEY",
            "frostpoint keyvault grant KEYVAULT --principal frostpoint-backup",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("ExtensionSnapshotFailedNoNetwork", "user", True,
           "Inside the machine the fabric's host endpoint cannot be reached.",
           ["A firewall rule inside the machine blocks the host port.",
            "No route to the fabric address."],
           ["frostpoint doctor {machine}",
            "frostpoint vm exec {machine} -- iptables -S OUTPUT",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("ExtensionOperationFailedForManagedDisks", "user", True,
           "The snapshot extension's operation failed.",
           ["The freeze failed or the extension crashed during the snapshot.",
@@ -89,80 +93,80 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "The extension was killed from outside (security software)."],
           ["frostpoint job show JOB",
            "frostpoint vm extension remove {machine} Frostpoint.Backup.Snapshot",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("BackUpOperationFailed", "internal", True,
           "The backup failed because of an internal error.",
           ["A storage or database fault.", "An unexpected exception.",
            "The service restarted while the job ran."],
-          ["frostpoint job show JOB", "frostpoint backup now {machine} --wait"]),
+          ["frostpoint job show JOB", "frostpoint backup now {machine} --wait"], status=400),
     _spec("BackUpOperationFailedV2", "internal", True,
           "The backup failed because of an internal error.",
           ["A lock stopped the deletion of old restore points.",
            "A storage or database fault."],
-          ["frostpoint lock list", "frostpoint backup now {machine} --wait"]),
+          ["frostpoint lock list", "frostpoint backup now {machine} --wait"], status=400),
     _spec("UserErrorUnsupportedDiskSize", "user", False,
           "A disk is larger than the supported size (32 TiB; 4 TiB encrypted).",
           ["A disk above 32 TiB.", "An encrypted disk above 4 TiB."],
-          ["Split the disk into smaller disks."]),
+          ["Split the disk into smaller disks."], status=400),
     _spec("UserErrorBackupOperationInProgress", "user", True,
           "Another backup of this machine is running.",
           ["A scheduled or on-demand backup of the same machine is in progress."],
           ["frostpoint job list --machine {machine}", "frostpoint job cancel JOB",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=409),
     _spec("UserErrorCrpReportedUserError", "user", False,
           "The platform refused the operation for a user reason.",
           ["The machine is being deleted or updated.", "A disk is detached."],
-          ["frostpoint job show JOB"]),
+          ["frostpoint job show JOB"], status=400),
     _spec("UserErrorBcmDatasourceNotPresent", "user", False,
           "The machine is not actively protected.",
           ["Protection is stopped or paused.", "The machine was deleted."],
           ["frostpoint protect resume {machine}",
-           "frostpoint protect enable {machine} --vault VAULT --policy POLICY"]),
+           "frostpoint protect enable {machine} --vault VAULT --policy POLICY"], status=400),
     _spec("UserErrorFsFreezeFailed", "user", True,
           "A mount point could not be frozen.",
           ["The filesystem does not support freezing.",
            "The freeze did not finish in time."],
           ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json",
-           "frostpoint backup now {machine} --wait"]),
+           "frostpoint backup now {machine} --wait"], status=400),
     _spec("UserErrorVmNotInDesirableState", "user", True,
           "The machine is in a state that allows no backup.",
           ["The machine is being created or deleted.",
            "A platform operation (start, stop, disk detach) is running: provisioning "
            "Updating until it ends."],
           ["frostpoint vm show {machine}  # wait until provisioning is Succeeded",
-           "frostpoint backup now {machine}"]),
+           "frostpoint backup now {machine}"], status=400),
     _spec("UserErrorInstantRpNotFound", "user", False,
           "The snapshot of this restore point no longer exists.",
           ["The instant restore point expired and was cleaned up."],
-          ["frostpoint restore ... --source vault"]),
+          ["frostpoint restore ... --source vault"], status=400),
     _spec("Pre-ScriptExecutionFailed", "user", True,
           "A pre-script failed.", ["The script exited non-zero."],
-          ["frostpoint job show JOB"]),
+          ["frostpoint job show JOB"], status=400),
     _spec("Post-ScriptExecutionFailed", "user", True,
           "A post-script failed.", ["The script exited non-zero."],
-          ["frostpoint job show JOB"]),
+          ["frostpoint job show JOB"], status=400),
     _spec("Pre-ScriptNotFound", "user", False,
           "A pre-script was not found.", ["The path in vmbackup.json is wrong."],
-          ["Fix preScriptLocation in /etc/frostpoint/vmbackup.json"]),
+          ["Fix preScriptLocation in /etc/frostpoint/vmbackup.json"], status=400),
     _spec("Post-ScriptNotFound", "user", False,
           "A post-script was not found.", ["The path in vmbackup.json is wrong."],
-          ["Fix postScriptLocation in /etc/frostpoint/vmbackup.json"]),
+          ["Fix postScriptLocation in /etc/frostpoint/vmbackup.json"], status=400),
     _spec("InsufficientPermissionforPre-Script", "user", False,
           "A pre-script is not owned by root or is writable by others.",
-          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"]),
+          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"], status=400),
     _spec("InsufficientPermissionforPost-Script", "user", False,
           "A post-script is not owned by root or is writable by others.",
-          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"]),
+          ["Wrong owner or mode."], ["chown root:root SCRIPT; chmod 700 SCRIPT"], status=400),
     _spec("Pre-ScriptTimeout", "user", True,
           "A pre-script did not finish in time.", ["The script hangs or is slow."],
-          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"]),
+          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"], status=400),
     _spec("Post-ScriptTimeout", "user", True,
           "A post-script did not finish in time.", ["The script hangs or is slow."],
-          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"]),
+          ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"], status=400),
     _spec("IncorrectJSONConfigFile", "user", False,
           "The pre/post script config file is not valid.",
           ["vmbackup.json is not valid JSON, or not root-owned 0600."],
-          ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json"]),
+          ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json"], status=400),
     # Frostpoint's own start-up errors: the service refused to start, and made nothing.
     _spec("ServiceStartFailed", "user", False, "The backup service could not start.",
           ["Another frostpoint server already uses this data directory.",
@@ -170,17 +174,17 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "The host lacks something the fabric needs (root, mkfs.xfs, ip)."],
           ["frostpoint server --data-dir OTHER_DIR",
            "frostpoint server --listen 127.0.0.1:FREE_PORT",
-           "ss -ltnp"]),
+           "ss -ltnp"], status=400),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
-          ["A typo in the name.", "It was deleted."], ["frostpoint vm list"]),
+          ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),
     _spec("Conflict", "user", False, "The object already exists or is in use.",
-          ["A name is taken.", "The object is referenced."], []),
+          ["A name is taken.", "The object is referenced."], [], status=409),
     _spec("InvalidInput", "user", False, "The request is not valid.",
-          ["A value is out of range or malformed."], ["frostpoint --help"]),
+          ["A value is out of range or malformed."], ["frostpoint --help"], status=422),
     _spec("Unauthorized", "user", False, "The request carries no valid token.",
           ["The token file is missing or another service's."],
-          ["Set FROSTPOINT_TOKEN or FROSTPOINT_DATA_DIR"]),
+          ["Set FROSTPOINT_TOKEN or FROSTPOINT_DATA_DIR"], status=401),
     _spec("AuthorizationFailed", "user", False,
           "The token is valid but its role may not do this.",
           ["A reader token may only read (and not run doctor, which acts in the guest).",
@@ -189,29 +193,39 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "An operator's restore target is outside DATA/restores."],
           ["frostpoint token list",
            "frostpoint restore disks RP_ID --to DATA/restores/NAME",
-           "frostpoint token create NAME --role admin  # run by an admin"]),
+           "frostpoint token create NAME --role admin  # run by an admin"], status=403),
     _spec("VaultDataCorrupt", "internal", False,
           "Vault data failed its integrity check.",
-          ["A chunk or pack was damaged on storage."], ["frostpoint vault verify VAULT"]),
+          ["A chunk or pack was damaged on storage."], ["frostpoint vault verify VAULT"],
+          status=400),
     _spec("VaultKeyInvalid", "user", False,
           "A key file in the data directory is missing or damaged.",
           ["The key file was truncated or edited (a full disk, a bad copy of DATA/keys).",
            "DATA/keys was lost or restored from an older copy.",
            "A key export file is damaged or the passphrase is wrong."],
           ["frostpoint vault import VAULT --backend B --location L --key FILE",
-           "restore DATA/keys from a backup of the data directory"]),
+           "restore DATA/keys from a backup of the data directory"], status=400),
     _spec("JobCancelled", "user", False, "The job was cancelled.",
-          ["A user cancelled it."], []),
+          ["A user cancelled it."], [], status=400),
 ]}
 
 
 @dataclass
 class FrostpointError(Exception):
-    """An error with a catalog code; the only kind shown to a user."""
+    """An error with a catalog code; the only kind shown to a user.
+
+    FrostpointError(code, ...) makes an instance of the code's typed subclass when it
+    has one (JobCancelled, NotFound, ...), whoever raises it: code that steers by a
+    failure catches the type, and never compares code strings.
+    """
 
     code: str
     detail: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __new__(cls, code: str, *_args: Any, **_kwargs: Any) -> FrostpointError:
+        typed = _TYPED.get(code) if cls is FrostpointError else None
+        return super().__new__(typed or cls)
 
     def __post_init__(self) -> None:
         if self.code not in CATALOG:
@@ -240,3 +254,40 @@ def error_dict(code: str, detail: str = "", details: dict[str, Any] | None = Non
         "details": details or {},
         "doc": spec.doc_link,
     }
+
+
+_TYPED: dict[str, type[FrostpointError]] = {}
+
+
+def _typed(code: str) -> Callable[[type[FrostpointError]], type[FrostpointError]]:
+    def register(cls: type[FrostpointError]) -> type[FrostpointError]:
+        _TYPED[code] = cls
+        return cls
+    return register
+
+
+# The codes that steer control flow somewhere. Raise them as FrostpointError(code, ...)
+# like any other; catch them by type.
+@_typed("JobCancelled")
+class JobCancelled(FrostpointError):
+    pass
+
+
+@_typed("NotFound")
+class NotFound(FrostpointError):
+    pass
+
+
+@_typed("Unauthorized")
+class Unauthorized(FrostpointError):
+    pass
+
+
+@_typed("VaultDataCorrupt")
+class VaultDataCorrupt(FrostpointError):
+    pass
+
+
+@_typed("UserErrorGuestAgentStatusUnavailable")
+class GuestAgentUnavailable(FrostpointError):
+    pass

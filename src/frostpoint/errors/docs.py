@@ -20,7 +20,8 @@ def render() -> str:
     for spec in CATALOG.values():
         retry = "retry may help" if spec.retryable else "retry alone will not help"
         out += ["", f"## {spec.code}", "", spec.message, "",
-                f"Kind: {spec.kind}; {retry}.",
+                f"Kind: {spec.kind}; {retry}. HTTP status of a request that fails "
+                f"with it: {spec.http_status}.",
                 "", "Likely causes, most likely first:", ""]
         out += [f"{n}. {c}" for n, c in enumerate(spec.causes, 1)]
         if spec.actions:

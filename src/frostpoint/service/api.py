@@ -19,7 +19,7 @@ from frostpoint import __version__
 from frostpoint import schemas as S
 from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.enums import JobStatus, JobTrigger
-from frostpoint.errors.catalog import CATALOG, FrostpointError, error_dict
+from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
@@ -27,11 +27,10 @@ from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
+from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
+from frostpoint.vault.errors import VaultError
 
 log = logging.getLogger("frostpoint.service.api")
-
-STATUS = {"NotFound": 404, "Conflict": 409, "InvalidInput": 422, "Unauthorized": 401,
-          "AuthorizationFailed": 403, "UserErrorBackupOperationInProgress": 409}
 
 # The role each route needs (docs/security.md; tests/test_auth.py checks every route in
 # OpenAPI against its own copy). A route missing here needs admin, and has no role in
@@ -205,9 +204,13 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.exception_handler(FrostpointError)
     async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.code == "Unauthorized" else None
-        return JSONResponse({"error": e.to_dict()}, status_code=STATUS.get(e.code, 400),
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthorized) else None
+        return JSONResponse({"error": e.to_dict()}, status_code=e.spec.http_status,
                             headers=headers)
+
+    @app.exception_handler(VaultError)
+    async def vault_error(req: Request, e: VaultError) -> JSONResponse:
+        return await catalog_error(req, vault_catalog_error(e))  # the vault's edge
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -341,13 +344,14 @@ def create_app(svc: Services) -> FastAPI:
         return svc.protection.import_vault(body.name, body.backend, body.location,
                                            body.key_file, body.passphrase)
 
-    @app.post("/vaults/{name}/verify", dependencies=r, response_model=S.VerifyReport)
+    # verify and GC are jobs: the answer is the job (follow it at /jobs/{id})
+    @app.post("/vaults/{name}/verify", dependencies=r, response_model=S.Job)
     def verify_vault(name: str, sample: float = 100.0) -> dict[str, Any]:
-        return svc.vault_checks.verify(name, sample)
+        return svc.vault_checks.start_verify(name, sample)
 
-    @app.post("/vaults/{name}/gc", dependencies=r, response_model=S.GcReport)
+    @app.post("/vaults/{name}/gc", dependencies=r, response_model=S.Job)
     def gc_vault(name: str, grace_hours: float = 24.0) -> dict[str, Any]:
-        return svc.vault_checks.gc(name, grace_hours)
+        return svc.vault_checks.start_gc(name, grace_hours)
 
     @app.post("/policies", dependencies=r, response_model=S.Policy)
     def create_policy(body: PolicyIn) -> dict[str, Any]:

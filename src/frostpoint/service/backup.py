@@ -25,7 +25,7 @@ from frostpoint.enums import (
     SubTaskName,
     SubTaskStatus,
 )
-from frostpoint.errors.catalog import CATALOG, FrostpointError
+from frostpoint.errors.catalog import CATALOG, FrostpointError, GuestAgentUnavailable, JobCancelled
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
@@ -44,6 +44,8 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.vault_errors import as_catalog
+from frostpoint.vault.errors import VaultError
 
 MAX_INSTANT_RPS = 18
 HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
@@ -225,12 +227,13 @@ class Backups:
                                  progress=progress,
                                  should_cancel=lambda: self.runner.cancelled(job_id),
                                  previous=self._previous_snapshot(machine_id, vault_id, rp.id))
-        except FrostpointError as e:
-            if e.code == "JobCancelled":
+        except (FrostpointError, VaultError) as e:
+            err = as_catalog(e)  # the vault's own exceptions get their catalog code here
+            if isinstance(err, JobCancelled):
                 self.runner.subtask(job_id, TRANSFER, SubTaskStatus.CANCELLED)
                 return JobStatus.CANCELLED, warnings
             self.runner.subtask(job_id, TRANSFER, SubTaskStatus.FAILED)
-            warnings.append(e.to_dict(machine))
+            warnings.append(err.to_dict(machine))
             return JobStatus.COMPLETED_WITH_WARNINGS, warnings
         except Exception as e:  # noqa: BLE001 - the snapshot stands; the transfer failed
             self.runner.subtask(job_id, TRANSFER, SubTaskStatus.FAILED)
@@ -324,7 +327,7 @@ class Backups:
         except FrostpointError as e:
             # No final status came: if a freeze began (or may have, the machine having
             # gone silent), nobody in the machine may be left to end it.
-            thawed = guard.after_abnormal_end(e.code == "UserErrorGuestAgentStatusUnavailable")
+            thawed = guard.after_abnormal_end(isinstance(e, GuestAgentUnavailable))
             if thawed:
                 raise FrostpointError(e.code, f"{e.detail or e.spec.message}; the fabric "
                                       f"thawed disk(s) {', '.join(thawed)} from the host, "

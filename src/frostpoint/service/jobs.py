@@ -18,9 +18,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from frostpoint.enums import JobStatus, SubTaskStatus
-from frostpoint.errors.catalog import FrostpointError, error_dict
+from frostpoint.errors.catalog import FrostpointError, JobCancelled, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.vault_errors import as_catalog
+from frostpoint.vault.errors import VaultError
 
 ACTIVE = (JobStatus.IN_PROGRESS, JobStatus.CANCELLING)
 log = logging.getLogger("frostpoint.service")
@@ -151,9 +153,10 @@ class JobRunner:
             warnings: list[Any] = []
             try:
                 status, warnings = body(job_id)
-            except FrostpointError as e:
-                status = JobStatus.CANCELLED if e.code == "JobCancelled" else JobStatus.FAILED
-                error = e.to_dict(machine)
+            except (FrostpointError, VaultError) as e:  # a vault error: mapped here
+                err = as_catalog(e)
+                status = JobStatus.CANCELLED if isinstance(err, JobCancelled) else JobStatus.FAILED
+                error = err.to_dict(machine)
             except Exception as e:  # noqa: BLE001 - a user sees a code, never a traceback
                 status = JobStatus.FAILED
                 error = error_dict("BackUpOperationFailed", f"internal error: {e}",

@@ -33,6 +33,7 @@ from frostpoint.vault import format as fmt
 from frostpoint.vault import keyfile
 from frostpoint.vault.azure import AzureBlobBackend
 from frostpoint.vault.backend import Backend, LocalBackend
+from frostpoint.vault.errors import VaultCorrupt, VaultError
 from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault as VaultStore
 from frostpoint.vault.store import destroy
@@ -261,10 +262,11 @@ class Protection:
         for rp_id in store.list_restore_points():
             try:
                 doc = store.read_manifest(rp_id)
-            except FrostpointError as e:
-                if e.code == "VaultDataCorrupt":
-                    damaged.append(rp_id)
+            except VaultCorrupt:
+                damaged.append(rp_id)
                 continue
+            except VaultError:
+                continue  # deleted meanwhile, or a name that is no restore point id
             with self.rt.sessions.begin() as s:
                 if s.get(RestorePoint, rp_id) is not None:
                     continue

@@ -36,6 +36,7 @@ from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.vault_checks import VaultChecks
 from frostpoint.vault import format as fmt
+from frostpoint.vault.errors import NotInVault
 
 log = logging.getLogger("frostpoint.service")
 
@@ -241,9 +242,9 @@ class Services:
         store = self.protection.store(vault_id)
         try:
             store.delete_restore_point(rp_id)
-        except FrostpointError as e:
+        except NotInVault:
             # A manifest already gone (deleted by hand, or by a pass that crashed before
             # its commit) counts as deleted, but only in a vault that is there: a
             # missing vault config means the vault is unreachable, not the point gone.
-            if e.code != "NotFound" or not store.backend.exists(fmt.CONFIG):
+            if not store.backend.exists(fmt.CONFIG):
                 raise

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault.errors import InvalidRequest, VaultCorrupt
 from frostpoint.vault.format import chunk_data_aad, chunk_table_aad
 
 MASTER_KEY_SIZE = 32
@@ -114,7 +114,7 @@ class VaultKeys:
 
     def __init__(self, master_key: bytes) -> None:
         if not isinstance(master_key, bytes | bytearray) or len(master_key) != MASTER_KEY_SIZE:
-            raise FrostpointError("InvalidInput", "vault master key must be 32 bytes")
+            raise InvalidRequest("vault master key must be 32 bytes")
         # Two hash keys: frame digests and chunk ids can never be mistaken for each other.
         self.frame_key = _derive(bytes(master_key), _INFO_FRAME)
         self.id_key = _derive(bytes(master_key), _INFO_ID)
@@ -222,10 +222,10 @@ class VaultKeys:
         try:
             (n,) = _CHUNK_HEAD.unpack_from(head, 0)
         except struct.error:
-            raise FrostpointError("VaultDataCorrupt", "chunk is truncated") from None
+            raise VaultCorrupt("chunk is truncated") from None
         end = _CHUNK_HEAD.size + n
         if end > len(head):
-            raise FrostpointError("VaultDataCorrupt", "chunk table is truncated")
+            raise VaultCorrupt("chunk table is truncated")
         table = self._open_body(bytes(head[_CHUNK_HEAD.size:end]), chunk_table_aad(cid))
         try:
             kind, base = _TABLE_HEAD.unpack_from(table, 0)
@@ -239,8 +239,7 @@ class VaultKeys:
                         INLINE, IN_BASE) or (r.where == IN_BASE and base == NO_BASE):
                     raise ValueError("a frame entry is out of range")
         except (struct.error, ValueError) as e:
-            raise FrostpointError("VaultDataCorrupt", f"chunk table is damaged: {e}"
-                                  ) from None
+            raise VaultCorrupt(f"chunk table is damaged: {e}") from None
         return (None if base == NO_BASE else base), rows, end
 
     def open_chunk(self, blob: bytes | memoryview, cid: bytes) -> Chunk:
@@ -256,7 +255,7 @@ class VaultKeys:
             frames.append(Frame(r.raw_len, r.digest, data[pos:pos + r.stored_len]))
             pos += r.stored_len
         if pos != len(data):
-            raise FrostpointError("VaultDataCorrupt", "chunk data does not match its table")
+            raise VaultCorrupt("chunk data does not match its table")
         return Chunk(base, frames)
 
     def frame_plaintext(self, frame: Frame) -> bytes | memoryview:
@@ -268,20 +267,18 @@ class VaultKeys:
         try:
             plain = self._dctx().decompress(frame.stored, max_output_size=frame.raw_len)
         except zstandard.ZstdError as e:
-            raise FrostpointError("VaultDataCorrupt", f"chunk frame does not decompress: {e}"
-                                  ) from None
+            raise VaultCorrupt(f"chunk frame does not decompress: {e}") from None
         if len(plain) != frame.raw_len:
-            raise FrostpointError("VaultDataCorrupt", "chunk frame has the wrong length")
+            raise VaultCorrupt("chunk frame has the wrong length")
         return plain
 
     def _open_body(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < NONCE_SIZE + TAG_SIZE + 1:
-            raise FrostpointError("VaultDataCorrupt", "sealed object is truncated")
+            raise VaultCorrupt("sealed object is truncated")
         try:
             return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
         except InvalidTag:
-            raise FrostpointError(
-                "VaultDataCorrupt", "sealed object failed authentication") from None
+            raise VaultCorrupt("sealed object failed authentication") from None
 
     def _decode(self, body: bytes) -> bytes:
         flag, payload = body[0], body[1:]
@@ -291,9 +288,8 @@ class VaultKeys:
             try:
                 return self._dctx().decompress(payload, max_output_size=_MAX_PLAINTEXT)
             except zstandard.ZstdError as e:
-                raise FrostpointError(
-                    "VaultDataCorrupt", f"sealed object does not decompress: {e}") from None
-        raise FrostpointError("VaultDataCorrupt", f"unknown seal flag {flag:#x}")
+                raise VaultCorrupt(f"sealed object does not decompress: {e}") from None
+        raise VaultCorrupt(f"unknown seal flag {flag:#x}")
 
     def open_sealed(self, blob: bytes, aad: bytes) -> bytes:
         """Inverse of seal (chunks: open_chunk). Damage, wrong key or aad ->

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from frostpoint.errors.catalog import FrostpointError
+from frostpoint.vault.errors import InvalidRequest, VaultCorrupt, WrongKey
 
 FORMAT_NAME = "frostpoint-vault"
 # 3: chunks are a sealed frame table and sealed frames of 256 KiB; a frame may be kept
@@ -79,10 +79,8 @@ def is_vault_object(name: str) -> bool:
 
 def check_rp_id(rp_id: str) -> None:
     if not isinstance(rp_id, str) or not _RP_ID_RE.match(rp_id):
-        raise FrostpointError(
-            "InvalidInput",
-            f"invalid restore point id {rp_id!r}: use 1-128 of A-Z a-z 0-9 . _ - "
-            "(not starting with a punctuation character)")
+        raise InvalidRequest(f"invalid restore point id {rp_id!r}: use 1-128 of A-Z a-z 0-9 . _ - "
+                             "(not starting with a punctuation character)")
 
 
 # --- AAD: binds each sealed object to its role and name, so objects cannot be swapped.
@@ -171,11 +169,10 @@ class VaultConfig:
                 raise ValueError("not a frostpoint vault config")
             version = int(doc["version"])
         except (ValueError, KeyError, TypeError) as e:
-            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
-                                  ) from None
+            raise VaultCorrupt(f"vault config is not valid: {e}") from None
         if version != FORMAT_VERSION:
-            raise FrostpointError(
-                "InvalidInput", f"vault format version {version} is not supported "
+            raise InvalidRequest(
+                f"vault format version {version} is not supported "
                 f"(this Frostpoint reads version {FORMAT_VERSION}; older vaults are not "
                 "migrated: see docs/vault-format.md)")
         try:
@@ -185,34 +182,32 @@ class VaultConfig:
             keycheck = base64.b64decode(doc["keycheck"], validate=True)
             sealed = base64.b64decode(doc["settings"], validate=True)
         except (ValueError, KeyError, TypeError) as e:
-            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
-                                  ) from None
+            raise VaultCorrupt(f"vault config is not valid: {e}") from None
         try:
             ok = keys.open_sealed(keycheck, keycheck_aad(vault_id))
-        except FrostpointError:
+        except VaultCorrupt:
             ok = b""
         if ok != KEYCHECK_PLAINTEXT:
-            raise FrostpointError("InvalidInput", "wrong vault key", {"vault_id": vault_id})
+            raise WrongKey("wrong vault key", {"vault_id": vault_id})
         try:
             settings = json.loads(keys.open_sealed(sealed, config_aad(vault_id)))
             cfg = cls(vault_id=str(settings["vault_id"]),
                       block_size=int(settings["block_size"]),
                       pack_target_size=int(settings["pack_target_size"]),
                       created=str(settings["created"])[:64], version=version)
-        except FrostpointError:
-            raise FrostpointError(
-                "VaultDataCorrupt", "vault config failed authentication: it was changed "
-                "or damaged on storage", {"vault_id": vault_id}) from None
+        except VaultCorrupt:
+            raise VaultCorrupt("vault config failed authentication: it was changed "
+                               "or damaged on storage", {"vault_id": vault_id}) from None
         except (ValueError, KeyError, TypeError) as e:
-            raise FrostpointError("VaultDataCorrupt", f"vault config is not valid: {e}",
-                                  {"vault_id": vault_id}) from None
+            raise VaultCorrupt(f"vault config is not valid: {e}",
+                               {"vault_id": vault_id}) from None
         if cfg.vault_id != vault_id:
-            raise FrostpointError("VaultDataCorrupt", "vault config names another vault",
-                                  {"vault_id": vault_id})
+            raise VaultCorrupt("vault config names another vault",
+                               {"vault_id": vault_id})
         if not valid_block_size(cfg.block_size) or not (
                 0 < cfg.pack_target_size <= MAX_PACK_TARGET):
-            raise FrostpointError("VaultDataCorrupt", "vault config has invalid sizes",
-                                  {"vault_id": vault_id})
+            raise VaultCorrupt("vault config has invalid sizes",
+                               {"vault_id": vault_id})
         return cfg
 
 
@@ -237,10 +232,10 @@ def decode_pending(blob: bytes, keys: Sealer, vault_id: str,
         out = {str(k): float(v) for k, v in doc.items()}
         if not all(is_pack_id(k) and 1.5e9 <= v <= now + 86400 for k, v in out.items()):
             raise ValueError("a pack id or time out of range")
-    except FrostpointError:
-        raise FrostpointError("VaultDataCorrupt", "gc/pending failed authentication") from None
+    except VaultCorrupt:
+        raise VaultCorrupt("gc/pending failed authentication") from None
     except (ValueError, TypeError) as e:
-        raise FrostpointError("VaultDataCorrupt", f"gc/pending is not valid: {e}") from None
+        raise VaultCorrupt(f"gc/pending is not valid: {e}") from None
     return out
 
 
@@ -259,7 +254,7 @@ def encode_index(entries: list[IndexEntry]) -> bytes:
 def decode_index(data: bytes) -> list[IndexEntry]:
     body = memoryview(data)[len(_INDEX_MAGIC):]
     if data[:len(_INDEX_MAGIC)] != _INDEX_MAGIC or len(body) % _INDEX_REC.size:
-        raise FrostpointError("VaultDataCorrupt", "index has an unknown layout")
+        raise VaultCorrupt("index has an unknown layout")
     return [(cid, off, length, None if base == _NO_BASE else base)
             for cid, off, length, base in _INDEX_REC.iter_unpack(body)]
 
@@ -280,5 +275,5 @@ def decode_manifest(data: bytes) -> dict[str, Any]:
             if not valid_block_size(bs) or size < 0 or len(blocks) != -(-size // bs):
                 raise ValueError("block list does not match disk size")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FrostpointError("VaultDataCorrupt", f"manifest is not valid: {e}") from None
+        raise VaultCorrupt(f"manifest is not valid: {e}") from None
     return doc

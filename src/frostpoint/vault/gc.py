@@ -14,46 +14,39 @@ live chunks are kept whole (repacking is not done yet); their dead bytes are rep
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault import format as fmt
+from frostpoint.vault.errors import Cancelled, NotInVault, VaultCorrupt, VaultError
+from frostpoint.vault.pacing import Progress, cancel_check, throttled
+from frostpoint.vault.repo import Repository
+from frostpoint.vault.reports import GcReport
 
-if TYPE_CHECKING:
-    from frostpoint.vault.store import Vault
+__all__ = ["DEFAULT_GRACE", "GcReport", "collect"]
 
 PENDING = fmt.GC_PENDING
 DEFAULT_GRACE = 24 * 3600.0
 
 
-@dataclass
-class GcReport:
-    restore_points: int = 0
-    packs_total: int = 0
-    packs_pending: int = 0       # unreferenced now; deleted by a later run after grace
-    packs_deleted: int = 0
-    bytes_deleted: int = 0
-    packs_partly_dead: int = 0   # kept whole: some chunks still referenced
-    dead_bytes_kept: int = 0
-    duration_s: float = 0.0
-    kept_after_recheck: list[str] = field(default_factory=list)
-    pending_discarded: bool = False  # gc/pending failed its check: marks started afresh
+def _cancelled() -> Cancelled:
+    return Cancelled("the GC was cancelled; the packs deleted so far stay deleted, the "
+                     "rest are collected by a later run")
 
 
-def _referenced(vault: Vault, names: list[str]) -> tuple[set[bytes], int]:
+def _referenced(vault: Repository, names: list[str],
+                step: Callable[[], None] = lambda: None) -> tuple[set[bytes], int]:
     refs: set[bytes] = set()
     count = 0
     for rp in names:
+        step()
         try:
             doc = vault.read_manifest(rp)
-        except FrostpointError as e:
-            if e.code == "NotFound":
-                continue  # deleted meanwhile
+        except NotInVault:
+            continue  # deleted meanwhile
+        except VaultError as e:
             # A manifest we cannot read may still reference anything: delete nothing.
-            raise FrostpointError("VaultDataCorrupt",
-                                  f"GC stopped: manifest {rp} is unreadable ({e.detail})",
-                                  {"restore_point": rp}) from None
+            raise VaultCorrupt(f"GC stopped: manifest {rp} is unreadable ({e.detail})",
+                               {"restore_point": rp}) from None
         count += 1
         for disk in doc["disks"].values():
             refs.update(bytes.fromhex(h) for h in disk["blocks"] if h is not None)
@@ -75,7 +68,8 @@ def _keep(refs: set[bytes], contents: dict[str, list[fmt.IndexEntry]]) -> set[by
         live |= extra
 
 
-def _pack_contents(vault: Vault) -> tuple[set[str], dict[str, list[fmt.IndexEntry]]]:
+def _pack_contents(vault: Repository, step: Callable[[], None] = lambda: None
+                   ) -> tuple[set[str], dict[str, list[fmt.IndexEntry]]]:
     packs = {n.rsplit("/", 1)[1] for n in vault.backend.list(fmt.PACKS)}
     packs = {p for p in packs if fmt.is_pack_id(p)}
     contents: dict[str, list[fmt.IndexEntry]] = {}
@@ -83,6 +77,7 @@ def _pack_contents(vault: Vault) -> tuple[set[str], dict[str, list[fmt.IndexEntr
         pack_id = name[len(fmt.INDEX):]
         if not fmt.is_pack_id(pack_id):
             continue
+        step()
         try:
             contents[pack_id] = vault.read_index(pack_id)
         except FileNotFoundError:
@@ -90,13 +85,34 @@ def _pack_contents(vault: Vault) -> tuple[set[str], dict[str, list[fmt.IndexEntr
     return packs, contents
 
 
-def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None) -> GcReport:
+def collect(vault: Repository, grace: float = DEFAULT_GRACE, now: float | None = None,
+            progress: Progress | None = None,
+            should_cancel: Callable[[], bool] | None = None) -> GcReport:
+    """One mark (and sweep of what two marks found dead). progress(steps_done,
+    steps_total): a step is a manifest or index read, or a pack deleted; the total
+    grows once the packs to delete are known. A cancel before the sweep changes
+    nothing; one during the sweep stops between two packs (each deleted index first,
+    then pack) and still records the marks of the packs left, so the vault is
+    consistent either way and a later run carries on."""
     t0 = time.monotonic()
     now = time.time() if now is None else now
     report = GcReport()
+    check = cancel_check(should_cancel, _cancelled)
+    progress = throttled(progress)
     names = vault.list_restore_points()
-    refs, report.restore_points = _referenced(vault, names)
-    packs, contents = _pack_contents(vault)
+    index_names = vault.backend.list(fmt.INDEX)
+    total = len(names) + len(index_names)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        check()
+        if progress is not None and done < total:
+            progress(done, total)
+        done += 1
+
+    refs, report.restore_points = _referenced(vault, names, step)
+    packs, contents = _pack_contents(vault, step)
     refs = _keep(refs, contents)
     report.packs_total = len(packs)
     dead: set[str] = set()
@@ -109,18 +125,23 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
             report.packs_partly_dead += 1
             report.dead_bytes_kept += sum(e[2] for e in entries if e[0] not in refs)
     try:
-        pending = fmt.decode_pending(vault.backend.get(PENDING), vault._keys,
+        pending = fmt.decode_pending(vault.backend.get(PENDING), vault.keys,
                                      vault.vault_id, now)
     except FileNotFoundError:
         pending = {}
-    except FrostpointError:
+    except VaultCorrupt:
         # Changed or damaged on storage: start the marks afresh. That only delays
         # deletes by one grace period; trusting it could delete packs a backup in
         # another process is still writing.
         pending = {}
         report.pending_discarded = True
     due = {p for p in dead if p in pending and now - pending[p] >= grace}
-    with vault._backup_lock:  # short: only re-check and delete
+    done, total = len(names) + len(index_names), len(names) + len(index_names) + len(due)
+    if should_cancel is not None and should_cancel():
+        raise _cancelled()
+    deleted: set[str] = set()
+    stopped = False
+    with vault.backup_lock:  # short: only re-check and delete
         new = sorted(set(vault.list_restore_points()) - set(names))
         if new:
             more, _ = _referenced(vault, new)
@@ -131,16 +152,28 @@ def collect(vault: Vault, grace: float = DEFAULT_GRACE, now: float | None = None
                     dead.discard(p)
                     report.kept_after_recheck.append(p)
         for pack_id in sorted(due):
+            if should_cancel is not None and should_cancel():
+                stopped = True
+                break
             for cid, _off, length, _base in contents.get(pack_id, []):
-                vault._index.drop(cid)
+                vault.index.drop(cid)
                 report.bytes_deleted += length
             # Index first: a crash between the two leaves an unindexed pack, which the
             # next run collects; never an index pointing at a missing pack.
             vault.backend.delete(fmt.index_name(pack_id))
             vault.backend.delete(fmt.pack_name(pack_id))
             report.packs_deleted += 1
-    still = {p: pending.get(p, now) for p in dead - due}
-    vault.backend.put(PENDING, fmt.encode_pending(still, vault._keys, vault.vault_id))
+            deleted.add(pack_id)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    # Packs due but not deleted (a cancel) keep their first mark: the next run deletes them.
+    still = {p: pending.get(p, now) for p in dead - deleted}
+    vault.backend.put(PENDING, fmt.encode_pending(still, vault.keys, vault.vault_id))
+    if stopped:
+        raise _cancelled()
+    if progress is not None:
+        progress(total, total)
     report.packs_pending = len(still)
     report.duration_s = time.monotonic() - t0
     return report

@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from frostpoint.errors.catalog import FrostpointError
 from frostpoint.vault.crypto import MASTER_KEY_SIZE
+from frostpoint.vault.errors import InvalidRequest, KeyFileInvalid
 
 FORMAT = "frostpoint-vault-key"
 VERSION = 1
@@ -45,8 +45,8 @@ def _aad(head: dict[str, Any]) -> bytes:
 def export_key(key: bytes, passphrase: str, ids: dict[str, str]) -> dict[str, Any]:
     """The key file's content. ids: names and ids to keep beside the key (clear)."""
     if len(passphrase) < MIN_PASSPHRASE:
-        raise FrostpointError("InvalidInput", f"the passphrase needs at least "
-                              f"{MIN_PASSPHRASE} characters")
+        raise InvalidRequest(f"the passphrase needs at least "
+                             f"{MIN_PASSPHRASE} characters")
     salt, nonce = os.urandom(16), os.urandom(12)
     head = {"format": FORMAT, "version": VERSION, **ids,
             "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
@@ -78,12 +78,12 @@ def import_key(doc: Any, passphrase: str) -> tuple[bytes, dict[str, Any]]:
         if len(nonce) != 12 or not 8 <= len(salt) <= 64:
             raise ValueError("bad nonce or salt")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FrostpointError("InvalidInput", f"key file is not valid: {e}") from None
+        raise InvalidRequest(f"key file is not valid: {e}") from None
     try:
         key = AESGCM(_stretch(passphrase, salt, n, r, p)).decrypt(nonce, sealed, _aad(head))
     except InvalidTag:
-        raise FrostpointError("VaultKeyInvalid", "the key file does not open: wrong "
-                              "passphrase, or the file was changed") from None
+        raise KeyFileInvalid("the key file does not open: wrong "
+                             "passphrase, or the file was changed") from None
     if len(key) != MASTER_KEY_SIZE:
-        raise FrostpointError("VaultKeyInvalid", "the key file holds no vault key")
+        raise KeyFileInvalid("the key file holds no vault key")
     return key, head
