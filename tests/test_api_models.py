@@ -5,6 +5,7 @@ OpenAPI shows the real shapes and enums."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from conftest import Service, needs_root
-from frostpoint import enums
+from frostpoint import enums, protocol
 from frostpoint import schemas as S
 from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName
 from frostpoint.protocol import Consistency
@@ -34,6 +35,10 @@ BEFORE = {
     "vault": {"name", "id", "backend", "location", "restore_points", "created_at",
               "block_size"},
 }
+
+
+def keys(td: Any) -> set[str]:
+    return set(td.__required_keys__ | td.__optional_keys__)
 
 
 def unnamed_fields(value: Any, where: str = "") -> list[str]:
@@ -89,6 +94,17 @@ def test_real_answers_parse_with_their_models(service: Service) -> None:
     assert job.status in (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_WARNINGS)
     assert [t.name for t in job.subtasks] == [SubTaskName.TAKE_SNAPSHOT,
                                               SubTaskName.TRANSFER]
+
+    # The same server's guest protocol (here, not in test_protocol_types.py, to share the
+    # machine and its backup): the goal state the real agent received and saved names
+    # exactly the keys of frostpoint.protocol's types.
+    goal = json.loads((service.guest_file(M, "lib") / "agent-state.json").read_text())
+    assert set(goal) == keys(protocol.GoalState)
+    snap = next(e for e in goal["extensions"] if e["name"] == protocol.SNAPSHOT_EXTENSION)
+    assert set(snap) == keys(protocol.GoalStateExtension)
+    assert set(snap["settings"]) == keys(protocol.SnapshotSettings)
+    reported = c.get(f"/machines/{M}")["extensions"][0]["status"]
+    assert set(reported) <= keys(protocol.ExtensionStatus), reported
 
     raw_job = c.get(f"/jobs/{job.id}")
     raw_machine = c.get(f"/machines/{M}")
