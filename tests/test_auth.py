@@ -48,6 +48,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/policies"): A, ("GET", "/policies"): R,
     ("POST", "/protection/enable"): A, ("POST", "/protection/{machine}/stop"): A,
     ("POST", "/protection/{machine}/resume"): A, ("GET", "/protection/{machine}"): R,
+    ("POST", "/protection/{machine}/disable"): A,
     ("POST", "/backups"): OP, ("GET", "/jobs"): R, ("GET", "/jobs/{job_id}"): R,
     ("POST", "/jobs/{job_id}/cancel"): OP,
     ("GET", "/restore-points"): R, ("DELETE", "/machines/{name}/restore-point-collection"): A,

@@ -25,6 +25,16 @@ def doctor(service: Service, *args: str) -> dict[str, Any]:
     return json.loads(p.stdout)
 
 
+def fix_risky(service: Service, report: dict[str, Any]) -> None:
+    """Apply each failing risky fix of the report, one --check at a time (--yes alone
+    applies none of them)."""
+    risky = [f["check"] for f in report["findings"]
+             if f["status"] == "fail" and f["risky"] and f["remedy"]]
+    assert risky, report
+    for check in risky:
+        doctor(service, "--fix", "--check", check, "--yes")
+
+
 def codes_found(report: dict[str, Any]) -> set[str]:
     return {f["code"] for f in report["findings"] if f["status"] == "fail" and f["code"]}
 
@@ -66,6 +76,9 @@ def test_agent_down_gives_guest_agent_status_unavailable(service: Service) -> No
     guest_config(service, "Agent.AutoRestart", "y")
     fixed = doctor(service, "--fix")  # agent restart is a safe fix
     assert any(a["check"] == "agent.heartbeat" for a in fixed["applied"])
+    # The doctor waited for the restarted agent's heartbeat before it looked again.
+    heartbeat = next(f for f in fixed["findings"] if f["check"] == "agent.heartbeat")
+    assert heartbeat["status"] == "pass", heartbeat
     succeeds(service)
 
 
@@ -104,7 +117,7 @@ def test_extensions_disabled_gives_snapshot_task_status_error(service: Service) 
     assert "GuestAgentSnapshotTaskStatusError" in codes_found(report)
     # The fix changes the guest's config: risky, applied only with --yes.
     assert any(a["result"] == "skipped (risky)" for a in doctor(service, "--fix")["applied"])
-    doctor(service, "--fix", "--yes")
+    fix_risky(service, report)
     assert "Extensions.Enabled=y" in service.exec(M, "cat /etc/frostpoint/agent.conf")
     succeeds(service)
 
@@ -119,7 +132,7 @@ def test_noexec_extension_dir_gives_snapshot_task_status_error(service: Service)
     report = doctor(service)
     exe = next(f for f in report["findings"] if f["check"] == "guest.extension.executable")
     assert exe["status"] == "fail" and "noexec" in exe["message"]
-    doctor(service, "--fix", "--yes")
+    fix_risky(service, report)
     succeeds(service)
 
 
@@ -129,7 +142,7 @@ def test_host_port_blocked_gives_no_network(service: Service) -> None:
     report = doctor(service)
     assert "ExtensionSnapshotFailedNoNetwork" in codes_found(report)
     assert service.data_disk_writable(M, 2), "the failed snapshot left the disk frozen"
-    doctor(service, "--fix", "--yes")
+    fix_risky(service, report)
     assert "32526" not in service.exec(M, "iptables -S OUTPUT")
     succeeds(service)
 

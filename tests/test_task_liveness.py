@@ -135,7 +135,10 @@ def test_host_port_blocked_before_the_extension_was_installed_gives_no_network(
     # A failed backup is no machine to repair: no extension-removing fix is offered.
     prov = next(f for f in report["findings"] if f["check"] == "machine.provisioning")
     assert prov["status"] == "pass", prov
-    service.cli("doctor", m, "--fix", "--yes", "--json", check=False)
+    for f in report["findings"]:  # risky fixes: one --check at a time
+        if f["status"] == "fail" and f["risky"] and f["remedy"]:
+            service.cli("doctor", m, "--fix", "--check", f["check"], "--yes", "--json",
+                        check=False)
     assert "32526" not in service.exec(m, "iptables -S OUTPUT")
     assert service.backup(m)["status"] == "Completed"
     service.client.delete(f"/machines/{m}")
@@ -215,8 +218,16 @@ def test_eighteen_live_restore_points_and_a_lock_are_fixed_by_the_doctor(
     service.cli("doctor", m, "--fix", "--json", check=False)
     assert len([r for r in service.client.get("/restore-points", params={"machine": m})
                 if r["tier"] != "Vault"]) == 18
-    fixed = json.loads(service.cli("doctor", m, "--fix", "--yes", "--json",
-                                   check=False).stdout)
+    # --yes alone applies no risky fix (it once deleted a user's lock): --check names it.
+    skipped = json.loads(service.cli("doctor", m, "--fix", "--yes", "--json",
+                                     check=False).stdout)
+    assert [a for a in skipped["applied"] if a["check"] == "restore_points.count"] == [{
+        "check": "restore_points.count", "result": "skipped (risky)",
+        "apply_with": f"frostpoint doctor {m} --fix --check restore_points.count --yes"}]
+    assert len([r for r in service.client.get("/restore-points", params={"machine": m})
+                if r["tier"] != "Vault"]) == 18
+    fixed = json.loads(service.cli("doctor", m, "--fix", "--check", "restore_points.count",
+                                   "--yes", "--json", check=False).stdout)
     [applied] = [a for a in fixed["applied"] if a["check"] == "restore_points.count"]
     assert "deleted 18 instant restore points" in applied["result"], applied
     assert "keep18" in applied["result"], applied

@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.filesize import decimal
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from frostpoint.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 from frostpoint.errors.catalog import error_dict
-from frostpoint.service.runtime import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 console = Console()
 err_console = Console(stderr=True)
@@ -143,14 +144,20 @@ def emit(data: Any, as_json: bool, human: Any = None) -> None:
         console.print_json(json.dumps(data, default=str))
 
 
-def show_error(error: dict[str, Any], as_json: bool) -> None:
+def show_error(error: dict[str, Any], as_json: bool, out: Console | None = None) -> None:
+    """An error object: JSON on stdout, or for a person on stderr (or `out`). Lines are
+    never wrapped at the terminal's width: fix commands (and commands in a message) are
+    pasted, and the terminal wraps long lines for the eye anyway."""
     if as_json:
         sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
         return
-    err_console.print(f"[bold red]{error.get('code')}[/]: {error.get('message')}")
+    out = out or err_console
+    out.print(f"[bold red]{error.get('code')}[/]: {escape(str(error.get('message')))}",
+              soft_wrap=True)  # a message can name a command too
     for c in error.get("causes", []):
-        err_console.print(f"  cause:  {c}")
+        out.print(f"  cause:  {escape(str(c))}", soft_wrap=True)
     for a in error.get("actions", []):
-        err_console.print(f"  fix:    [cyan]{a}[/]")
+        out.print(f"  fix:    [cyan]{escape(str(a))}[/]", soft_wrap=True)
     if error.get("details"):
-        err_console.print(f"  details: {json.dumps(error['details'], default=str)[:1500]}")
+        out.print(f"  details: {escape(json.dumps(error['details'], default=str)[:1500])}",
+                  soft_wrap=True)

@@ -176,7 +176,7 @@ def run_quickstart(quiet: bool = False) -> dict[str, Any]:
     restored = hashlib.sha256((target / "doc1.txt").read_bytes()).hexdigest()
     ok = restored == original
     if not quiet:
-        from frostpoint.cli.main import print_job, table
+        from frostpoint.cli.common import print_job, table
         for jj in c.get("/jobs", params={"machine": MACHINE})[:3]:
             print_job(jj)
         table(rps, ["id", "created_at", "consistency", "tier", "freeze_ms"],

@@ -10,6 +10,7 @@ Fixes are either safe (applied by --fix) or risky (applied only when confirmed).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +59,11 @@ class Finding:
     remedy: str | None = None  # what --fix can apply: see Doctor.apply
     risky: bool = False
     args: dict[str, Any] = field(default_factory=dict)
+
+
+# Remedies that (re)start the agent: the fix has taken effect once it heartbeats again.
+AGENT_REMEDIES = ("start", "agent-restart", "agent-install", "enable-extensions",
+                  "set-endpoint")
 
 
 class Doctor:
@@ -342,6 +348,28 @@ class Doctor:
 
     # -- remedies ---------------------------------------------------------------------
     def apply(self, name: str, finding: Finding) -> str:
+        t0 = time.monotonic()
+        result = self._apply(name, finding)
+        if finding.remedy in AGENT_REMEDIES:
+            result += self._wait_heartbeat(name, t0)
+        return result
+
+    def _wait_heartbeat(self, name: str, since: float) -> str:
+        """Wait for the restarted agent's first heartbeat, so that the doctor's next
+        look sees the fix and not the agent that was still starting."""
+        limit = self.rt.timeouts.heartbeat_stale
+        while time.monotonic() - since < limit:
+            agent = self.svc.machines.show(name)["agent"]
+            if not agent["installed"]:
+                return ""
+            age = agent.get("last_heartbeat_age_s")
+            if agent["status"] == "Ready" and age is not None and \
+                    age < time.monotonic() - since:
+                return f"; the agent heartbeats again after {time.monotonic() - since:.1f} s"
+            time.sleep(0.3)
+        return f"; no heartbeat from the agent within {limit:.0f} s"
+
+    def _apply(self, name: str, finding: Finding) -> str:
         m = self.svc.machines
         r, a = finding.remedy, finding.args
         if r == "start":

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from frostpoint.errors.hints import actions_for
+
 
 @dataclass(frozen=True)
 class ErrorSpec:
@@ -91,14 +93,14 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "The host refused the snapshot request (e.g. its backup job had already "
            "ended).",
            "The extension was killed from outside (security software)."],
-          ["frostpoint job show JOB",
+          ["frostpoint job show {job}",
            "frostpoint vm extension remove {machine} Frostpoint.Backup.Snapshot",
            "frostpoint backup now {machine} --wait"], status=400),
     _spec("BackUpOperationFailed", "internal", True,
           "The backup failed because of an internal error.",
           ["A storage or database fault.", "An unexpected exception.",
            "The service restarted while the job ran."],
-          ["frostpoint job show JOB", "frostpoint backup now {machine} --wait"], status=400),
+          ["frostpoint job show {job}", "frostpoint backup now {machine} --wait"], status=400),
     _spec("BackUpOperationFailedV2", "internal", True,
           "The backup failed because of an internal error.",
           ["A lock stopped the deletion of old restore points.",
@@ -111,12 +113,12 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
     _spec("UserErrorBackupOperationInProgress", "user", True,
           "Another backup of this machine is running.",
           ["A scheduled or on-demand backup of the same machine is in progress."],
-          ["frostpoint job list --machine {machine}", "frostpoint job cancel JOB",
+          ["frostpoint job list --machine {machine}", "frostpoint job cancel {job}",
            "frostpoint backup now {machine} --wait"], status=409),
     _spec("UserErrorCrpReportedUserError", "user", False,
           "The platform refused the operation for a user reason.",
           ["The machine is being deleted or updated.", "A disk is detached."],
-          ["frostpoint job show JOB"], status=400),
+          ["frostpoint job show {job}"], status=400),
     _spec("UserErrorBcmDatasourceNotPresent", "user", False,
           "The machine is not actively protected.",
           ["Protection is stopped or paused.", "The machine was deleted."],
@@ -141,10 +143,13 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["frostpoint restore ... --source vault"], status=400),
     _spec("Pre-ScriptExecutionFailed", "user", True,
           "A pre-script failed.", ["The script exited non-zero."],
-          ["frostpoint job show JOB"], status=400),
+          ["frostpoint vm exec {machine} -- SCRIPT  # run it by hand: its output says why",
+           "frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json  # "
+           "\"continueBackupOnFailure\": true backs up anyway, file-system consistent",
+           "frostpoint job show {job}"], status=400),
     _spec("Post-ScriptExecutionFailed", "user", True,
           "A post-script failed.", ["The script exited non-zero."],
-          ["frostpoint job show JOB"], status=400),
+          ["frostpoint job show {job}"], status=400),
     _spec("Pre-ScriptNotFound", "user", False,
           "A pre-script was not found.", ["The path in vmbackup.json is wrong."],
           ["Fix preScriptLocation in /etc/frostpoint/vmbackup.json"], status=400),
@@ -165,7 +170,8 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["Raise timeoutInSeconds in /etc/frostpoint/vmbackup.json"], status=400),
     _spec("IncorrectJSONConfigFile", "user", False,
           "The pre/post script config file is not valid.",
-          ["vmbackup.json is not valid JSON, or not root-owned 0600."],
+          ["vmbackup.json is not valid JSON, not owned by root, or writable by group "
+           "or others."],
           ["frostpoint vm exec {machine} -- cat /etc/frostpoint/vmbackup.json"], status=400),
     # Frostpoint's own start-up errors: the service refused to start, and made nothing.
     _spec("ServiceStartFailed", "user", False, "The backup service could not start.",
@@ -243,14 +249,14 @@ class FrostpointError(Exception):
 def error_dict(code: str, detail: str = "", details: dict[str, Any] | None = None,
                machine: str | None = None) -> dict[str, Any]:
     spec = CATALOG[code]
-    name = machine or "MACHINE"
     return {
         "code": code,
         "kind": spec.kind,
         "retryable": spec.retryable,
         "message": detail or spec.message,
         "causes": list(spec.causes),
-        "actions": [a.replace("{machine}", name) for a in spec.actions],
+        "actions": actions_for(code, list(spec.actions), detail or spec.message,
+                               details or {}, machine),
         "details": details or {},
         "doc": spec.doc_link,
     }

@@ -12,7 +12,8 @@ def render() -> str:
     out = ["# Error catalog", "",
            "Generated from `src/frostpoint/errors/catalog.py` by "
            "`python -m frostpoint.errors.docs`; `frostpoint errors [CODE]` prints the same.",
-           "In the actions, `{machine}` is the machine's name, JOB a job id.", "",
+           "In the actions, `{machine}` is the machine's name, `{job}` a job id and "
+           "SCRIPT the script's path: each is filled in when the error names it.", "",
            "| code | kind | retryable | message |", "|---|---|---|---|"]
     for spec in CATALOG.values():
         out.append(f"| [{spec.code}](#{spec.code.lower()}) | {spec.kind} | "

@@ -60,6 +60,7 @@ ADMIN = {
     ("POST", "/vaults/{name}/key/export"), ("POST", "/vaults/import"),
     ("POST", "/vaults/{name}/gc"), ("POST", "/policies"), ("POST", "/protection/enable"),
     ("POST", "/protection/{machine}/stop"), ("POST", "/protection/{machine}/resume"),
+    ("POST", "/protection/{machine}/disable"),
     ("DELETE", "/machines/{name}/restore-point-collection"),
     ("POST", "/locks"), ("DELETE", "/locks/{name}"),
     ("POST", "/keyvaults"), ("POST", "/keyvaults/{name}/keys"),
@@ -180,6 +181,7 @@ class RestoreIn(BaseModel):
     name: str | None = None
     path: str | None = None
     disk: str | None = None
+    overwrite: bool = False  # restore files: replace what is at the target
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -203,9 +205,13 @@ def create_app(svc: Services) -> FastAPI:
                                   {"role": who.role, "needs": need})
 
     @app.exception_handler(FrostpointError)
-    async def catalog_error(_req: Request, e: FrostpointError) -> JSONResponse:
+    async def catalog_error(req: Request, e: FrostpointError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthorized) else None
-        return JSONResponse({"error": e.to_dict()}, status_code=e.spec.http_status,
+        # The machine in the route fills the fix hints' {machine} (not MACHINE).
+        params = req.path_params
+        machine = params.get("machine") or (
+            params.get("name") if req.url.path.startswith("/machines/") else None)
+        return JSONResponse({"error": e.to_dict(machine)}, status_code=e.spec.http_status,
                             headers=headers)
 
     @app.exception_handler(VaultError)
@@ -370,6 +376,11 @@ def create_app(svc: Services) -> FastAPI:
     def protect_stop(machine: str, delete_data: bool = False) -> dict[str, Any]:
         return svc.stop_protection(machine, delete_data)
 
+    @app.post("/protection/{machine}/disable", dependencies=r,
+              response_model=S.Protection)
+    def protect_disable(machine: str) -> dict[str, Any]:
+        return svc.protection.disable(machine)
+
     @app.post("/protection/{machine}/resume", dependencies=r, response_model=S.Protection)
     def protect_resume(machine: str) -> dict[str, Any]:
         return svc.protection.set_state(machine, "resume")
@@ -440,7 +451,7 @@ def create_app(svc: Services) -> FastAPI:
             raise FrostpointError("InvalidInput", "--path and --to are required")
         to = body.to if who.can("admin") else contained(svc.rt.restore_area, body.to)
         return svc.restores.restore_files(body.restore_point, body.path, to, body.disk,
-                                          body.source)
+                                          body.source, body.overwrite)
 
     # locks and resource groups
     @app.post("/locks", dependencies=r, response_model=S.Lock)

@@ -112,7 +112,8 @@ class Machines:
             size = parse_size(str(d.get("size", "256M")))
             if size < (16 << 20) or (fs == "xfs" and size < (300 << 20)):
                 raise FrostpointError("InvalidInput",
-                                      f"disk {d['name']} is too small for {fs}")
+                                      f"disk {d['name']} is too small for {fs}: the minimum "
+                                      f"is {'300' if fs == 'xfs' else '16'} MiB")
             if not NAME_RE.match(d["name"]):
                 raise FrostpointError("InvalidInput", f"bad disk name {d['name']!r}")
             key_ref, wrapped, dek = d.get("encryption_key"), d.get("wrapped_key"), None
@@ -282,7 +283,8 @@ class Machines:
             m = self.get(s, name)
             if m.power_state != PowerState.RUNNING:
                 raise FrostpointError("UserErrorVmNotInDesirableState",
-                                      f"machine {name} is {m.power_state}")
+                                      f"machine {name} is {m.power_state}",
+                                      {"machine": name, "power_state": m.power_state})
         p = self.rt.sandbox.exec(name, argv, timeout=timeout)
         return {"returncode": p.returncode, "stdout": p.stdout.decode(errors="replace"),
                 "stderr": p.stderr.decode(errors="replace")}

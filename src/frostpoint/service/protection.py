@@ -59,6 +59,18 @@ def _overlap(kind: str, a: str, b: str) -> bool:
                          or xb.startswith(xa + "/"))
 
 
+def _refuse_taken(s: Session, name: str, backend: str, location: str) -> None:
+    """A new or imported vault needs a free name and a location no other vault's
+    overlaps (a delete of one would take the other's objects)."""
+    if s.scalar(select(Vault).where(Vault.name == name)):
+        raise FrostpointError("Conflict", f"vault {name} already exists")
+    for other in s.scalars(select(Vault).where(Vault.backend == backend)):
+        if _overlap(backend, location, other.location):
+            raise FrostpointError(
+                "Conflict", f"vault location {location} overlaps vault "
+                f"{other.name} at {other.location}", {"vault": other.name})
+
+
 def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> RestorePoint:
     """The restore_points row of a manifest read by `vault import`. Its machine may
     not exist here; its instant snapshot is gone with the old host."""
@@ -145,13 +157,7 @@ class Protection:
                                   "blobs: a vault needs a prefix of its own",
                                   {"location": location})
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             v = Vault(name=name, backend=backend, location=location)
             s.add(v)
             s.flush()
@@ -180,7 +186,9 @@ class Protection:
                 .where(ProtectedItem.vault_id == v.id))]
             if users:
                 raise FrostpointError("Conflict", f"vault {name} holds the protection of "
-                                      f"{', '.join(users)}: delete those machines first",
+                                      f"{', '.join(users)}: stop and disable their protection "
+                                      "(frostpoint protect stop M; frostpoint protect disable "
+                                      "M), or delete those machines, first",
                                       {"machines": users})
             vid, kind, location = v.id, v.backend, v.location
             gone = 0
@@ -233,13 +241,7 @@ class Protection:
                                   f"{store.vault_id}")
         wanted = str(head.get("service_vault_id") or "")
         with self.rt.sessions.begin() as s:
-            if s.scalar(select(Vault).where(Vault.name == name)):
-                raise FrostpointError("Conflict", f"vault {name} already exists")
-            for other in s.scalars(select(Vault).where(Vault.backend == backend)):
-                if _overlap(backend, location, other.location):
-                    raise FrostpointError(
-                        "Conflict", f"vault location {location} overlaps vault "
-                        f"{other.name} at {other.location}", {"vault": other.name})
+            _refuse_taken(s, name, backend, location)
             # Keep the old id when free: the key file name and audit trails still match.
             free = re.fullmatch(r"[0-9a-f]{32}", wanted) and s.get(Vault, wanted) is None
             v = Vault(name=name, backend=backend, location=location,
@@ -363,6 +365,25 @@ class Protection:
                                          else ProtectionState.IR_PENDING)
             else:
                 item.protection_state = state
+        return self.describe_protection(machine)
+
+    def disable(self, machine: str) -> dict[str, Any]:
+        """Unprotect a machine whose protection is stopped: it no longer holds its vault,
+        so the vault can be deleted. Its restore points stay where they are."""
+        with self.rt.sessions.begin() as s:
+            m = _by_name(s, Machine, machine, "machine")
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            if item is None:
+                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                                      f"machine {machine} is not protected",
+                                      {"machine": machine})
+            if item.protection_state != "ProtectionStopped":
+                raise FrostpointError("Conflict", f"protection of {machine} is "
+                                      f"{item.protection_state}: stop it first with "
+                                      f"`frostpoint protect stop {machine}`",
+                                      {"machine": machine,
+                                       "protection_state": item.protection_state})
+            s.delete(item)
         return self.describe_protection(machine)
 
     def describe_protection(self, machine: str) -> dict[str, Any]:

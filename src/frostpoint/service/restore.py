@@ -20,13 +20,14 @@ from frostpoint.fabric.pool import reflink
 from frostpoint.fabric.system import run
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import Machines
-from frostpoint.service.models import Job, RestorePoint, SubTask, utcnow
+from frostpoint.service.machines import NAME_RE, Machines
+from frostpoint.service.models import Job, Machine, RestorePoint, SubTask, utcnow
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
 RESTORE = SubTaskName.RESTORE
 GUEST_MOUNT_OPTIONS = "nodev,nosuid,noexec"
+IMAGE_MODE = 0o600  # a restored image holds the guest's data, from either tier
 
 
 def contained(root: Path, path: str) -> Path | None:
@@ -142,6 +143,7 @@ class Restores:
             assert rp.vault_id
             self.protection.store(rp.vault_id).restore_disk(rp.id, disk, target,
                                                             progress=progress)
+        os.chmod(target, IMAGE_MODE)  # a reflink or cp keeps the snapshot's mode
 
     # -- restore jobs ---------------------------------------------------------------
     def _job(self, kind: str, rp: RestorePoint, params: dict[str, Any]) -> Job:
@@ -161,8 +163,13 @@ class Restores:
 
     def _start(self, kind: str, rp_id: str, params: dict[str, Any], body: Any) -> dict[str, Any]:
         rp = self._rp(rp_id)
-        source = self._source(rp, params.get("source", "auto"))
+        asked = params.get("source", "auto")
+        source = self._source(rp, asked)
         job = self._job(kind, rp, {**params, "source": source})
+        with self.rt.sessions.begin() as s:  # the job says where it reads from, at once
+            j = s.get(Job, job.id)
+            assert j is not None
+            j.details = {**j.details, "source": source, "source_requested": asked}
 
         def run_body(job_id: str) -> tuple[str, list[Any]]:
             self.runner.subtask(job_id, RESTORE, SubTaskStatus.IN_PROGRESS)
@@ -192,6 +199,16 @@ class Restores:
         return self._start("Disks", rp_id, {"to": to, "source": source}, body)
 
     def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
+        # Refused before a job is made: a job that fails on the name only later (after
+        # the key checks) is a failed restore in the list for a typo.
+        if not NAME_RE.match(name):
+            raise FrostpointError("InvalidInput", f"machine name {name!r}: names are 1-20 "
+                                  "of a-z, 0-9, '-', starting a-z")
+        with self.rt.sessions() as s:
+            if s.scalar(select(Machine.id).where(Machine.name == name)):
+                raise FrostpointError("Conflict", f"machine {name} already exists: choose "
+                                      "another --name")
+
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             # The new machine's disks are readable by whoever runs it: restoring them is
             # reading the data, so the backup service needs the key vault's grant here as
@@ -218,7 +235,12 @@ class Restores:
         return self._start("Vm", rp_id, {"name": name, "source": source}, body)
 
     def restore_files(self, rp_id: str, path: str, to: str, disk: str | None = None,
-                      source: str = "auto") -> dict[str, Any]:
+                      source: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+        base = posixpath.basename(posixpath.normpath("/" + path))
+        if not overwrite and base and os.path.lexists(Path(to) / base):
+            raise FrostpointError("Conflict", f"{Path(to) / base} exists: restore into "
+                                  "another folder, or add --overwrite")
+
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             dname = disk or rp.disks[0]["name"]
             info = next((d for d in rp.disks if d["name"] == dname), None)
@@ -247,6 +269,12 @@ class Restores:
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)
                     target = dest / inner.name if inner != root else dest
+                    if target != dest and os.path.lexists(target):
+                        if not overwrite:  # made while the job ran
+                            raise FrostpointError("Conflict", f"{target} exists: add "
+                                                  "--overwrite")
+                        if target.is_symlink() or not target.is_dir():
+                            target.unlink()  # a file or link is replaced, not written into
                     skipped = copy_out(inner, target)
                 finally:
                     run(["umount", str(mnt)], check=False)
@@ -254,4 +282,4 @@ class Restores:
                 shutil.rmtree(work, ignore_errors=True)
             return {"restored": str(target), "disk": dname, "skipped": skipped}
         return self._start("Files", rp_id, {"path": path, "to": to, "disk": disk,
-                                            "source": source}, body)
+                                            "source": source, "overwrite": overwrite}, body)

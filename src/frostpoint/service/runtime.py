@@ -22,9 +22,6 @@ from frostpoint.fabric.system import is_mountpoint, run
 from frostpoint.service.db import make_engine, migrate, session_factory
 from frostpoint.service.tokens import Tokens
 
-DEFAULT_DATA_DIR = Path("/var/lib/frostpoint")
-DEFAULT_LISTEN = "127.0.0.1:8420"
-
 
 def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))

@@ -87,7 +87,10 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
     except BaseException:
         rt.release_fabric()
         raise
-    quiet: dict[str, Any] = {"log_level": "warning", "access_log": False, "timeout_keep_alive": 75}
+    # On SIGTERM open requests (agents' polls among them) get a second to finish, not
+    # as long as they like: a stop is then over in a second or two.
+    quiet: dict[str, Any] = {"log_level": "warning", "access_log": False,
+                             "timeout_keep_alive": 75, "timeout_graceful_shutdown": 1}
     mgmt = _Server(uvicorn.Config(create_app(svc), **quiet))
     wire = _Server(uvicorn.Config(wire_app(svc.machines), **quiet))
     hostep = _Server(uvicorn.Config(host_app(svc.machines), **quiet))
@@ -97,6 +100,7 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         loop = asyncio.get_running_loop()
 
         def stop() -> None:
+            log.info("frostpoint server stopping (signal)")
             svc.stopping.set()
             for srv in (mgmt, wire, hostep):
                 srv.should_exit = True
@@ -106,7 +110,8 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         await asyncio.gather(mgmt.serve(sockets=[mgmt_sock]), wire.serve(sockets=[wire_sock]),
                              hostep.serve(sockets=[host_sock]))
 
-    logging.getLogger("frostpoint.service").info(
-        "frostpoint server on %s, fabric %s (wire %d, host %d), data %s",
-        listen, FABRIC_ADDRESS, WIRE_PORT, HOST_PORT, data_dir)
+    log = logging.getLogger("frostpoint.service")
+    log.info("frostpoint server on %s, fabric %s (wire %d, host %d), data %s",
+             listen, FABRIC_ADDRESS, WIRE_PORT, HOST_PORT, data_dir)
     asyncio.run(main())
+    log.info("frostpoint server stopped")
