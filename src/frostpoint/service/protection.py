@@ -377,7 +377,7 @@ class Protection:
                 raise FrostpointError("UserErrorBcmDatasourceNotPresent",
                                       f"machine {machine} is not protected",
                                       {"machine": machine})
-            if item.protection_state != "ProtectionStopped":
+            if item.protection_state != ProtectionState.PROTECTION_STOPPED:
                 raise FrostpointError("Conflict", f"protection of {machine} is "
                                       f"{item.protection_state}: stop it first with "
                                       f"`frostpoint protect stop {machine}`",
