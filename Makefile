@@ -21,6 +21,8 @@ down: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python scripts/check-type-ignores
 
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -rs

@@ -1,5 +1,6 @@
 """The management API under a fuzzer: schemathesis makes requests from /openapi.json with
-the admin token, and no answer may be a 5xx (schemathesis' not_a_server_error check).
+the admin token, and no answer may be a 5xx (schemathesis' not_a_server_error check),
+nor may a 200 differ from the route's response model (response_schema_conformance).
 
 Bounded: a few examples per route, no database of examples between runs, so the run
 stays well under a minute and is the same kind of run each time.
@@ -16,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from conftest import Service
 
@@ -62,7 +63,8 @@ def fuzz_one(op: Any, method: str, path: str, url: str, headers: dict[str, str],
     @given(case=op.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         prepare(method, path, case)
-        case.call_and_validate(base_url=url, headers=headers, checks=[not_a_server_error])
+        case.call_and_validate(base_url=url, headers=headers, checks=[not_a_server_error,
+                                                                 response_schema_conformance])
     return run
 
 

@@ -51,8 +51,8 @@ def _mounts(with_device: bool = False) -> list[tuple[str, ...]]:
     return out
 
 
-def _mount_of(path: str) -> tuple[str, str, str] | None:
-    best = None
+def _mount_of(path: str) -> tuple[str, ...] | None:
+    best: tuple[str, ...] | None = None
     for m in _mounts():
         if (path == m[0] or path.startswith(m[0].rstrip("/") + "/")) and (
                 best is None or len(m[0]) >= len(best[0])):

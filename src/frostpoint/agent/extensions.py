@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from frostpoint.agent.config import AgentConfig
-from frostpoint.protocol import GUEST_LIB, GUEST_LOG
+from frostpoint.protocol import GUEST_LIB, GUEST_LOG, ExtEnv
 
 log = logging.getLogger("frostpoint.agent.extensions")
 StatusSink = Callable[[list[dict[str, Any]]], None]
@@ -221,13 +221,13 @@ class ExtensionHandler:
         log_dir = Path(GUEST_LOG) / ext["name"]
         log_dir.mkdir(parents=True, exist_ok=True)
         return {
-            "FP_EXT_SEQUENCE": str(ext["sequence"]),
-            "FP_EXT_CONFIG_DIR": str(d / "config"),
-            "FP_EXT_STATUS_DIR": str(d / "status"),
-            "FP_EXT_LOG_DIR": str(log_dir),
-            "FP_HOST_ENDPOINT": self.cfg.host_url,
-            "FP_AGENT_TOKEN_FILE": self.cfg.values["Agent.TokenFile"],
-            "FP_LOG_VERBOSE": "1" if self.cfg.flag("Logs.Verbose") else "0",
+            ExtEnv.SEQUENCE: str(ext["sequence"]),
+            ExtEnv.CONFIG_DIR: str(d / "config"),
+            ExtEnv.STATUS_DIR: str(d / "status"),
+            ExtEnv.LOG_DIR: str(log_dir),
+            ExtEnv.HOST_ENDPOINT: self.cfg.host_url,
+            ExtEnv.AGENT_TOKEN_FILE: self.cfg.values["Agent.TokenFile"],
+            ExtEnv.LOG_VERBOSE: "1" if self.cfg.flag("Logs.Verbose") else "0",
         }
 
     def _exec(self, command: str, d: Path, env: dict[str, str],

@@ -46,7 +46,8 @@ def main() -> None:
             RESTART_REQUESTED.unlink(missing_ok=True)
             continue
         crashes = [t for t in crashes if now - t < 60] + [now]
-        state = {"last_exit": code, "restarts_last_minute": len(crashes), "at": now}
+        state: dict[str, object] = {"last_exit": code, "restarts_last_minute": len(crashes),
+                                    "at": now}
         if not AgentConfig.load().flag("Agent.AutoRestart"):
             state["gave_up"] = "Agent.AutoRestart=n"
         elif len(crashes) >= 5:

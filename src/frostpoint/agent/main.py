@@ -22,7 +22,7 @@ from frostpoint.agent.config import AgentConfig, EndpointNotFound, installed_ver
 from frostpoint.agent.extensions import ExtensionHandler
 from frostpoint.agent.frozen import thaw_leftovers
 from frostpoint.agent.init import RESTART_REQUESTED
-from frostpoint.protocol import GUEST_LIB, GUEST_LOG
+from frostpoint.protocol import GUEST_LIB, GUEST_LOG, HeartbeatBody
 
 log = logging.getLogger("frostpoint.agent")
 
@@ -51,6 +51,15 @@ def guest_facts() -> dict[str, Any]:
     }
 
 
+def heartbeat_body(cfg: AgentConfig) -> HeartbeatBody:
+    """What the agent tells the wire endpoint every few seconds."""
+    facts = guest_facts()
+    return {"version": installed_version(), "status": "Ready",
+            "extensions_enabled": cfg.flag("Extensions.Enabled"), "os": facts["os"],
+            "kernel": facts["kernel"], "python": facts["python"],
+            "reboot_required": facts["reboot_required"]}
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -66,9 +75,7 @@ class Agent:
                 thaw_leftovers()  # a freezer that died hard leaves a marker
             except Exception:  # noqa: BLE001
                 log.exception("thawing leftovers")
-            body = {"version": installed_version(), "status": "Ready",
-                    "extensions_enabled": self.cfg.flag("Extensions.Enabled"),
-                    **guest_facts()}
+            body = heartbeat_body(self.cfg)
             try:
                 self.wire.post("/machine/heartbeat", json=body).raise_for_status()
                 log.debug("heartbeat sent")

@@ -102,7 +102,7 @@ class Client:
         """Poll a job to its end, with a progress bar over the bytes it moves."""
         if not show:
             while True:
-                job = self.get(f"/jobs/{job_id}")
+                job: dict[str, Any] = self.get(f"/jobs/{job_id}")
                 if job["status"] in FINAL:
                     return job
                 time.sleep(0.3)
@@ -111,7 +111,7 @@ class Client:
                       console=err_console, transient=True) as bar:
             task = bar.add_task(label or job_id, total=None, amount="")
             while True:
-                job = self.get(f"/jobs/{job_id}")
+                job = self.get(f"/jobs/{job_id}")  # typed above
                 current = next((t for t in job["subtasks"] if t["status"] == "InProgress"),
                                None)
                 if current:

@@ -121,7 +121,7 @@ def _vault_job(c: Client, j: dict[str, Any], wait: bool, as_json: bool, label: s
         emit(j, as_json, print_job)
         return None
     j = c.wait_job(j["id"], show=not as_json, label=label)
-    report = j.get("details", {}).get("report")
+    report: dict[str, Any] | None = j.get("details", {}).get("report")
     if as_json:
         emit(j, True)
     elif report is not None:

@@ -18,6 +18,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from frostpoint.enums import (
+    AgentStatus,
+    JobStatus,
+    PowerState,
+    ProtectionState,
+    ProvisioningState,
+    RestorePointTier,
+)
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.protocol import (
     FABRIC_ADDRESS,
@@ -71,7 +79,7 @@ class Doctor:
             mid = m.id
         out: list[Finding] = []
         out += self._machine(name, info)
-        running = info["power_state"] == "Running" and self.rt.platform.is_running(name)
+        running = info["power_state"] == PowerState.RUNNING and self.rt.platform.is_running(name)
         if running:
             out += self._agent(name, info)
         out += self._extensions(name, info)
@@ -87,12 +95,13 @@ class Doctor:
     def _machine(self, name: str, info: dict[str, Any]) -> list[Finding]:
         out = []
         prov, power = info["provisioning_state"], info["power_state"]
-        if prov in ("Creating", "Deleting", "Updating"):
+        if prov in (ProvisioningState.CREATING, ProvisioningState.DELETING,
+                    ProvisioningState.UPDATING):
             out.append(Finding("machine.provisioning", "fail", f"machine is {prov}",
                                "UserErrorVmNotInDesirableState",
                                [f"frostpoint vm show {name}"]))
-        elif prov == "Failed" and not [
-                e for e in info["extensions"] if e["provisioning_state"] == "Failed"
+        elif prov == ProvisioningState.FAILED and not [
+                e for e in info["extensions"] if e["provisioning_state"] == ProvisioningState.FAILED
                 and e["name"] != SNAPSHOT_EXTENSION]:
             # Only the snapshot extension's last run failed: that is the failed backup
             # (its own finding says why); the next backup runs it again, and backups
@@ -100,9 +109,9 @@ class Doctor:
             out.append(Finding("machine.provisioning", "pass",
                                "provisioning follows the failed last snapshot run; the "
                                "next backup runs the snapshot extension again"))
-        elif prov == "Failed":
+        elif prov == ProvisioningState.FAILED:
             failed = [e["name"] for e in info["extensions"]
-                      if e["provisioning_state"] == "Failed"]
+                      if e["provisioning_state"] == ProvisioningState.FAILED]
             out.append(Finding("machine.provisioning", "fail",
                                f"provisioning Failed; failed extensions: {failed or 'none'}",
                                "UserErrorVmProvisioningStateFailed",
@@ -110,13 +119,13 @@ class Doctor:
                                "remove-failed-extensions"))
         else:
             out.append(Finding("machine.provisioning", "pass", f"provisioning {prov}"))
-        if power == "Running" and not self.rt.platform.is_running(name):
+        if power == PowerState.RUNNING and not self.rt.platform.is_running(name):
             out.append(Finding("machine.power", "fail",
                                "the platform says Running but nothing runs in the machine: "
                                "it was powered off from inside the guest",
                                "UserErrorGuestAgentStatusUnavailable",
                                [f"frostpoint vm start {name}"], "start"))
-        elif power != "Running":
+        elif power != PowerState.RUNNING:
             out.append(Finding("machine.power", "warn",
                                f"machine is {power}: backups are crash-consistent, without "
                                "the agent", None, [f"frostpoint vm start {name}"]))
@@ -140,7 +149,7 @@ class Doctor:
                                                                  else " ever"),
                                "UserErrorGuestAgentStatusUnavailable",
                                [f"frostpoint vm agent restart {name}"], "agent-restart"))
-        elif a["status"] != "Ready":
+        elif a["status"] != AgentStatus.READY:
             out.append(Finding("agent.heartbeat", "fail", f"agent reports {a['status']}",
                                "UserErrorGuestAgentStatusUnavailable",
                                [f"frostpoint vm agent restart {name}"], "agent-restart"))
@@ -161,8 +170,8 @@ class Doctor:
         out = []
         for e in info["extensions"]:
             st = e.get("status") or {}
-            why = st.get("details") if isinstance(st.get("details"), dict) else {}
-            if (e["provisioning_state"] == "Failed"
+            why: dict[str, Any] = st["details"] if isinstance(st.get("details"), dict) else {}
+            if (e["provisioning_state"] == ProvisioningState.FAILED
                     and why.get("cause") == "extension cannot be executed"):
                 # Reinstalling does not help: what stops it is in the guest. Say where.
                 out.append(Finding(
@@ -172,7 +181,7 @@ class Doctor:
                     [f"allow execution of {why.get('path')} in {name} (mount options, "
                      "file mode, application control or security software)",
                      f"frostpoint backup now {name} --wait"]))
-            elif e["provisioning_state"] == "Failed":
+            elif e["provisioning_state"] == ProvisioningState.FAILED:
                 code = ("ExtensionOperationFailedForManagedDisks"
                         if e["name"] == SNAPSHOT_EXTENSION
                         else "UserErrorVmProvisioningStateFailed")
@@ -240,7 +249,8 @@ class Doctor:
         try:
             missing = self.svc.machines.keyvaults.missing_access(key_ref, BACKUP_PRINCIPAL)
         except FrostpointError as e:
-            return Finding(check, "fail", f"key {key_ref} of disk {disk}: {e.message}",
+            return Finding(check, "fail",
+                           f"key {key_ref} of disk {disk}: {e.detail or e.spec.message}",
                            "UserErrorKeyvaultPermissionsNotConfigured")
         if not missing:
             return Finding(check, "pass", f"the backup service may use key {key_ref}")
@@ -271,9 +281,9 @@ class Doctor:
     def _restore_points(self, name: str, mid: str) -> list[Finding]:
         with self.rt.sessions() as s:
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == mid))
-            if item is None or item.protection_state in ("ProtectionStopped",
-                                                         "ProtectionPaused"):
-                state = item.protection_state if item else "NotProtected"
+            if item is None or item.protection_state in (ProtectionState.PROTECTION_STOPPED,
+                                                         ProtectionState.PROTECTION_PAUSED):
+                state = item.protection_state if item else ProtectionState.NOT_PROTECTED
                 return [Finding("protection", "fail", f"machine is {state}",
                                 "UserErrorBcmDatasourceNotPresent",
                                 [f"frostpoint protect resume {name}"
@@ -283,7 +293,8 @@ class Doctor:
                            .where(RestorePointCollection.machine_id == mid))
             instant = list(s.scalars(select(RestorePoint.id).where(
                 RestorePoint.machine_id == mid,
-                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault")))
+                RestorePoint.tier.in_((RestorePointTier.SNAPSHOT,
+                                       RestorePointTier.SNAPSHOT_AND_VAULT)))
                 .order_by(RestorePoint.created_at)))
             count = len(instant)
             locks = [lk.name for lk in s.scalars(select(Lock).where(
@@ -375,7 +386,7 @@ class Doctor:
         elif r in ("remove-failed-extensions", "remove-extension"):
             exts = [a["extension"]] if "extension" in a else [
                 e["name"] for e in m.show(name)["extensions"]
-                if e["provisioning_state"] == "Failed"]
+                if e["provisioning_state"] == ProvisioningState.FAILED]
             for e in exts:
                 m.remove_extension(name, e)
         elif r == "enable-extensions":
@@ -413,7 +424,7 @@ class Doctor:
             with self.rt.sessions.begin() as s:
                 j = s.get(Job, a["job"])
                 if j and j.status in ACTIVE:
-                    j.cancel_requested, j.status = True, "Cancelling"
+                    j.cancel_requested, j.status = True, JobStatus.CANCELLING
         elif r == "protect-resume":
             self.svc.protection.set_state(name, "resume")
         else:

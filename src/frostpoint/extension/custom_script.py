@@ -12,13 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from frostpoint.protocol import ExtEnv
+
 
 def main() -> None:
     if (sys.argv[1] if len(sys.argv) > 1 else "enable") != "enable":
         return
-    seq = os.environ["FP_EXT_SEQUENCE"]
-    settings = json.loads(Path(os.environ["FP_EXT_CONFIG_DIR"], f"{seq}.settings").read_text())
-    status = Path(os.environ["FP_EXT_STATUS_DIR"], f"{seq}.status")
+    seq = os.environ[ExtEnv.SEQUENCE]
+    settings = json.loads(Path(os.environ[ExtEnv.CONFIG_DIR], f"{seq}.settings").read_text())
+    status = Path(os.environ[ExtEnv.STATUS_DIR], f"{seq}.status")
     cmd = settings.get("commandToExecute", "true")
     p = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
                        timeout=float(settings.get("timeoutSeconds", 600)), check=False)

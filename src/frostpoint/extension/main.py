@@ -18,17 +18,18 @@ from typing import Any
 import httpx
 
 from frostpoint.extension.scripts import ScriptConfig, ScriptError, run_script
+from frostpoint.protocol import Consistency, ExtEnv
 
 RESERVE_S = 5.0  # of the service's wait, kept for the freeze, the report and slack
 
 
 class Extension:
     def __init__(self) -> None:
-        self.seq = os.environ["FP_EXT_SEQUENCE"]
+        self.seq = os.environ[ExtEnv.SEQUENCE]
         self.settings: dict[str, Any] = json.loads(
-            Path(os.environ["FP_EXT_CONFIG_DIR"], f"{self.seq}.settings").read_text())
-        self.status_path = Path(os.environ["FP_EXT_STATUS_DIR"], f"{self.seq}.status")
-        self.log_path = Path(os.environ["FP_EXT_LOG_DIR"], "snapshot.log")
+            Path(os.environ[ExtEnv.CONFIG_DIR], f"{self.seq}.settings").read_text())
+        self.status_path = Path(os.environ[ExtEnv.STATUS_DIR], f"{self.seq}.status")
+        self.log_path = Path(os.environ[ExtEnv.LOG_DIR], "snapshot.log")
         self.lines: list[str] = []  # buffered: nothing is written while frozen
         self.warnings: list[dict[str, str]] = []
         self.t0 = time.monotonic()
@@ -118,8 +119,8 @@ class Extension:
         freeze_limit = float(self.settings.get("freezeLimitSeconds", 30))
         host_timeout = float(self.settings.get("hostCallTimeoutSeconds", 10))
         # Everything the frozen phase needs is made now: client, token, command line.
-        token = Path(os.environ["FP_AGENT_TOKEN_FILE"]).read_text().strip()
-        client = httpx.Client(base_url=os.environ["FP_HOST_ENDPOINT"], timeout=host_timeout,
+        token = Path(os.environ[ExtEnv.AGENT_TOKEN_FILE]).read_text().strip()
+        client = httpx.Client(base_url=os.environ[ExtEnv.HOST_ENDPOINT], timeout=host_timeout,
                               headers={"Authorization": f"Bearer {token}"})
         freeze = cfg.freeze and bool(mounts)
         body = {"taskId": self.settings["taskId"], "frozen": freeze}
@@ -186,9 +187,9 @@ class Extension:
                     else "ExtensionOperationFailedForManagedDisks")
             self.fail(code, f"host snapshot request failed: {host_error[1]}")
         self.run_post_script(cfg)
-        consistency = "FileSystemConsistent" if freeze else "CrashConsistent"
+        consistency = Consistency.FILE_SYSTEM if freeze else Consistency.CRASH
         if cfg.pre and pre_ok:
-            consistency = "ApplicationConsistent"
+            consistency = Consistency.APPLICATION
         self.log(f"snapshot {result.get('snapshotId')} done, {consistency}")
         self.flush_log()
         self.status("success", None, "snapshot taken", consistency=consistency,

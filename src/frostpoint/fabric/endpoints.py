@@ -22,9 +22,10 @@ from typing import Annotated, Any, Literal, Protocol
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from frostpoint.errors.catalog import FrostpointError, error_dict
+from frostpoint.protocol import Consistency
 
 MAX_BODY = 64 << 10  # bytes; the agent's largest report is a few KiB
 MAX_WAIT = 55.0  # seconds a goal state poll may be held
@@ -36,8 +37,12 @@ Text = Annotated[str, StringConstraints(max_length=4096)]
 Short = Annotated[str, StringConstraints(max_length=256)]
 
 
+# These models validate the bodies typed in frostpoint/protocol.py (HeartbeatBody,
+# ExtensionStatus, StatusBody, SnapshotRequestBody) and name the same keys
+# (tests/test_protocol_types.py).
+
 class Heartbeat(BaseModel):
-    """What the agent sends every few seconds (agent/main.py heartbeat_loop)."""
+    """What the agent sends every few seconds (agent/main.py heartbeat_body)."""
 
     model_config = ConfigDict(extra="ignore")  # the service reads only these keys
     version: Annotated[str, StringConstraints(max_length=32)] = ""
@@ -61,6 +66,15 @@ class ExtensionReport(BaseModel):
     code: Short | None = None
     message: Text | None = ""
     warnings: list[Any] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _known_consistency(self) -> ExtensionReport:
+        # Kept among the extras (a declared field would add "consistency": None to every
+        # stored report), but only as one of the names a restore point can carry.
+        c = (self.model_extra or {}).get("consistency")
+        if c is not None and (not isinstance(c, str) or c not in {x.value for x in Consistency}):
+            raise ValueError(f"consistency is one of {', '.join(Consistency)}")
+        return self
 
 
 class StatusReport(BaseModel):
@@ -190,11 +204,11 @@ def _guest_app(title: str) -> FastAPI:
         return JSONResponse(error_dict("InvalidInput", "the request body is not valid",
                                        {"errors": errors}), status_code=422)
 
-    app.add_middleware(GuestGuard)  # type: ignore[arg-type]
+    app.add_middleware(GuestGuard)
     return app
 
 
-def _machine_dep(backend: MachineBackend):  # type: ignore[no-untyped-def]
+def _machine_dep(backend: MachineBackend) -> Callable[..., str]:
     def dep(authorization: str = Header(default="")) -> str:
         token = authorization.removeprefix("Bearer ").strip()
         machine_id = backend.machine_for_token(token) if token else None

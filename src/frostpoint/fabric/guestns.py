@@ -305,13 +305,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
         signal.signal(sig, forward)
     _, status = os.waitpid(child, 0)
     if os.WIFSIGNALED(status):  # die of the same signal: the caller sees -SIG, as if
-        sig = os.WTERMSIG(status)  # it had run the command itself
+        died = os.WTERMSIG(status)  # it had run the command itself
         prctl(PR_SET_DUMPABLE, 0)  # no core file of ours
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
-        os.kill(os.getpid(), sig)
-        return 128 + sig
+        if died not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(died, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {died})
+        os.kill(os.getpid(), died)
+        return 128 + died
     return os.waitstatus_to_exitcode(status)
 
 

@@ -85,7 +85,7 @@ def vendored_tree() -> Tree:
                 continue
             if str(f).endswith((".so", ".pyd")):
                 raise RuntimeError(f"{name} is not pure python ({f}): it cannot be vendored")
-            tree[str(f)] = (0o644, Path(dist.locate_file(f)).read_bytes())
+            tree[str(f)] = (0o644, Path(str(dist.locate_file(f))).read_bytes())
     return tree
 
 
@@ -197,9 +197,9 @@ def build_package(out_dir: Path, name: str, program: str, module: str) -> Packag
                 mode, data = tree[path]
                 _add(tar, f"{sub}/{path}", data, mode)
     data = buf.getvalue()
-    path = out_dir / f"{name}-{__version__}.tar.gz"
-    path.write_bytes(data)
-    return Package(name, __version__, path, hashlib.sha256(data).hexdigest())
+    out = out_dir / f"{name}-{__version__}.tar.gz"
+    out.write_bytes(data)
+    return Package(name, __version__, out, hashlib.sha256(data).hexdigest())
 
 
 def build_packages(out_dir: Path) -> dict[str, Package]:

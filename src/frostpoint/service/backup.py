@@ -12,6 +12,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from frostpoint.enums import (
+    Consistency,
+    JobOperation,
+    JobStatus,
+    JobTrigger,
+    PowerState,
+    ProtectionState,
+    ProvisioningState,
+    RestorePointTier,
+    SubTaskName,
+    SubTaskStatus,
+)
 from frostpoint.errors.catalog import CATALOG, FrostpointError, GuestAgentUnavailable, JobCancelled
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
 from frostpoint.service.jobs import JobRunner, describe_job
@@ -37,7 +49,7 @@ MAX_INSTANT_RPS = 18
 HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
 MAX_DISK = 32 << 40
 MAX_ENCRYPTED_DISK = 4 << 40
-SNAPSHOT, TRANSFER = "Take Snapshot", "Transfer data to vault"
+SNAPSHOT, TRANSFER = SubTaskName.TAKE_SNAPSHOT, SubTaskName.TRANSFER
 log = logging.getLogger("frostpoint.service")
 
 
@@ -49,21 +61,22 @@ class Backups:
         self.runner = JobRunner(rt)
 
     # -- starting ------------------------------------------------------------------
-    def start(self, machine: str, trigger: str = "OnDemand",
+    def start(self, machine: str, trigger: str = JobTrigger.ON_DEMAND,
               retain_days: int | None = None) -> dict[str, Any]:
         if retain_days is not None and not 1 <= retain_days <= 36500:
             raise FrostpointError("InvalidInput", "--retain-days must be 1-36500")
         with self.rt.sessions() as s:
             m = Machines.get(s, machine)
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
-            if item is None or item.protection_state in ("ProtectionStopped",
-                                                         "ProtectionPaused"):
-                state = item.protection_state if item else "NotProtected"
+            if item is None or item.protection_state in (ProtectionState.PROTECTION_STOPPED,
+                                                         ProtectionState.PROTECTION_PAUSED):
+                state = item.protection_state if item else ProtectionState.NOT_PROTECTED
                 raise FrostpointError("UserErrorBcmDatasourceNotPresent",
                                       f"machine {machine} is {state}",
                                       {"protection_state": state})
             mid = m.id
-        job = Job(operation="Backup", machine_id=mid, machine_name=machine, trigger=trigger,
+        job = Job(operation=JobOperation.BACKUP, machine_id=mid, machine_name=machine,
+                  trigger=trigger,
                   active_slot=mid, owner=self.rt.owner, heartbeat_at=utcnow(),
                   params={"retain_days": retain_days})
         job.subtasks = [SubTask(seq=0, name=SNAPSHOT), SubTask(seq=1, name=TRANSFER)]
@@ -78,7 +91,7 @@ class Backups:
                                   {"running_job": running}) from None
         self.runner.run(job.id, self._run, machine, self._on_end)
         with self.rt.sessions() as s:
-            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]  # just added
 
     def _on_end(self, job_id: str, status: str) -> None:
         try:
@@ -108,8 +121,8 @@ class Backups:
                 return
             item.last_backup_at = utcnow()
             item.last_backup_status = status
-            if status in ("Completed", "CompletedWithWarnings"):
-                item.protection_state = "Protected"
+            if status in (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_WARNINGS):
+                item.protection_state = ProtectionState.PROTECTED
 
     # -- the job body --------------------------------------------------------------
     def _run(self, job_id: str) -> tuple[str, list[Any]]:
@@ -129,7 +142,7 @@ class Backups:
             vault_id, instant_days = item.vault_id, policy.instant_rp_days
             vault_days = job.params.get("retain_days") or policy.vault_retention_days
             self._precheck(m)
-            online = m.power_state == "Running"
+            online = m.power_state == PowerState.RUNNING
             if online and not m.agent_installed:
                 raise FrostpointError(
                     "UserErrorGuestAgentStatusUnavailable",
@@ -153,14 +166,14 @@ class Backups:
         self.cleanup_machine(machine_id, before_backup=True)
 
         # Take Snapshot
-        self.runner.subtask(job_id, SNAPSHOT, "InProgress")
+        self.runner.subtask(job_id, SNAPSHOT, SubTaskStatus.IN_PROGRESS)
         if online:
             status = self._snapshot_by_extension(job_id, machine_id, machine, disks)
-            consistency = status.get("consistency", "CrashConsistent")
+            consistency = status.get("consistency", Consistency.CRASH)
             freeze_ms = status.get("freezeMs")
             # A guest's warnings get the catalog's shape (causes, actions), as errors do.
             warnings += [FrostpointError(
-                w.get("code") if w.get("code") in CATALOG
+                str(w["code"]) if w.get("code") in CATALOG
                 else "ExtensionOperationFailedForManagedDisks",
                 str(w.get("message", ""))).to_dict(machine)
                 for w in status.get("warnings", []) if isinstance(w, dict)]
@@ -174,7 +187,7 @@ class Backups:
                                       "no snapshot", {"extension_status": status})
         else:
             snap = self.machines.snapshot_disks(machine, job_id, images)
-            consistency, freeze_ms = "CrashConsistent", None
+            consistency, freeze_ms = Consistency.CRASH, None
         if self.runner.cancelled(job_id):
             if snap.get("dir"):
                 self.rt.platform.delete_snapshot(snap["dir"])
@@ -182,7 +195,7 @@ class Backups:
         now = utcnow()
         rp = RestorePoint(machine_id=machine_id, machine_name=machine,
                           collection_id=rpc.id, job_id=job_id, consistency=consistency,
-                          tier="Snapshot", snapshot_dir=snap.get("dir"),
+                          tier=RestorePointTier.SNAPSHOT, snapshot_dir=snap.get("dir"),
                           instant_expires_at=now + timedelta(days=instant_days),
                           disks=disk_info, freeze_ms=freeze_ms)
         with self.rt.sessions.begin() as s:
@@ -191,16 +204,16 @@ class Backups:
             assert job is not None
             job.details = {**job.details, "restore_point": rp.id, "consistency": consistency,
                            "freeze_ms": freeze_ms}
-        self.runner.subtask(job_id, SNAPSHOT, "Completed", restore_point=rp.id)
+        self.runner.subtask(job_id, SNAPSHOT, SubTaskStatus.COMPLETED, restore_point=rp.id)
 
         # Transfer data to vault
-        self.runner.subtask(job_id, TRANSFER, "InProgress")
+        self.runner.subtask(job_id, TRANSFER, SubTaskStatus.IN_PROGRESS)
         last = [0.0]
 
         def progress(done: int, total: int) -> None:
             if time.monotonic() - last[0] > 0.5 or done == total:
                 last[0] = time.monotonic()
-                self.runner.subtask(job_id, TRANSFER, "InProgress", bytes_done=done,
+                self.runner.subtask(job_id, TRANSFER, SubTaskStatus.IN_PROGRESS, bytes_done=done,
                                     bytes_total=total)
 
         try:
@@ -218,20 +231,20 @@ class Backups:
         except (FrostpointError, VaultError) as e:
             err = as_catalog(e)  # the vault's own exceptions get their catalog code here
             if isinstance(err, JobCancelled):
-                self.runner.subtask(job_id, TRANSFER, "Cancelled")
-                return "Cancelled", warnings
-            self.runner.subtask(job_id, TRANSFER, "Failed")
+                self.runner.subtask(job_id, TRANSFER, SubTaskStatus.CANCELLED)
+                return JobStatus.CANCELLED, warnings
+            self.runner.subtask(job_id, TRANSFER, SubTaskStatus.FAILED)
             warnings.append(err.to_dict(machine))
-            return "CompletedWithWarnings", warnings
+            return JobStatus.COMPLETED_WITH_WARNINGS, warnings
         except Exception as e:  # noqa: BLE001 - the snapshot stands; the transfer failed
-            self.runner.subtask(job_id, TRANSFER, "Failed")
+            self.runner.subtask(job_id, TRANSFER, SubTaskStatus.FAILED)
             warnings.append(FrostpointError("BackUpOperationFailed",
                                             f"transfer to vault failed: {e}").to_dict(machine))
-            return "CompletedWithWarnings", warnings
+            return JobStatus.COMPLETED_WITH_WARNINGS, warnings
         with self.rt.sessions.begin() as s:
             r = s.get(RestorePoint, rp.id)
             assert r is not None
-            r.tier, r.vault_id = "Snapshot and Vault", vault_id
+            r.tier, r.vault_id = RestorePointTier.SNAPSHOT_AND_VAULT, vault_id
             r.vault_expires_at = utcnow() + timedelta(days=int(vault_days))
             job = s.get(Job, job_id)
             assert job is not None
@@ -239,8 +252,8 @@ class Backups:
                 k: getattr(stats, k) for k in (
                     "bytes_read", "bytes_total", "chunks_new", "chunks_reused", "bytes_stored",
                     "blocks_unchanged", "blocks_hole", "duration_s", "cbt")}}
-        self.runner.subtask(job_id, TRANSFER, "Completed")
-        return ("CompletedWithWarnings" if warnings else "Completed"), warnings
+        self.runner.subtask(job_id, TRANSFER, SubTaskStatus.COMPLETED)
+        return (JobStatus.COMPLETED_WITH_WARNINGS if warnings else JobStatus.COMPLETED), warnings
 
     def _previous_snapshot(self, machine_id: str, vault_id: str,
                            exclude: str) -> dict[str, tuple[Path, str]] | None:
@@ -249,7 +262,8 @@ class Backups:
         with self.rt.sessions() as s:
             prev = s.scalars(select(RestorePoint).where(
                 RestorePoint.machine_id == machine_id, RestorePoint.vault_id == vault_id,
-                RestorePoint.tier == "Snapshot and Vault", RestorePoint.id != exclude)
+                RestorePoint.tier == RestorePointTier.SNAPSHOT_AND_VAULT,
+                RestorePoint.id != exclude)
                 .order_by(RestorePoint.created_at.desc())).first()
             if prev is None or not prev.snapshot_dir:
                 return None
@@ -262,9 +276,9 @@ class Backups:
                                   f"machine {m.name} is {m.provisioning_state}: a platform "
                                   "operation runs on it; wait for it to finish and retry",
                                   {"provisioning_state": m.provisioning_state})
-        failed = [e.name for e in m.extensions if e.provisioning_state == "Failed"
+        failed = [e.name for e in m.extensions if e.provisioning_state == ProvisioningState.FAILED
                   and e.name != SNAPSHOT_EXTENSION]
-        if m.provisioning_state == "Failed" and failed:
+        if m.provisioning_state == ProvisioningState.FAILED and failed:
             raise FrostpointError("UserErrorVmProvisioningStateFailed",
                                   f"extensions in failed state: {', '.join(failed)}",
                                   {"failed_extensions": failed})
@@ -346,7 +360,8 @@ class Backups:
                                       {**(st.get("details") or {}), "extension_status": st})
             if st.get("status") == "transitioning" and not seen_transitioning:
                 seen_transitioning = True
-                self.runner.subtask(job_id, SNAPSHOT, "InProgress", extension="transitioning")
+                self.runner.subtask(job_id, SNAPSHOT, SubTaskStatus.IN_PROGRESS,
+                                    extension="transitioning")
             if beat and (utcnow() - beat).total_seconds() > t.heartbeat_stale:
                 raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
                                       f"the agent of {machine} stopped heartbeating")
@@ -385,14 +400,15 @@ class Backups:
             with self.rt.sessions.begin() as s:
                 rps = list(s.scalars(select(RestorePoint).where(
                     RestorePoint.machine_id == mid,
-                    RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault"))).limit(batch)))
+                    RestorePoint.tier.in_((RestorePointTier.SNAPSHOT,
+                                           RestorePointTier.SNAPSHOT_AND_VAULT))).limit(batch)))
                 if not rps:
                     break
                 for rp in rps:
                     if rp.snapshot_dir:
                         self.rt.platform.delete_snapshot(rp.snapshot_dir)
-                    if rp.tier == "Snapshot and Vault":
-                        rp.tier, rp.snapshot_dir = "Vault", None
+                    if rp.tier == RestorePointTier.SNAPSHOT_AND_VAULT:
+                        rp.tier, rp.snapshot_dir = RestorePointTier.VAULT, None
                     else:
                         s.delete(rp)
                     deleted += 1
@@ -411,7 +427,8 @@ class Backups:
                                    .where(Lock.resource_group_id == rpc.resource_group_id)))
             instant = list(s.scalars(select(RestorePoint).where(
                 RestorePoint.machine_id == machine_id,
-                RestorePoint.tier.in_(("Snapshot", "Snapshot and Vault")))
+                RestorePoint.tier.in_((RestorePointTier.SNAPSHOT,
+                                       RestorePointTier.SNAPSHOT_AND_VAULT)))
                 .order_by(RestorePoint.created_at)))
             for rp in instant:
                 if rp.instant_expires_at > now:
@@ -422,8 +439,8 @@ class Backups:
                 if rp.snapshot_dir:
                     self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 removed.append(rp.id)
-                if rp.tier == "Snapshot and Vault":
-                    rp.tier, rp.snapshot_dir = "Vault", None
+                if rp.tier == RestorePointTier.SNAPSHOT_AND_VAULT:
+                    rp.tier, rp.snapshot_dir = RestorePointTier.VAULT, None
                 else:
                     s.delete(rp)
             live = len(instant) - len(removed)

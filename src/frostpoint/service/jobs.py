@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from frostpoint.enums import JobStatus, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError, JobCancelled, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.vault_errors import as_catalog
 from frostpoint.vault.errors import VaultError
 
-ACTIVE = ("InProgress", "Cancelling")
+ACTIVE = (JobStatus.IN_PROGRESS, JobStatus.CANCELLING)
 log = logging.getLogger("frostpoint.service")
 
 # Jobs whose body runs in this process (all runners: backups and restores). The reaper
@@ -100,17 +101,20 @@ class JobRunner:
                          {"deadline_s": d}, machine)
         with self.rt.sessions() as s:
             job = s.get(Job, job_id)
-            done = bool(job and any(t.status == "Completed" for t in job.subtasks))
-        return ("CompletedWithWarnings", None, [err]) if done else ("Failed", err, [])
+            done = bool(job and any(t.status == SubTaskStatus.COMPLETED for t in job.subtasks))
+        if done:
+            return JobStatus.COMPLETED_WITH_WARNINGS, None, [err]
+        return JobStatus.FAILED, err, []
 
     def subtask(self, job_id: str, name: str, status: str, **progress: Any) -> None:
         with self.rt.sessions.begin() as s:
             t = s.scalar(select(SubTask).where(SubTask.job_id == job_id, SubTask.name == name))
             if t is None:
                 return
-            if status == "InProgress" and t.started_at is None:
+            if status == SubTaskStatus.IN_PROGRESS and t.started_at is None:
                 t.started_at = utcnow()
-            if status in ("Completed", "Failed", "Cancelled", "Skipped"):
+            if status in (SubTaskStatus.COMPLETED, SubTaskStatus.FAILED, SubTaskStatus.CANCELLED,
+                          SubTaskStatus.SKIPPED):
                 t.ended_at = utcnow()
             t.status = status
             if progress:
@@ -151,16 +155,16 @@ class JobRunner:
                 status, warnings = body(job_id)
             except (FrostpointError, VaultError) as e:  # a vault error: mapped here
                 err = as_catalog(e)
-                status = "Cancelled" if isinstance(err, JobCancelled) else "Failed"
+                status = JobStatus.CANCELLED if isinstance(err, JobCancelled) else JobStatus.FAILED
                 error = err.to_dict(machine)
             except Exception as e:  # noqa: BLE001 - a user sees a code, never a traceback
-                status = "Failed"
+                status = JobStatus.FAILED
                 error = error_dict("BackUpOperationFailed", f"internal error: {e}",
                                    {"traceback": traceback.format_exc()[-4000:]}, machine)
             finally:
                 stop.set()
             try:
-                if status == "Cancelled" and expired.is_set():
+                if status == JobStatus.CANCELLED and expired.is_set():
                     status, error, deadline_warnings = self.deadline_outcome(job_id, machine)
                     warnings = list(warnings) + deadline_warnings
                 end(status, error, warnings, True)
@@ -192,7 +196,7 @@ class JobRunner:
                     break  # not the database being busy: the same values fail again
                 time.sleep(delay)
                 delay = min(delay * 2, 8.0)
-        self._write_end(job_id, "Failed", error_dict(
+        self._write_end(job_id, JobStatus.FAILED, error_dict(
             "BackUpOperationFailed", "the job ended but its result could not be saved",
             {"ended_as": status, "cause": f"{type(last).__name__}: {last}"[:500]}), [],
             release_slot)
@@ -209,9 +213,10 @@ class JobRunner:
             if release_slot:
                 job.active_slot = None
             for t in job.subtasks:
-                if t.status in ("NotStarted", "InProgress"):
-                    t.status = "Cancelled" if status == "Cancelled" else (
-                        "Failed" if t.status == "InProgress" else "Skipped")
+                if t.status in (SubTaskStatus.NOT_STARTED, SubTaskStatus.IN_PROGRESS):
+                    t.status = SubTaskStatus.CANCELLED if status == JobStatus.CANCELLED else (
+                        SubTaskStatus.FAILED if t.status == SubTaskStatus.IN_PROGRESS
+                        else SubTaskStatus.SKIPPED)
                     t.ended_at = utcnow()
 
     def release_slot(self, job_id: str) -> None:
@@ -245,7 +250,7 @@ class JobRunner:
                 job.active_slot = None
                 if job.status not in ACTIVE:
                     continue  # finished already (by its deadline); only the slot was held
-                job.status = "Failed"
+                job.status = JobStatus.FAILED
                 why = ("its result was not saved when it ended" if mine else
                        "the service running this job stopped before it finished")
                 job.error = error_dict(
@@ -254,7 +259,7 @@ class JobRunner:
                     job.machine_name)
                 job.ended_at = utcnow()
                 for t in job.subtasks:
-                    if t.status == "InProgress":
-                        t.status, t.ended_at = "Failed", utcnow()
+                    if t.status == SubTaskStatus.IN_PROGRESS:
+                        t.status, t.ended_at = SubTaskStatus.FAILED, utcnow()
                 reaped.append(job.id)
         return reaped

@@ -9,6 +9,7 @@ it. A backup copies the wrapped key into the restore point.
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 from typing import Any
@@ -115,7 +116,7 @@ class KeyVaults:
             kek = self.rt.secret(f"kek-{k.id}.key")
         return dek, aes_key_wrap(kek, dek).hex()
 
-    def missing_access(self, key_ref: str, principal: str) -> list[str]:
+    def missing_access(self, key_ref: str, principal: str) -> builtins.list[str]:
         """The permissions principal lacks on key_ref's vault (none for the platform)."""
         if principal == PLATFORM:
             return []

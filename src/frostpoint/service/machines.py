@@ -16,6 +16,14 @@ from sqlalchemy.orm import Session, object_session
 
 from frostpoint import __version__
 from frostpoint.agent.config import render as render_agent_config
+from frostpoint.enums import (
+    AgentStatus,
+    JobStatus,
+    PowerState,
+    ProvisioningState,
+    SubTaskName,
+    SubTaskStatus,
+)
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.packages import Package, build_packages
 from frostpoint.fabric.platform import DiskSpec, MachineSpec
@@ -37,8 +45,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
 MAX_SLOT = 240
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
-SNAPSHOT_STEP = "Take Snapshot"  # backup.SNAPSHOT (backup imports this module)
-BUSY = ("Creating", "Updating", "Deleting")  # an operation runs; no backup, no other op
+SNAPSHOT_STEP = SubTaskName.TAKE_SNAPSHOT  # backup.SNAPSHOT (backup imports this module)
+BUSY = (ProvisioningState.CREATING, ProvisioningState.UPDATING,
+        ProvisioningState.DELETING)  # an operation runs; no backup, no other op
 
 
 def parse_size(text: str) -> int:
@@ -122,7 +131,8 @@ class Machines:
             m = Machine(name=name, region=region, slot=slot,
                         address=self.rt.platform.machine_address(slot),
                         agent_token_hash=token_hash(token), agent_installed=agent,
-                        provisioning_state="Creating", power_state="Stopped")
+                        provisioning_state=ProvisioningState.CREATING,
+                        power_state=PowerState.STOPPED)
             for lun, dname, size, fs, key_ref, wrapped, _ in specs:
                 m.disks.append(Disk(name=dname, lun=lun, size_bytes=size, filesystem=fs,
                                     image_path=self.rt.platform.disk_location(name, dname),
@@ -141,12 +151,12 @@ class Machines:
             self.rt.platform.start(spec)
         except Exception as e:
             with self.rt.sessions.begin() as s:
-                self.get(s, name).provisioning_state = "Failed"
+                self.get(s, name).provisioning_state = ProvisioningState.FAILED
             raise FrostpointError("UserErrorCrpReportedUserError",
                                   f"could not create machine {name}: {e}") from e
         with self.rt.sessions.begin() as s:
             m = self.get(s, name)
-            m.provisioning_state, m.power_state = "Succeeded", "Running"
+            m.provisioning_state, m.power_state = ProvisioningState.SUCCEEDED, PowerState.RUNNING
         return self.show(name)
 
     @contextlib.contextmanager
@@ -160,7 +170,7 @@ class Machines:
                                       f"machine {name} is {m.provisioning_state}; wait for "
                                       "that operation to finish",
                                       {"provisioning_state": m.provisioning_state})
-            before, m.provisioning_state = m.provisioning_state, "Updating"
+            before, m.provisioning_state = m.provisioning_state, ProvisioningState.UPDATING
         try:
             with self.rt.sessions() as s:
                 yield self.get(s, name)
@@ -181,7 +191,7 @@ class Machines:
             if not self.rt.platform.is_running(name):
                 self.rt.platform.start(self.keyed_spec(m))
         with self.rt.sessions.begin() as s:
-            self.get(s, name).power_state = "Running"
+            self.get(s, name).power_state = PowerState.RUNNING
         return self.show(name)
 
     def delete_disk(self, name: str, disk: str) -> dict[str, Any]:
@@ -203,7 +213,7 @@ class Machines:
         """Restart the guest agent (its supervisor too, if that gave up or is gone)."""
         with self.rt.sessions() as s:
             m = self.get(s, name)
-            if m.power_state != "Running":
+            if m.power_state != PowerState.RUNNING:
                 raise FrostpointError("UserErrorVmNotInDesirableState",
                                       f"machine {name} is {m.power_state}")
             if not m.agent_installed:
@@ -225,7 +235,7 @@ class Machines:
         with self.rt.sessions.begin() as s:
             m = self.get(s, name)
             upgrade, m.agent_installed = m.agent_installed, True
-            running = m.power_state == "Running"
+            running = m.power_state == PowerState.RUNNING
         # The machine's init starts the agent within a second of the package appearing.
         self.rt.platform.install_agent(name, __version__)
         if running and not self.rt.platform.is_running(name):
@@ -245,14 +255,14 @@ class Machines:
             self.rt.platform.stop(machine_spec(m), deallocate=deallocate)
             with self.rt.sessions.begin() as s:
                 mm = self.get(s, name)
-                mm.power_state = "Deallocated" if deallocate else "Stopped"
-                mm.agent_status = "Unknown"
+                mm.power_state = PowerState.DEALLOCATED if deallocate else PowerState.STOPPED
+                mm.agent_status = AgentStatus.UNKNOWN
         return self.show(name)
 
     def delete(self, name: str) -> None:
         with self.rt.sessions.begin() as s:
             m = self.get(s, name)
-            m.provisioning_state = "Deleting"
+            m.provisioning_state = ProvisioningState.DELETING
             spec = machine_spec(m)
         self.rt.platform.delete(spec)
         with self.rt.sessions.begin() as s:
@@ -261,7 +271,7 @@ class Machines:
     def exec(self, name: str, argv: list[str], timeout: float = 300) -> dict[str, Any]:
         with self.rt.sessions() as s:
             m = self.get(s, name)
-            if m.power_state != "Running":
+            if m.power_state != PowerState.RUNNING:
                 raise FrostpointError("UserErrorVmNotInDesirableState",
                                       f"machine {name} is {m.power_state}",
                                       {"machine": name, "power_state": m.power_state})
@@ -279,7 +289,7 @@ class Machines:
             age = (utcnow() - m.last_heartbeat).total_seconds()
         agent = m.agent_status
         if age is not None and age > self.rt.timeouts.heartbeat_stale:
-            agent = "NotReady"
+            agent = AgentStatus.NOT_READY
         return {
             "name": m.name, "id": m.id, "region": m.region, "address": m.address,
             "provisioning_state": m.provisioning_state, "power_state": m.power_state,
@@ -340,7 +350,7 @@ class Machines:
         if task is None:
             return "enabled"
         job = s.get(Job, str(task))
-        live = job is not None and job.status == "InProgress" and not job.cancel_requested
+        live = job is not None and job.status == JobStatus.IN_PROGRESS and not job.cancel_requested
         return "enabled" if live else "withdrawn"
 
     def snapshot_task(self, machine_id: str, task_id: str) -> dict[str, Any]:
@@ -351,7 +361,7 @@ class Machines:
             if job is None or job.machine_id != machine_id:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       "no snapshot task of this machine has that id")
-            if job.status != "InProgress" or job.cancel_requested:
+            if job.status != JobStatus.IN_PROGRESS or job.cancel_requested:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}: the snapshot task "
                                       "was withdrawn", {"job_status": job.status})
@@ -382,11 +392,14 @@ class Machines:
                     continue  # a report for an older sequence number
                 ext.status = st
                 ext.updated_at = utcnow()
-                ext.provisioning_state = {"success": "Succeeded", "error": "Failed"}.get(
-                    st.get("status"), "Updating")
-            failed = any(e.provisioning_state == "Failed" for e in m.extensions)
-            if m.provisioning_state in ("Succeeded", "Failed"):  # not mid-operation
-                m.provisioning_state = "Failed" if failed else "Succeeded"
+                ext.provisioning_state = {"success": ProvisioningState.SUCCEEDED,
+                                          "error": ProvisioningState.FAILED}.get(
+                    st.get("status"), ProvisioningState.UPDATING)
+            failed = any(e.provisioning_state == ProvisioningState.FAILED for e in m.extensions)
+            if m.provisioning_state in (ProvisioningState.SUCCEEDED,
+                                        ProvisioningState.FAILED):  # not mid-operation
+                m.provisioning_state = (ProvisioningState.FAILED if failed
+                                        else ProvisioningState.SUCCEEDED)
 
     def package_file(self, name: str, version: str) -> str | None:
         p = self.packages.get(name)
@@ -414,7 +427,7 @@ class Machines:
             ext.sequence += 1
             ext.settings = settings
             ext.status = {}
-            ext.provisioning_state = "Updating"
+            ext.provisioning_state = ProvisioningState.UPDATING
             m.goal_state_incarnation += 1
             seq = ext.sequence
         self.rt.notifier.bump(machine_id)
@@ -428,9 +441,9 @@ class Machines:
                 raise FrostpointError("NotFound", f"no extension {ext_name} on {name}")
             m.extensions.remove(ext)
             m.goal_state_incarnation += 1
-            if m.provisioning_state == "Failed" and not any(
-                    e.provisioning_state == "Failed" for e in m.extensions):
-                m.provisioning_state = "Succeeded"
+            if m.provisioning_state == ProvisioningState.FAILED and not any(
+                    e.provisioning_state == ProvisioningState.FAILED for e in m.extensions):
+                m.provisioning_state = ProvisioningState.SUCCEEDED
             mid = m.id
         self.rt.notifier.bump(mid)
 
@@ -449,7 +462,7 @@ class Machines:
             if job is None or m is None or job.machine_id != machine_id:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       "no snapshot task of this machine has that id")
-            if job.status != "InProgress" or job.cancel_requested:
+            if job.status != JobStatus.IN_PROGRESS or job.cancel_requested:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}")
             disks = machine_spec(m).disks
@@ -471,11 +484,11 @@ class Machines:
             t = s.scalar(select(SubTask).where(SubTask.job_id == task_id,
                                                SubTask.name == SNAPSHOT_STEP))
             claimed = {**(t.progress if t else {}), "snapshot": "taken"}
-            r = s.execute(update(step).where(
+            r = s.execute(update(step).where(  # type: ignore[arg-type]  # a Table: FromClause
                 step.c.job_id == task_id, step.c.name == SNAPSHOT_STEP,
-                step.c.status == "InProgress",
+                step.c.status == SubTaskStatus.IN_PROGRESS,
                 step.c.progress["snapshot"].as_string().is_(None)).values(progress=claimed))
-            if r.rowcount != 1:
+            if r.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's is a CursorResult
                 raise FrostpointError("Conflict", "this task's snapshot was already taken, "
                                       "or its Take Snapshot step is over; a restore point "
                                       "is never taken again", {"task": task_id})

@@ -12,6 +12,16 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from frostpoint.enums import (
+    AgentStatus,
+    JobStatus,
+    JobTrigger,
+    PowerState,
+    ProtectionState,
+    ProvisioningState,
+    RestorePointTier,
+    SubTaskStatus,
+)
 from frostpoint.service import clock
 
 
@@ -73,11 +83,12 @@ class Machine(Base):
     region: Mapped[str] = mapped_column(String(64), default="local")
     slot: Mapped[int] = mapped_column(Integer, unique=True)  # address and link names
     address: Mapped[str] = mapped_column(String(64))
-    provisioning_state: Mapped[str] = mapped_column(String(16), default="Creating")
-    power_state: Mapped[str] = mapped_column(String(16), default="Stopped")
+    provisioning_state: Mapped[str] = mapped_column(String(16),
+                                                    default=ProvisioningState.CREATING)
+    power_state: Mapped[str] = mapped_column(String(16), default=PowerState.STOPPED)
     agent_token_hash: Mapped[str] = mapped_column(String(64))
     agent_installed: Mapped[bool] = mapped_column(default=True)
-    agent_status: Mapped[str] = mapped_column(String(16), default="Unknown")
+    agent_status: Mapped[str] = mapped_column(String(16), default=AgentStatus.UNKNOWN)
     agent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     agent_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_heartbeat: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -145,7 +156,8 @@ class Extension(Base):
     machine: Mapped[Machine] = relationship(back_populates="extensions")
     name: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(32))
-    provisioning_state: Mapped[str] = mapped_column(String(16), default="Creating")
+    provisioning_state: Mapped[str] = mapped_column(String(16),
+                                                    default=ProvisioningState.CREATING)
     sequence: Mapped[int] = mapped_column(Integer, default=0)
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[dict[str, Any]] = mapped_column(default=dict)  # last reported
@@ -158,7 +170,8 @@ class ProtectedItem(Base):
     machine_id: Mapped[str] = mapped_column(ForeignKey("machines.id"), unique=True)
     vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id"))
     policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id"))
-    protection_state: Mapped[str] = mapped_column(String(24), default="IRPending")
+    protection_state: Mapped[str] = mapped_column(String(24),
+                                                  default=ProtectionState.IR_PENDING)
     last_scheduled_date: Mapped[str | None] = mapped_column(String(10), nullable=True)
     last_backup_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_backup_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -182,8 +195,8 @@ class Job(Base):
     # Set to the machine id while a backup runs; the unique constraint is what makes
     # "one backup of a machine at a time" hold across threads and service replicas.
     active_slot: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
-    trigger: Mapped[str] = mapped_column(String(16), default="OnDemand")
-    status: Mapped[str] = mapped_column(String(24), default="InProgress")
+    trigger: Mapped[str] = mapped_column(String(16), default=JobTrigger.ON_DEMAND)
+    status: Mapped[str] = mapped_column(String(24), default=JobStatus.IN_PROGRESS)
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -204,7 +217,7 @@ class SubTask(Base):
     job: Mapped[Job] = relationship(back_populates="subtasks")
     seq: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(24), default="NotStarted")
+    status: Mapped[str] = mapped_column(String(24), default=SubTaskStatus.NOT_STARTED)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -222,8 +235,7 @@ class RestorePoint(Base):
     vault_id: Mapped[str | None] = mapped_column(ForeignKey("vaults.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     consistency: Mapped[str] = mapped_column(String(32))
-    # "Snapshot" (instant only), "Snapshot and Vault", "Vault" (instant part expired)
-    tier: Mapped[str] = mapped_column(String(24), default="Snapshot")
+    tier: Mapped[str] = mapped_column(String(24), default=RestorePointTier.SNAPSHOT)
     snapshot_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     instant_expires_at: Mapped[datetime] = mapped_column()
     vault_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from frostpoint.enums import Consistency, ProtectionState, RestorePointTier
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.machines import NAME_RE
 from frostpoint.service.models import (
@@ -91,7 +92,8 @@ def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> Re
         id=rp_id, machine_id=None, machine_name=str(labels.get("machine", "unknown"))[:64],
         collection_id=None, job_id=str(labels.get("job", "imported"))[:32],
         vault_id=vault_id, created_at=created,
-        consistency=str(labels.get("consistency", "Unknown"))[:32], tier="Vault",
+        consistency=str(labels.get("consistency", Consistency.UNKNOWN))[:32],
+        tier=RestorePointTier.VAULT,
         snapshot_dir=None, instant_expires_at=created,
         # Kept until deleted by hand: an old retention would hand them straight to the
         # cleanup loop, and after a disaster they may be the only copies.
@@ -191,11 +193,12 @@ class Protection:
             vid, kind, location = v.id, v.backend, v.location
             gone = 0
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.vault_id == vid)):
-                if rp.tier == "Vault":
+                if rp.tier == RestorePointTier.VAULT:
                     s.delete(rp)
                     gone += 1
                 else:
-                    rp.tier, rp.vault_id, rp.vault_expires_at = "Snapshot", None, None
+                    rp.tier, rp.vault_id, rp.vault_expires_at = (RestorePointTier.SNAPSHOT,
+                                                                 None, None)
             s.delete(v)
         with self._stores_lock:
             self._stores.pop(vid, None)
@@ -342,8 +345,9 @@ class Protection:
                 s.add(item)
             else:
                 item.vault_id, item.policy_id = v.id, p.id
-                if item.protection_state in ("ProtectionStopped", "ProtectionPaused"):
-                    item.protection_state = "IRPending"
+                if item.protection_state in (ProtectionState.PROTECTION_STOPPED,
+                                             ProtectionState.PROTECTION_PAUSED):
+                    item.protection_state = ProtectionState.IR_PENDING
             self.collection_for(s, m)
         return self.describe_protection(machine)
 
@@ -357,7 +361,8 @@ class Protection:
             if state == "resume":
                 has_rp = s.scalar(select(func.count()).select_from(RestorePoint)
                                   .where(RestorePoint.machine_id == m.id))
-                item.protection_state = "Protected" if has_rp else "IRPending"
+                item.protection_state = (ProtectionState.PROTECTED if has_rp
+                                         else ProtectionState.IR_PENDING)
             else:
                 item.protection_state = state
         return self.describe_protection(machine)
@@ -372,7 +377,7 @@ class Protection:
                 raise FrostpointError("UserErrorBcmDatasourceNotPresent",
                                       f"machine {machine} is not protected",
                                       {"machine": machine})
-            if item.protection_state != "ProtectionStopped":
+            if item.protection_state != ProtectionState.PROTECTION_STOPPED:
                 raise FrostpointError("Conflict", f"protection of {machine} is "
                                       f"{item.protection_state}: stop it first with "
                                       f"`frostpoint protect stop {machine}`",
@@ -386,7 +391,7 @@ class Protection:
             m = _by_name(s, Machine, machine, "machine")
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
             if item is None:
-                return {"machine": machine, "protection_state": "NotProtected"}
+                return {"machine": machine, "protection_state": ProtectionState.NOT_PROTECTED}
             v, p = s.get(Vault, item.vault_id), s.get(Policy, item.policy_id)
             assert v is not None and p is not None
             return {"machine": machine, "protection_state": item.protection_state,

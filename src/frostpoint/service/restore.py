@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
@@ -20,7 +21,7 @@ from frostpoint.service.models import Job, Machine, RestorePoint, SubTask, utcno
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 
-RESTORE = "Restore"
+RESTORE = SubTaskName.RESTORE
 IMAGE_MODE = 0o600  # a restored image holds the guest's data, from either tier
 
 
@@ -106,9 +107,10 @@ class Restores:
     def _source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
-        instant = (rp.tier != "Vault" and rp.snapshot_dir
+        instant = (rp.tier != RestorePointTier.VAULT and rp.snapshot_dir
                    and self.rt.platform.snapshot_exists(rp.snapshot_dir))
-        in_vault = rp.vault_id is not None and rp.tier in ("Snapshot and Vault", "Vault")
+        in_vault = rp.vault_id is not None and rp.tier in (RestorePointTier.SNAPSHOT_AND_VAULT,
+                                                           RestorePointTier.VAULT)
         if source == "instant" and not instant:
             raise FrostpointError("UserErrorInstantRpNotFound",
                                   f"the snapshot of restore point {rp.id} no longer exists")
@@ -147,7 +149,7 @@ class Restores:
 
     def _progress(self, job_id: str) -> Any:
         def cb(done: int, total: int) -> None:
-            self.runner.subtask(job_id, RESTORE, "InProgress", bytes_done=done,
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.IN_PROGRESS, bytes_done=done,
                                 bytes_total=total)
         return cb
 
@@ -162,18 +164,18 @@ class Restores:
             j.details = {**j.details, "source": source, "source_requested": asked}
 
         def run_body(job_id: str) -> tuple[str, list[Any]]:
-            self.runner.subtask(job_id, RESTORE, "InProgress")
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.IN_PROGRESS)
             result = body(job_id, rp, source)
             with self.rt.sessions.begin() as s:
                 j = s.get(Job, job_id)
                 assert j is not None
                 j.details = {**j.details, **result}
-            self.runner.subtask(job_id, RESTORE, "Completed")
-            return "Completed", []
+            self.runner.subtask(job_id, RESTORE, SubTaskStatus.COMPLETED)
+            return JobStatus.COMPLETED, []
 
         self.runner.run(job.id, run_body, rp.machine_name)
         with self.rt.sessions() as s:
-            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]  # just added
 
     def restore_disks(self, rp_id: str, to: str, source: str = "auto",
                       disks: list[str] | None = None) -> dict[str, Any]:

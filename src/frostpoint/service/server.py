@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -24,7 +25,8 @@ from frostpoint.service.services import Services
 
 class _Server(uvicorn.Server):
     # Three servers share one loop; the process handles signals once, below.
-    def capture_signals(self):  # type: ignore[no-untyped-def,override]
+    # uvicorn declares a generator context manager; any context manager does.
+    def capture_signals(self) -> Any:
         return contextlib.nullcontext()
 
 
@@ -94,8 +96,8 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         raise
     # On SIGTERM open requests (agents' polls among them) get a second to finish, not
     # as long as they like: a stop is then over in a second or two.
-    quiet = {"log_level": "warning", "access_log": False, "timeout_keep_alive": 75,
-             "timeout_graceful_shutdown": 1}
+    quiet: dict[str, Any] = {"log_level": "warning", "access_log": False,
+                             "timeout_keep_alive": 75, "timeout_graceful_shutdown": 1}
     mgmt = _Server(uvicorn.Config(create_app(svc), **quiet))
     wire = _Server(uvicorn.Config(wire_app(svc.machines), **quiet))
     hostep = _Server(uvicorn.Config(host_app(svc.machines), **quiet))

@@ -9,6 +9,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from frostpoint.enums import (
+    JobTrigger,
+    PowerState,
+    ProtectionState,
+    ProvisioningState,
+    RestorePointTier,
+)
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
 from frostpoint.service.jobs import ACTIVE
@@ -60,7 +67,7 @@ class Services:
                 if rp.snapshot_dir:
                     self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 if rp.vault_id:
-                    rp.tier, rp.snapshot_dir = "Vault", None
+                    rp.tier, rp.snapshot_dir = RestorePointTier.VAULT, None
                     rp.machine_id, rp.collection_id = None, None
                 else:
                     s.delete(rp)
@@ -68,9 +75,9 @@ class Services:
                 j.machine_id = None
             for obj in s.scalars(select(ProtectedItem).where(ProtectedItem.machine_id == m.id)):
                 s.delete(obj)
-            for obj in s.scalars(select(RestorePointCollection)
+            for rpc in s.scalars(select(RestorePointCollection)
                                  .where(RestorePointCollection.machine_id == m.id)):
-                s.delete(obj)
+                s.delete(rpc)
         self.machines.delete(name)
 
     def stop_protection(self, machine: str, delete_data: bool = False) -> dict[str, Any]:
@@ -78,7 +85,7 @@ class Services:
             raise FrostpointError("InvalidInput",
                                   "stop with delete data is not available yet; "
                                   "stop with retain data, then delete restore points")
-        return self.protection.set_state(machine, "ProtectionStopped")
+        return self.protection.set_state(machine, ProtectionState.PROTECTION_STOPPED)
 
     def reconcile_machines(self) -> list[tuple[str, str, str]]:
         """At start, settle machines an earlier process left mid-operation (a crash, a
@@ -99,22 +106,23 @@ class Services:
         return done
 
     def _reconcile(self, name: str, state: str) -> str:
-        if state == "Deleting":  # the user asked for the delete: finish it
+        if state == ProvisioningState.DELETING:  # the user asked for the delete: finish it
             self.machines.delete(name)
             return "Deleted"
         running = self.rt.platform.is_running(name)
         with self.rt.sessions.begin() as s:
             m = Machines.get(s, name)
-            if state == "Creating":
+            if state == ProvisioningState.CREATING:
                 # Its disks may be half made: Failed, so `vm delete` cleans it up.
-                m.provisioning_state = "Failed"
+                m.provisioning_state = ProvisioningState.FAILED
             else:  # Updating: what the platform shows now (start, stop, disk detach)
-                failed = any(e.provisioning_state == "Failed" for e in m.extensions)
-                m.provisioning_state = "Failed" if failed else "Succeeded"
+                failed = any(e.provisioning_state == ProvisioningState.FAILED for e in m.extensions)
+                m.provisioning_state = (ProvisioningState.FAILED if failed
+                                        else ProvisioningState.SUCCEEDED)
                 if running:
-                    m.power_state = "Running"
-                elif m.power_state == "Running":
-                    m.power_state = "Stopped"
+                    m.power_state = PowerState.RUNNING
+                elif m.power_state == PowerState.RUNNING:
+                    m.power_state = PowerState.STOPPED
             return m.provisioning_state
 
     # -- background loops ------------------------------------------------------------
@@ -146,14 +154,16 @@ class Services:
                              .join(Policy, Policy.id == ProtectedItem.policy_id)
                              .join(Machine, Machine.id == ProtectedItem.machine_id))
             for item, policy, machine in rows:
-                if item.protection_state not in ("IRPending", "Protected", "ProtectionError"):
+                if item.protection_state not in (ProtectionState.IR_PENDING,
+                                                 ProtectionState.PROTECTED,
+                                                 ProtectionState.PROTECTION_ERROR):
                     continue
                 if hhmm >= policy.schedule_time and item.last_scheduled_date != today:
                     item.last_scheduled_date = today
                     due.append(machine.name)
         for name in due:
             try:
-                self.backups.start(name, trigger="Scheduled")
+                self.backups.start(name, trigger=JobTrigger.SCHEDULED)
             except FrostpointError as e:
                 log.warning("scheduled backup of %s not started: %s", name, e)
         return due
@@ -208,7 +218,7 @@ class Services:
         now = utcnow()
         with self.rt.sessions() as s:
             due = [(rp.id, rp.vault_id) for rp in s.scalars(
-                select(RestorePoint).where(RestorePoint.tier == "Vault",
+                select(RestorePoint).where(RestorePoint.tier == RestorePointTier.VAULT,
                                            RestorePoint.vault_expires_at < now))]
         deleted, broken = [], set()
         for rp_id, vault_id in due:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from frostpoint.enums import JobOperation, JobStatus, SubTaskName, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError, error_dict
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.models import Job, RestorePoint, SubTask, Vault, utcnow
@@ -27,7 +28,7 @@ from frostpoint.service.runtime import Runtime
 from frostpoint.vault.pacing import Progress
 from frostpoint.vault.store import Vault as VaultStore
 
-VERIFY, GC = "Verify", "CollectGarbage"  # the sub-task of each job
+VERIFY, GC = SubTaskName.VERIFY, SubTaskName.COLLECT_GARBAGE  # the sub-task of each job
 E2FS_TOOL_S = 30  # the image is a guest's filesystem: a crafted one may never finish
 
 
@@ -89,7 +90,7 @@ class VaultChecks:
             return report, [error_dict("VaultDataCorrupt", f"vault {name}: {n} damaged or "
                                        "missing objects; see the job's report",
                                        {"vault": name})]
-        return self._start("VaultVerify", VERIFY, name, {"sample": sample}, body)
+        return self._start(JobOperation.VAULT_VERIFY, VERIFY, name, {"sample": sample}, body)
 
     def start_gc(self, name: str, grace_hours: float = 24.0) -> dict[str, Any]:
         """Start a VaultGc job; its details["report"] is what gc() returns."""
@@ -100,7 +101,7 @@ class VaultChecks:
         def body(job_id: str, progress: Progress, cancel: Any) -> tuple[dict[str, Any], list[Any]]:
             r = store.gc(grace_hours * 3600, progress=progress, should_cancel=cancel)
             return {"vault": name, **dataclasses.asdict(r)}, []
-        return self._start("VaultGc", GC, name, {"grace_hours": grace_hours}, body)
+        return self._start(JobOperation.VAULT_GC, GC, name, {"grace_hours": grace_hours}, body)
 
     def _start(self, operation: str, step: str, name: str, params: dict[str, Any],
                body: Any) -> dict[str, Any]:
@@ -113,22 +114,24 @@ class VaultChecks:
             s.add(job)
 
         def run_body(job_id: str) -> tuple[str, list[Any]]:
-            self.runner.subtask(job_id, step, "InProgress")
+            self.runner.subtask(job_id, step, SubTaskStatus.IN_PROGRESS)
 
             def progress(done: int, total: int) -> None:  # throttled by the vault
-                self.runner.subtask(job_id, step, "InProgress", done=done, total=total)
+                self.runner.subtask(job_id, step, SubTaskStatus.IN_PROGRESS, done=done,
+                                    total=total)
 
             report, warnings = body(job_id, progress, lambda: self.runner.cancelled(job_id))
             with self.rt.sessions.begin() as s:
                 j = s.get(Job, job_id)
                 assert j is not None
                 j.details = {**j.details, "report": report}
-            self.runner.subtask(job_id, step, "Completed")
-            return ("CompletedWithWarnings" if warnings else "Completed"), warnings
+            self.runner.subtask(job_id, step, SubTaskStatus.COMPLETED)
+            return (JobStatus.COMPLETED_WITH_WARNINGS if warnings
+                    else JobStatus.COMPLETED), warnings
 
         self.runner.run(job.id, run_body)
         with self.rt.sessions() as s:
-            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]
+            return describe_job(s.get(Job, job.id))  # type: ignore[arg-type]  # just added
 
     # -- the work -------------------------------------------------------------------
     def _verify(self, store: VaultStore, name: str, sample: float,

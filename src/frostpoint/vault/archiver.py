@@ -313,8 +313,8 @@ class Archiver:
                     blocks[i] = h
                     inflight.append((i, n, 0, None))
                     continue
-            prev_cid = bytes.fromhex(prev_blocks[i]) if prev_blocks and prev_blocks[
-                i] is not None else None
+            prev_hex = prev_blocks[i] if prev_blocks else None
+            prev_cid = bytes.fromhex(prev_hex) if prev_hex is not None else None
             if plan[i] is extents.Block.PATCH and (prev_cid is None or prev_cid in self.repo.index):
                 ranges = patches[i]
                 spans = frame_spans(n)

@@ -263,7 +263,8 @@ class VaultKeys:
         -> VaultDataCorrupt."""
         assert frame.stored is not None
         if len(frame.stored) == frame.raw_len:
-            return frame.stored
+            stored = frame.stored  # a bytearray is lent as a view, not copied
+            return memoryview(stored) if isinstance(stored, bytearray) else stored
         try:
             plain = self._dctx().decompress(frame.stored, max_output_size=frame.raw_len)
         except zstandard.ZstdError as e:

@@ -125,8 +125,8 @@ class ChunkIndex:
                 b = table.bases[i]
                 yield (table.id_at(i), (self._packs[table.packs[i]], table.offs[i],
                                         table.lens[i]), None if b == _NO_BASE else table.id_at(b))
-        for cid, (p, off, n, b) in list(recent.items()):
-            yield cid, (self._packs[p], off, n), b
+        for cid, (p, off, n, base_id) in list(recent.items()):
+            yield cid, (self._packs[p], off, n), base_id
 
     # --- writing ----------------------------------------------------------------------
 
@@ -196,11 +196,11 @@ class ChunkIndex:
         new.lens = array("I", [r[3] for r in rows])
         new.bases = array("i", [_NO_BASE]) * len(rows)
         with_base = [(i, r[4]) for i, r in enumerate(rows) if r[4] is not None]
-        for i, b in with_base:
-            j = new.find(b)
-            if j < 0 or b not in baseless:
+        for i, base_id in with_base:
+            j = new.find(base_id)
+            if j < 0 or base_id not in baseless:
                 new.lens[i] = 0  # no usable base: never read, deduped or built on
-                self.orphans[rows[i][0]] = b
+                self.orphans[rows[i][0]] = base_id
             else:
                 new.bases[i] = j
         self._state = (new, {})

@@ -62,8 +62,8 @@ class PackWriter:
         if not self.buf:
             return
         self._uploading.update(self.pending)
-        # bytearray is bytes-like for every backend; no second copy of the pack.
-        self._uploads.put((self.pack_id, self.buf, self.entries))  # type: ignore[arg-type]
+        pack = (self.pack_id, self.buf, self.entries)  # the bytearray itself: no second copy
+        self._uploads.put(pack)  # type: ignore[arg-type]  # a bytearray is bytes-like to every backend
         self._new_pack()
 
     def finish(self) -> None:

@@ -77,7 +77,8 @@ def check_chunk(repo: Repository, cid: bytes, pack_id: str, blob: bytes | memory
     plains: list[bytes | memoryview] = []
     for k, f in enumerate(chunk.frames):
         src = f if f.stored is not None or base is None else base.frames[k]
-        where = "" if src is f else f" (kept in base chunk {chunk.base.hex()})"
+        where = ("" if src is f or chunk.base is None
+                 else f" (kept in base chunk {chunk.base.hex()})")
         try:
             plain = keys.frame_plaintext(src)
         except VaultCorrupt as e:

@@ -9,7 +9,9 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     from sqlalchemy import create_engine
 
-    connection = create_engine(context.config.get_main_option("sqlalchemy.url")).connect()
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "alembic.ini or the caller sets sqlalchemy.url"
+    connection = create_engine(url).connect()
 context.configure(connection=connection, target_metadata=target_metadata,
                   render_as_batch=True)
 with context.begin_transaction():

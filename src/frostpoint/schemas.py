@@ -1,0 +1,311 @@
+"""The management API's response bodies, as pydantic models: each route of
+service/api.py declares one as its response_model (so OpenAPI shows the real shapes),
+and the CLI parses what the server sends with the same models (`parse`).
+
+Depends on pydantic and frostpoint.enums only, never on SQLAlchemy or a service module:
+the CLI imports it and must start fast. Every model allows fields it does not name, so
+a field added on the server is passed on rather than silently dropped, and an older
+CLI still parses a newer server's answer; tests/test_api_models.py checks that the real
+answers of a real server have no field the models do not name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+from frostpoint.enums import (
+    AgentStatus,
+    Consistency,
+    JobOperation,
+    JobStatus,
+    JobTrigger,
+    PowerState,
+    ProtectionState,
+    ProvisioningState,
+    RestorePointTier,
+    SubTaskName,
+    SubTaskStatus,
+)
+
+T = TypeVar("T")
+
+
+class ApiModel(BaseModel):
+    # defer_build: a model builds its validator when first used, not at import (the CLI
+    # imports this module on every start and uses one or two models).
+    model_config = ConfigDict(extra="allow", defer_build=True)
+
+
+def parse(model: type[T], data: Any) -> T:
+    """`data` (a decoded JSON body) as `model`: a model class or a type such as
+    list[Job]. Raises pydantic.ValidationError when the body does not fit."""
+    return TypeAdapter(model).validate_python(data)
+
+
+# -- errors (errors/catalog.py error_dict) -------------------------------------------
+class ApiError(ApiModel):
+    code: str
+    kind: str  # user | platform | transient ...: the catalog's kinds
+    retryable: bool
+    message: str
+    causes: list[str]
+    actions: list[str]
+    details: dict[str, Any]
+    doc: str
+
+
+class ErrorBody(ApiModel):
+    """What every failed request answers (service/api.py's exception handlers)."""
+    error: ApiError
+
+
+class Health(ApiModel):
+    status: str
+    version: str
+    instance: str
+
+
+# -- machines (service/machines.py Machines.describe) ------------------------------
+class AgentInfo(ApiModel):
+    installed: bool
+    status: AgentStatus
+    version: str | None
+    last_heartbeat_age_s: float | None
+    # What the last heartbeat said (fabric/endpoints.py Heartbeat); absent before one.
+    os: str | None = None
+    kernel: str | None = None
+    python: str | None = None
+    reboot_required: bool | None = None
+    extensions_enabled: bool | None = None
+
+
+class MachineDisk(ApiModel):
+    name: str
+    size_bytes: int
+    filesystem: str
+    mountpoint: str
+    encrypted: bool
+    encryption_key: str | None  # "KEYVAULT/KEY" of an encrypted disk
+
+
+class MachineExtension(ApiModel):
+    name: str
+    version: str
+    provisioning_state: ProvisioningState
+    sequence: int
+    status: dict[str, Any]  # the extension's last report, as the agent sent it
+
+
+class Machine(ApiModel):
+    name: str
+    id: str
+    region: str
+    address: str
+    provisioning_state: ProvisioningState
+    power_state: PowerState
+    agent: AgentInfo
+    disks: list[MachineDisk]
+    resource_group: str | None
+    extensions: list[MachineExtension]
+
+
+class ExecResult(ApiModel):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Deleted(ApiModel):
+    deleted: str
+
+
+class Finding(ApiModel):
+    """One doctor check (doctor/doctor.py Finding)."""
+    check: str
+    status: str  # pass | warn | fail
+    message: str
+    code: str | None
+    fix: list[str]
+    remedy: str | None
+    risky: bool
+    args: dict[str, Any]
+
+
+class FixResult(ApiModel):
+    result: str
+
+
+# -- jobs (service/jobs.py describe_job) ---------------------------------------------
+class SubTask(ApiModel):
+    name: SubTaskName
+    status: SubTaskStatus
+    progress: dict[str, Any]
+    started_at: str | None
+    ended_at: str | None
+
+
+class Job(ApiModel):
+    id: str
+    operation: JobOperation
+    machine: str
+    trigger: JobTrigger
+    status: JobStatus
+    started_at: str
+    ended_at: str | None
+    duration_s: float
+    error: ApiError | None
+    warnings: list[Any]  # catalog errors, mostly
+    details: dict[str, Any]
+    subtasks: list[SubTask]
+
+
+# -- vaults, policies, protection (service/protection.py) -----------------------------
+class Vault(ApiModel):
+    name: str
+    id: str
+    backend: str  # local | azure
+    location: str
+    restore_points: int
+    created_at: str
+    block_size: int | None = None  # known once the vault was opened by this server
+
+
+class VaultDeleted(ApiModel):
+    deleted: str
+    restore_points_deleted: int
+    objects_deleted: int
+
+
+class VaultImported(Vault):
+    restore_points_imported: int
+    damaged_manifests: list[str]
+
+
+class KeyFile(ApiModel):
+    """A vault key sealed under a passphrase (vault/keyfile.py export_key)."""
+    format: str
+    version: int
+    vault: str
+    service_vault_id: str
+    vault_id: str
+    backend: str
+    location: str
+    kdf: dict[str, Any]
+    nonce: str
+    sealed_key: str
+
+
+class VerifyReport(ApiModel):
+    """details["report"] of a finished VaultVerify job (service/vault_checks.py)."""
+    vault: str
+    ok: bool
+    sample_percent: float
+    restore_points: int
+    chunks_checked: int
+    problems: list[dict[str, Any]]
+    damaged_manifests: list[str]
+    damaged_indexes: list[str]
+
+
+class GcReport(ApiModel):
+    """details["report"] of a finished VaultGc job (vault/reports.py GcReport)."""
+    vault: str
+    restore_points: int
+    packs_total: int
+    packs_pending: int
+    packs_deleted: int
+    bytes_deleted: int
+    packs_partly_dead: int
+    dead_bytes_kept: int
+    duration_s: float
+    kept_after_recheck: list[str]
+    pending_discarded: bool
+
+
+class Policy(ApiModel):
+    name: str
+    id: str
+    schedule_time: str  # HH:MM UTC
+    instant_rp_days: int
+    vault_retention_days: int
+
+
+class Protection(ApiModel):
+    machine: str
+    protection_state: ProtectionState
+    # Absent when the machine is NotProtected.
+    vault: str | None = None
+    policy: str | None = None
+    last_backup_at: str | None = None
+    last_backup_status: JobStatus | None = None
+
+
+# -- restore points (service/restore.py Restores.describe) ----------------------------
+class RestorePointDisk(ApiModel):
+    name: str
+    size_bytes: int
+    filesystem: str  # "unknown" for a pre-label backup found by `vault import`
+    mountpoint: str
+    # An encrypted disk's key vault key and its data key wrapped by it (hex).
+    encryption_key: str | None = None
+    wrapped_key: str | None = None
+
+
+class RestorePoint(ApiModel):
+    id: str
+    machine: str
+    job: str
+    created_at: str
+    consistency: Consistency
+    tier: RestorePointTier
+    freeze_ms: float | None
+    disks: list[RestorePointDisk]
+    instant_expires_at: str
+    vault_expires_at: str | None
+
+
+class CollectionDeleted(ApiModel):
+    machine: str
+    deleted: int
+
+
+# -- locks, resource groups, key vaults, tokens ------------------------------------
+class Lock(ApiModel):
+    name: str
+    resource_group: str
+    kind: str  # CanNotDelete | ReadOnly
+
+
+class ResourceGroup(ApiModel):
+    name: str
+    region: str
+    locks: list[str]
+    machines: list[str]
+
+
+class KeyVaultGrant(ApiModel):
+    principal: str
+    permissions: list[str]
+
+
+class KeyVault(ApiModel):
+    name: str
+    keys: list[str]
+    grants: list[KeyVaultGrant]
+
+
+class Token(ApiModel):
+    name: str
+    role: str  # reader | operator | admin
+    created_at: str
+    file: bool  # the server's own admin token (DATA/api-token)
+
+
+class NewToken(Token):
+    token: str  # shown once
+
+
+class TokenRevoked(ApiModel):
+    revoked: str
