@@ -81,14 +81,20 @@ def _say(quiet: bool, msg: str) -> None:
         console.print(msg)
 
 
-def ensure_service(quiet: bool) -> Client:
+def _answering() -> Client | None:
+    """A client of the service at FROSTPOINT_URL, if it answers and its token is there."""
     try:
-        c = Client()
-        c.get("/health")
+        Client().get("/health")
         if (data_dir() / "api-token").exists():
-            return Client()
+            return Client()  # made again: the token file may be new
     except ApiError:
         pass
+    return None
+
+
+def ensure_service(quiet: bool) -> Client:
+    if (c := _answering()) is not None:
+        return c
     log = data_dir() / "server.log"
     data_dir().mkdir(parents=True, exist_ok=True)
     _say(quiet, f"starting frostpoint server (data {data_dir()}, log {log})")
@@ -101,13 +107,8 @@ def ensure_service(quiet: bool) -> Client:
     (data_dir() / "quickstart-server.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            c = Client()
-            c.get("/health")
-            if (data_dir() / "api-token").exists():
-                return Client()
-        except ApiError:
-            pass
+        if (c := _answering()) is not None:
+            return c
         time.sleep(0.3)
     raise ApiError({"code": "Unavailable", "message": f"the service did not start; see {log}"},
                    0)

@@ -15,6 +15,7 @@ from frostpoint.cli.common import JSON, MACHINE, api, arg, group, print_job, tab
 from frostpoint.errors.catalog import error_dict
 
 VAULT = arg("VAULT", "The vault's name.")
+JOB_WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the job with a progress bar.")
 vault = group("Vaults.")
 vault_key = group("A vault's key: export it for recovery.")
 vault.add_typer(vault_key, name="key")
@@ -70,13 +71,11 @@ def vault_list(as_json: bool = JSON) -> None:
 def vault_verify(name: str = VAULT,
                  sample: float = typer.Option(100.0, metavar="PERCENT",
                                               help="Percent of chunks to re-read."),
-                 wait: bool = typer.Option(True, "--wait/--no-wait",
-                                           help="Wait for the job with a progress bar."),
+                 wait: bool = JOB_WAIT,
                  as_json: bool = JSON) -> None:
     """Re-read and re-hash the vault; name each damaged chunk and what it affects.
 
-    A job: waits for it with a progress bar (--no-wait: print the job and return);
-    --json prints the final job, its report in details.report."""
+    Runs as a job (--no-wait returns it; --json prints it, report in details.report)."""
     c = Client()
     j = c.post(f"/vaults/{name}/verify", params={"sample": sample})
 
@@ -101,13 +100,11 @@ def vault_verify(name: str = VAULT,
 def vault_gc(name: str = VAULT,
              grace_hours: float = typer.Option(24.0, metavar="HOURS",
                                                help="Safety margin before deletion."),
-             wait: bool = typer.Option(True, "--wait/--no-wait",
-                                       help="Wait for the job with a progress bar."),
+             wait: bool = JOB_WAIT,
              as_json: bool = JSON) -> None:
     """Reclaim packs no restore point uses (mark now, delete after the margin).
 
-    A job: waits for it with a progress bar (--no-wait: print the job and return);
-    --json prints the final job, its report in details.report."""
+    Runs as a job (--no-wait returns it; --json prints it, report in details.report)."""
     c = Client()
     j = c.post(f"/vaults/{name}/gc", params={"grace_hours": grace_hours})
     _vault_job(c, j, wait, as_json, f"gc {name}", lambda d: emit(d, False))
@@ -115,8 +112,10 @@ def vault_gc(name: str = VAULT,
 
 def _vault_job(c: Client, j: dict[str, Any], wait: bool, as_json: bool, label: str,
                human: Any) -> dict[str, Any] | None:
-    """Follow a vault verify/GC job; print the final job (--json) or its report. Exits
-    1 when the job did not complete; returns the report (None: not waited for)."""
+    """Follow a vault verify/GC job, waiting with a progress bar (--no-wait: print the
+    job and return); print the final job (--json, its report in details.report) or its
+    report. Exits 1 when the job did not complete; returns the report (None: not
+    waited for)."""
     if not wait:
         emit(j, as_json, print_job)
         return None
