@@ -309,3 +309,81 @@ class NewToken(Token):
 
 class TokenRevoked(ApiModel):
     revoked: str
+
+
+# -- which model answers which route -------------------------------------------------
+# service/api.py declares the same model as each route's response_model (a test checks
+# that the two agree); the CLI looks an answer's model up here and parses it with it.
+RESPONSES: dict[tuple[str, str], Any] = {
+    ("GET", "/health"): Health,
+    ("GET", "/errors"): list[ApiError],
+    ("POST", "/machines"): Machine,
+    ("GET", "/machines"): list[Machine],
+    ("GET", "/machines/{name}"): Machine,
+    ("POST", "/machines/{name}/start"): Machine,
+    ("POST", "/machines/{name}/stop"): Machine,
+    ("POST", "/machines/{name}/deallocate"): Machine,
+    ("DELETE", "/machines/{name}"): Deleted,
+    ("POST", "/machines/{name}/exec"): ExecResult,
+    ("DELETE", "/machines/{name}/disks/{disk}"): Machine,
+    ("POST", "/machines/{name}/agent/restart"): Machine,
+    ("POST", "/machines/{name}/agent/install"): Machine,
+    ("GET", "/machines/{name}/doctor"): list[Finding],
+    ("POST", "/machines/{name}/doctor/fix"): FixResult,
+    ("PUT", "/machines/{name}/extensions/{ext}"): Machine,
+    ("DELETE", "/machines/{name}/extensions/{ext}"): Machine,
+    ("POST", "/vaults"): Vault,
+    ("GET", "/vaults"): list[Vault],
+    ("DELETE", "/vaults/{name}"): VaultDeleted,
+    ("POST", "/vaults/{name}/key/export"): KeyFile,
+    ("POST", "/vaults/import"): VaultImported,
+    ("POST", "/vaults/{name}/verify"): Job,
+    ("POST", "/vaults/{name}/gc"): Job,
+    ("POST", "/policies"): Policy,
+    ("GET", "/policies"): list[Policy],
+    ("POST", "/protection/enable"): Protection,
+    ("POST", "/protection/{machine}/stop"): Protection,
+    ("POST", "/protection/{machine}/disable"): Protection,
+    ("POST", "/protection/{machine}/resume"): Protection,
+    ("GET", "/protection/{machine}"): Protection,
+    ("POST", "/backups"): Job,
+    ("GET", "/jobs"): list[Job],
+    ("GET", "/jobs/{job_id}"): Job,
+    ("POST", "/jobs/{job_id}/cancel"): Job,
+    ("GET", "/restore-points"): list[RestorePoint],
+    ("DELETE", "/machines/{name}/restore-point-collection"): CollectionDeleted,
+    ("POST", "/restores/disks"): Job,
+    ("POST", "/restores/vm"): Job,
+    ("POST", "/restores/files"): Job,
+    ("POST", "/locks"): Lock,
+    ("GET", "/locks"): list[Lock],
+    ("DELETE", "/locks/{name}"): Deleted,
+    ("POST", "/keyvaults"): KeyVault,
+    ("GET", "/keyvaults"): list[KeyVault],
+    ("GET", "/keyvaults/{name}"): KeyVault,
+    ("POST", "/keyvaults/{name}/keys"): KeyVault,
+    ("POST", "/keyvaults/{name}/grants"): KeyVault,
+    ("DELETE", "/keyvaults/{name}/grants/{principal}"): KeyVault,
+    ("GET", "/resource-groups"): list[ResourceGroup],
+    ("POST", "/tokens"): NewToken,
+    ("GET", "/tokens"): list[Token],
+    ("DELETE", "/tokens/{name}"): TokenRevoked,
+}
+
+
+def _matches(template: str, path: str) -> bool:
+    want, got = template.strip("/").split("/"), path.strip("/").split("/")
+    return len(want) == len(got) and all(
+        w == g or (w.startswith("{") and w.endswith("}") and bool(g))
+        for w, g in zip(want, got, strict=True))
+
+
+def response_model(method: str, path: str) -> Any | None:
+    """The model of the answer to `method path` (the path as sent, without a query); a
+    route with a literal segment wins over one with a parameter there (/vaults/import
+    over /vaults/{name})."""
+    path = path.split("?", 1)[0]
+    found = [t for (m, t) in RESPONSES if m == method and _matches(t, path)]
+    if not found:
+        return None
+    return RESPONSES[(method, min(found, key=lambda t: t.count("{")))]

@@ -38,6 +38,30 @@ class ApiError(Exception):
         self.status = status
 
 
+def parsed(method: str, path: str, body: Any, status: int) -> Any:
+    """The answer, parsed with the model its route declares (schemas.RESPONSES): a body
+    that does not fit (another version of the service, a proxy's page) is one clear
+    error here, not a KeyError deep in the printing. The CLI goes on with the JSON."""
+    from pydantic import ValidationError
+
+    from frostpoint.schemas import parse, response_model
+
+    model = response_model(method, path)
+    if model is None:
+        return body
+    try:
+        parse(model, body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "the body"
+        raise ApiError(error_dict(
+            "BackUpOperationFailed",
+            f"the answer to {method} {path} does not fit this CLI's model ({e.error_count()} "
+            f"problems; first: {where}: {first['msg']}); is the service another version?",
+            {"route": f"{method} {path}"}), status) from None
+    return body
+
+
 class Client:
     def __init__(self, url: str | None = None, token: str | None = None) -> None:
         self.url = url or service_url()
@@ -87,7 +111,7 @@ class Client:
         if r.status_code >= 400:
             raise ApiError(body.get("error", {"code": f"HTTP{r.status_code}",
                                               "message": r.text[:500]}), r.status_code)
-        return body
+        return parsed(method, path, body, r.status_code)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.call("GET", path, **kw)
