@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/python scripts/check-type-ignores
 
 test: setup lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider -rs
+	$(VENV)/bin/pytest -q -p no:cacheprovider -rs --durations=30
 
 # The service's rules on the in-memory platform, with every capability dropped: they
 # need no root (docs/machines.md "The seam"); seconds.
