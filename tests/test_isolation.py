@@ -105,6 +105,46 @@ def test_nsenter_to_pid1_and_other_escapes_fail(svc: Service) -> None:
         assert "NoNewPrivs:\t1" in st and "Seccomp:\t2" in st, (who, st)
 
 
+# The attack that worked before (found by attacking the sandbox): open_tree_attr
+# (Linux 6.15, not in a deny-list written earlier) cloned the guest's read-only /proc
+# with MOUNT_ATTR_RDONLY cleared, so /proc/sys/kernel/core_pattern was writable and a
+# crash ran a guest script as host root; the same on / made the shared image writable.
+OPEN_TREE_ATTR = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Attr(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("set", "clr", "prop", "userns")]
+attr = Attr(0, 1, 0, 0)  # clear MOUNT_ATTR_RDONLY
+out = []
+for path in (b"/proc", b"/"):
+    fd = libc.syscall(467, -100, path, 1, ctypes.byref(attr), 32)  # OPEN_TREE_CLONE
+    out.append((path.decode(), fd, ctypes.get_errno()))
+    if fd >= 0:
+        try:
+            os.close(os.open("sys/kernel/core_pattern", os.O_RDWR, dir_fd=fd))
+            out.append("core_pattern writable")
+        except OSError as e:
+            out.append(f"core_pattern: {e.errno}")
+# listmount / statmount read other mount namespaces' tables by id; a syscall number
+# newer than the filter knows (520) is refused as if the kernel were older.
+for nr in (458, 457, 520):
+    r = libc.syscall(nr, 0, 0, 0, 0)
+    out.append((nr, r, ctypes.get_errno()))
+print(out)
+"""
+
+
+def test_newer_mount_syscalls_cannot_clone_a_writable_proc_or_root(svc: Service) -> None:
+    r = _run(svc, M, ["python3", "-c", OPEN_TREE_ATTR])
+    out = str(r["stdout"])
+    assert r["returncode"] == 0, r
+    # EPERM (1) from seccomp for open_tree_attr on both, and for listmount/statmount;
+    # ENOSYS (38) for an unknown newer syscall.
+    assert "('/proc', -1, 1)" in out and "('/', -1, 1)" in out, out
+    assert "(458, -1, 1)" in out and "(457, -1, 1)" in out and "(520, -1, 38)" in out, out
+    assert "writable" not in out, out
+
+
 def test_ps_shows_only_the_guest(svc: Service) -> None:
     out = str(_sh(svc, "ps -eo pid=,args=")["stdout"])
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]

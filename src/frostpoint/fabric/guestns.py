@@ -65,6 +65,20 @@ DENY = ("mount", "umount2", "pivot_root", "setns", "unshare", "chroot",
         "clock_settime", "clock_adjtime", "adjtimex", "uselib", "vhangup", "quotactl",
         "quotactl_fd", "io_uring_setup", "io_uring_enter", "io_uring_register",
         "fanotify_init", "kcmp", "pidfd_getfd", "personality")
+# Syscalls newer than the names above (x86_64 numbers from 435, clone3, up): the kernel
+# adds some each release, and a deny-list misses them (Linux 6.15's open_tree_attr
+# cloned the guest's read-only root and /proc writable). Each one is denied as if the
+# kernel were older (ENOSYS: libc falls back), unless it is known harmless here; the
+# mount-table readers are refused outright (they list the host's and other machines'
+# mounts by id).
+NEW_SYSCALLS = range(436, 600)
+NEW_HARMLESS = {436: "close_range", 437: "openat2", 439: "faccessat2", 441: "epoll_pwait2",
+                444: "landlock_create_ruleset", 445: "landlock_add_rule",
+                446: "landlock_restrict_self", 449: "futex_waitv", 451: "cachestat",
+                452: "fchmodat2", 454: "futex_wake", 455: "futex_wait", 456: "futex_requeue",
+                462: "mseal", 463: "setxattrat", 464: "getxattrat", 465: "listxattrat",
+                466: "removexattrat", 468: "file_getattr", 469: "file_setattr"}
+NEW_REFUSED = {457: "statmount", 458: "listmount", 467: "open_tree_attr"}
 GUEST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME": "/root", "LANG": "C.UTF-8"}
 # In the guest's /proc: read-only folders, and files hidden behind /dev/null (the
@@ -117,11 +131,20 @@ class _CapData(ctypes.Structure):
 
 def _seccomp_filter() -> seccomp.SyscallFilter:
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    named: set[int] = set()
     for name in DENY:
         try:
             f.add_rule(seccomp.ERRNO(errno.EPERM), name)
+            named.add(seccomp.resolve_syscall(seccomp.Arch.NATIVE, name))
         except (RuntimeError, ValueError):  # not a syscall on this kernel/arch
             pass
+    for nr in NEW_SYSCALLS:
+        if nr in named:  # denied by name above (mount_setattr, pidfd_getfd, ...)
+            continue
+        if nr in NEW_REFUSED:
+            f.add_rule(seccomp.ERRNO(errno.EPERM), nr)
+        elif nr not in NEW_HARMLESS:
+            f.add_rule(seccomp.ERRNO(errno.ENOSYS), nr)
     # clone3 passes its flags in memory seccomp cannot read: make libc fall back to
     # clone, whose flags it can.
     f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
