@@ -49,30 +49,55 @@ def _copyable(mode: int) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)
 
 
+def _make_room(dst: Path, for_dir: bool) -> bool:
+    """Clear dst for what is restored there; True when dst is already a real folder
+    that a folder merges into. A link (or file) an earlier restore left is removed,
+    never followed: the guest chose its target (a folder link to /etc, restored once,
+    would make a later --overwrite write the guest's files there)."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        if for_dir:
+            return True
+        shutil.rmtree(dst)  # does not follow links inside
+    else:
+        os.unlink(dst)
+    return False
+
+
 def copy_out(src: Path, target: Path) -> list[str]:
     """Copy src (file, folder or symlink) to target; a guest's device nodes, FIFOs and
     sockets are skipped (never opened: reading one could block or read a host device),
-    symlinks are copied as links, never followed. Returns the skipped paths."""
+    symlinks are copied as links, never followed, in src or in the target (which an
+    earlier restore may have filled with the guest's links). Returns the skipped
+    paths."""
     top = os.lstat(src).st_mode
-    if stat.S_ISLNK(top):
-        os.symlink(os.readlink(src), target)
-        return []
     if not _copyable(top):
         raise FrostpointError("InvalidInput", f"{src.name} is not a file, folder or "
                               "symlink; only those restore")
-    if stat.S_ISREG(top):
-        shutil.copy2(src, target, follow_symlinks=False)
-        return []
     skipped: list[str] = []
 
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        bad = {n for n in names if not _copyable(os.lstat(os.path.join(folder, n)).st_mode)}
-        skipped.extend(os.path.relpath(os.path.join(folder, n), src) for n in sorted(bad))
-        return bad
-
-    shutil.copytree(src, target, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+    def copy(s: Path, d: Path, mode: int) -> None:
+        if stat.S_ISLNK(mode):
+            _make_room(d, for_dir=False)
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISREG(mode):
+            _make_room(d, for_dir=False)
+            shutil.copy2(s, d, follow_symlinks=False)
+        elif stat.S_ISDIR(mode):
+            if not _make_room(d, for_dir=True):
+                os.mkdir(d, 0o700)
+            for entry in sorted(os.scandir(s), key=lambda e: e.name):
+                m = entry.stat(follow_symlinks=False).st_mode
+                if _copyable(m):
+                    copy(Path(entry.path), d / entry.name, m)
+                else:
+                    skipped.append(os.path.relpath(entry.path, src))
+            shutil.copystat(s, d, follow_symlinks=False)
+    copy(src, target, top)
     return skipped
-
 
 class Restores:
     def __init__(self, rt: Runtime, machines: Machines, protection: Protection) -> None:
@@ -260,12 +285,10 @@ class Restores:
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)
                     target = dest / inner.name if inner != root else dest
-                    if target != dest and os.path.lexists(target):
-                        if not overwrite:  # made while the job ran
-                            raise FrostpointError("Conflict", f"{target} exists: add "
-                                                  "--overwrite")
-                        if target.is_symlink() or not target.is_dir():
-                            target.unlink()  # a file or link is replaced, not written into
+                    if target != dest and os.path.lexists(target) and not overwrite:
+                        # made while the job ran
+                        raise FrostpointError("Conflict", f"{target} exists: add "
+                                              "--overwrite")
                     skipped = copy_out(inner, target)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
