@@ -37,7 +37,7 @@ from frostpoint.protocol import (
 from frostpoint.service.backup import MAX_DISK, MAX_ENCRYPTED_DISK, MAX_INSTANT_RPS
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import Machines, machine_spec
+from frostpoint.service.machines import Machines
 from frostpoint.service.models import (
     Job,
     Lock,
@@ -48,6 +48,7 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.models import Vault as VaultRow
 from frostpoint.service.services import Services
+from frostpoint.service.specs import machine_spec
 
 
 @dataclass

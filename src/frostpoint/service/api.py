@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -22,167 +20,31 @@ from frostpoint.enums import JobStatus, JobTrigger
 from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service.jobs import ACTIVE, describe_job
-from frostpoint.service.keyvault import BACKUP_PRINCIPAL, NEEDED
-from frostpoint.service.machines import parse_size
 from frostpoint.service.models import Job
+from frostpoint.service.names import parse_size
+from frostpoint.service.requests import (
+    BackupIn,
+    ExecIn,
+    FixIn,
+    GrantIn,
+    KeyExportIn,
+    LockIn,
+    MachineIn,
+    NameIn,
+    PolicyIn,
+    ProtectIn,
+    RestoreIn,
+    TokenIn,
+    VaultImportIn,
+    VaultIn,
+)
+from frostpoint.service.roles import contained, route_role
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
 from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
 from frostpoint.vault.errors import VaultError
 
 log = logging.getLogger("frostpoint.service.api")
-
-# The role each route needs (docs/security.md; tests/test_auth.py checks every route in
-# OpenAPI against its own copy). A route missing here needs admin, and has no role in
-# OpenAPI, which that test refuses: a new route fails closed and cannot be forgotten.
-# reader: reads only. operator: doctor, backups, job cancel, restores (disks and files
-# only into DATA/restores). admin: everything, including exec, deletes, locks and key vaults.
-PUBLIC = {("GET", "/health")}
-READER = {("GET", p) for p in (
-    "/errors", "/machines", "/machines/{name}", "/vaults",
-    "/policies", "/protection/{machine}", "/jobs", "/jobs/{job_id}", "/restore-points",
-    "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups")}
-# doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
-# a probe file to each disk.
-OPERATOR = {("GET", "/machines/{name}/doctor"),
-            ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
-            ("POST", "/restores/vm"), ("POST", "/restores/disks"),
-            ("POST", "/restores/files")}
-ADMIN = {
-    ("POST", "/machines"), ("POST", "/machines/{name}/start"),
-    ("POST", "/machines/{name}/stop"), ("POST", "/machines/{name}/deallocate"),
-    ("DELETE", "/machines/{name}"), ("POST", "/machines/{name}/exec"),
-    ("DELETE", "/machines/{name}/disks/{disk}"), ("POST", "/machines/{name}/agent/restart"),
-    ("POST", "/machines/{name}/agent/install"), ("POST", "/machines/{name}/doctor/fix"),
-    ("PUT", "/machines/{name}/extensions/{ext}"),
-    ("DELETE", "/machines/{name}/extensions/{ext}"),
-    ("POST", "/vaults"), ("DELETE", "/vaults/{name}"), ("POST", "/vaults/{name}/verify"),
-    ("POST", "/vaults/{name}/key/export"), ("POST", "/vaults/import"),
-    ("POST", "/vaults/{name}/gc"), ("POST", "/policies"), ("POST", "/protection/enable"),
-    ("POST", "/protection/{machine}/stop"), ("POST", "/protection/{machine}/resume"),
-    ("POST", "/protection/{machine}/disable"),
-    ("DELETE", "/machines/{name}/restore-point-collection"),
-    ("POST", "/locks"), ("DELETE", "/locks/{name}"),
-    ("POST", "/keyvaults"), ("POST", "/keyvaults/{name}/keys"),
-    ("POST", "/keyvaults/{name}/grants"), ("DELETE", "/keyvaults/{name}/grants/{principal}"),
-    ("POST", "/tokens"), ("GET", "/tokens"), ("DELETE", "/tokens/{name}"),
-}
-
-
-def route_role(method: str, path: str) -> str | None:
-    """The role a route needs: "public", a role name, or None (undeclared: admin)."""
-    for role, routes in (("public", PUBLIC), ("reader", READER), ("operator", OPERATOR),
-                         ("admin", ADMIN)):
-        if (method, path) in routes:
-            return role
-    return None
-
-
-def contained(area: Path, to: str) -> str:
-    """An operator's restore target, resolved (symlinks too) inside the restore area;
-    a relative one is taken inside it. Returns the resolved path the restore then uses,
-    so the path checked is the path written."""
-    base = area.resolve()
-    try:
-        target = (base / to).resolve()
-    except (ValueError, OSError, RuntimeError) as e:  # a NUL, a symlink loop: no path
-        raise FrostpointError("InvalidInput", f"--to is not a usable path: {to!r}") from e
-    if not target.is_relative_to(base):
-        raise FrostpointError("AuthorizationFailed", f"an operator restores only into "
-                              f"{base}; {to} is outside it (an admin may restore anywhere)")
-    return str(target)
-
-
-class DiskIn(BaseModel):
-    name: str = "data"
-    size: str = "256M"
-    filesystem: str = "ext4"
-    encryption_key: str | None = None  # "KEYVAULT/KEY": an encrypted disk
-
-
-class NameIn(BaseModel):
-    name: str
-
-
-class GrantIn(BaseModel):
-    principal: str = BACKUP_PRINCIPAL
-    permissions: list[str] = Field(default_factory=lambda: list(NEEDED))
-
-
-class MachineIn(BaseModel):
-    name: str
-    disks: list[DiskIn] = Field(default_factory=lambda: [DiskIn()])
-    region: str = "local"
-    agent: bool = True
-    agent_version: str | None = None  # the agent release in the machine's image
-
-
-class FixIn(BaseModel):
-    check: str
-
-
-class ExecIn(BaseModel):
-    argv: list[str]
-    timeout: float = 300
-
-
-class VaultIn(BaseModel):
-    name: str
-    location: str | None = None
-    backend: str = "local"
-    block_size: str | None = None  # e.g. "4M" (default) or "1M"
-
-
-class KeyExportIn(BaseModel):
-    passphrase: str
-
-
-class VaultImportIn(BaseModel):
-    name: str
-    backend: str = "local"
-    location: str
-    key_file: dict[str, Any]  # the content of a `vault key export` file
-    passphrase: str
-
-
-class PolicyIn(BaseModel):
-    name: str
-    schedule_time: str = "22:00"
-    instant_rp_days: int = 2
-    vault_retention_days: int = 30
-
-
-class ProtectIn(BaseModel):
-    machine: str
-    vault: str
-    policy: str
-
-
-class BackupIn(BaseModel):
-    machine: str
-    retain_days: int | None = None
-
-
-class LockIn(BaseModel):
-    name: str
-    resource_group: str
-    kind: str = "CanNotDelete"
-
-
-class TokenIn(BaseModel):
-    name: str
-    role: str = "reader"  # reader | operator | admin
-
-
-class RestoreIn(BaseModel):
-    restore_point: str
-    source: str = "auto"  # auto | instant | vault
-    to: str | None = None
-    name: str | None = None
-    path: str | None = None
-    disk: str | None = None
-    overwrite: bool = False  # restore files: replace what is at the target
-
 
 def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="Frostpoint backup service", version=__version__)

@@ -26,9 +26,10 @@ from frostpoint.enums import (
 )
 from frostpoint.errors.catalog import CATALOG, FrostpointError, GuestAgentUnavailable, JobCancelled
 from frostpoint.protocol import MIN_AGENT_VERSION, SNAPSHOT_EXTENSION, version_tuple
+from frostpoint.service.freeze_guard import FreezeGuard
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import BUSY, Machines, machine_spec
+from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
     Job,
     Lock,
@@ -42,11 +43,11 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.specs import machine_spec
 from frostpoint.service.vault_errors import as_catalog
 from frostpoint.vault.errors import VaultError
 
 MAX_INSTANT_RPS = 18
-HOST_THAW_GRACE_S = 2.0  # past the freeze limit, before the host thaws a machine
 MAX_DISK = 32 << 40
 MAX_ENCRYPTED_DISK = 4 << 40
 SNAPSHOT, TRANSFER = SubTaskName.TAKE_SNAPSHOT, SubTaskName.TRANSFER
@@ -322,7 +323,7 @@ class Backups:
             "taskId": job_id, "disks": disks, "freezeLimitSeconds": t.freeze_limit,
             "hostCallTimeoutSeconds": t.host_call, "deadlineSeconds": t.extension_wait})
         deadline = time.monotonic() + t.extension_wait
-        guard = _FreezeGuard(self, machine_id, t.freeze_limit, seq)
+        guard = FreezeGuard(self.rt, machine_id, t.freeze_limit, seq)
         try:
             return self._wait_extension(job_id, machine_id, machine, seq, deadline, guard)
         except FrostpointError as e:
@@ -337,7 +338,7 @@ class Backups:
             raise
 
     def _wait_extension(self, job_id: str, machine_id: str, machine: str, seq: int,
-                        deadline: float, guard: _FreezeGuard) -> dict[str, Any]:
+                        deadline: float, guard: FreezeGuard) -> dict[str, Any]:
         t = self.rt.timeouts
         seen_transitioning = False
         while time.monotonic() < deadline:
@@ -454,75 +455,3 @@ class Backups:
                    if locks else " and none has expired"),
                 {"instant_restore_points": live, "locks": [lk.name for lk in locks]})
         return {"removed": removed, "blocked": blocked}
-
-
-class _FreezeGuard:
-    """Knows, from the snapshot task's status, whether a freeze of the machine began,
-    and thaws its disks from the host once the freeze limit has passed with nobody
-    having reported the end of it (every process of the machine may be dead)."""
-
-    def __init__(self, backups: Backups, machine_id: str, freeze_limit: float,
-                 seq: int) -> None:
-        self.backups = backups
-        self.machine_id = machine_id
-        self.seq = seq
-        self.limit = freeze_limit
-        self.freeze_seen: float | None = None  # monotonic time the freeze was announced
-        self.last_alive: float = time.monotonic()
-        self.thawed: list[str] | None = None
-        self.final = False  # the extension reported its end: it thawed, or its agent did
-        # Any status of this task seen: the agent began it (it reports before it runs
-        # the extension), so a freeze may have begun. Without one, none can have.
-        self.task_seen = False
-
-    def observe(self, status: dict[str, Any], beat: Any) -> None:
-        if beat is not None:
-            self.last_alive = max(self.last_alive, time.monotonic()
-                                  - (utcnow() - beat).total_seconds())
-        self.task_seen = self.task_seen or bool(status)
-        if status.get("status") in ("success", "error"):
-            self.final = True
-        if status.get("phase") == "freezing" and self.freeze_seen is None:
-            self.freeze_seen = time.monotonic()
-        if (self.freeze_seen is not None and self.thawed is None
-                and time.monotonic() > self.freeze_seen + self.limit + HOST_THAW_GRACE_S):
-            self.thawed = self._thaw()  # the extension is alive but silent past the limit
-
-    def after_abnormal_end(self, machine_silent: bool) -> list[str]:
-        if self.final:
-            return []
-        since = self.freeze_seen
-        if since is None and machine_silent and self.task_seen:
-            since = self.last_alive  # a freeze may have begun up to its last sign of life
-        if since is None or self.thawed is not None:
-            return self.thawed or []
-        # Until the limit has passed, a final status (the extension ended, so thawed,
-        # e.g. after a cancel) makes the host thaw unneeded.
-        while time.monotonic() < since + self.limit + HOST_THAW_GRACE_S:
-            if self._final_status():
-                return []
-            time.sleep(0.2)
-        self.thawed = self._thaw()
-        return self.thawed
-
-    def _final_status(self) -> bool:
-        with self.backups.rt.sessions() as s:
-            m = s.get(Machine, self.machine_id)
-            ext = next((e for e in m.extensions if e.name == SNAPSHOT_EXTENSION),
-                       None) if m else None
-            return bool(ext and ext.sequence == self.seq
-                        and (ext.status or {}).get("status") in ("success", "error"))
-
-    def _thaw(self) -> list[str]:
-        rt = self.backups.rt
-        with rt.sessions() as s:
-            m = s.get(Machine, self.machine_id)
-            if m is None:
-                return []
-            name = m.name
-            disks = machine_spec(m).disks
-        thawed = rt.platform.thaw(name, disks)
-        if thawed:
-            log.warning("machine %s: thawed %s from the host, frozen past the limit",
-                        name, thawed)
-        return thawed

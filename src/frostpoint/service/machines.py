@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -39,32 +37,16 @@ from frostpoint.service.models import (
     SubTask,
     utcnow,
 )
+from frostpoint.service.names import NAME_RE, parse_size
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.specs import machine_spec
+from frostpoint.service.tokens import token_hash
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
-SIZE_RE = re.compile(r"^(\d+)([KMGT]?)$")
 MAX_SLOT = 240
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 SNAPSHOT_STEP = SubTaskName.TAKE_SNAPSHOT  # backup.SNAPSHOT (backup imports this module)
 BUSY = (ProvisioningState.CREATING, ProvisioningState.UPDATING,
         ProvisioningState.DELETING)  # an operation runs; no backup, no other op
-
-
-def parse_size(text: str) -> int:
-    m = SIZE_RE.match(text.strip().upper())
-    if not m:
-        raise FrostpointError("InvalidInput", f"bad size {text!r}: use e.g. 256M or 2G")
-    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def machine_spec(m: Machine) -> MachineSpec:
-    return MachineSpec(m.name, m.slot, [DiskSpec(d.name, d.size_bytes, d.filesystem,
-                                                 Path(d.image_path), d.encrypted)
-                                        for d in m.disks])
 
 
 class Machines:

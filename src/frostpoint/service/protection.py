@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from frostpoint.enums import Consistency, ProtectionState, RestorePointTier
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.service.machines import NAME_RE
 from frostpoint.service.models import (
     Lock,
     Machine,
@@ -28,6 +27,7 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
+from frostpoint.service.names import NAME_RE
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault import format as fmt
 from frostpoint.vault import keyfile

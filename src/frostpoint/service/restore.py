@@ -16,10 +16,12 @@ from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName, SubTaskSt
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.machines import NAME_RE, Machines, machine_spec
+from frostpoint.service.machines import Machines
 from frostpoint.service.models import Job, Machine, RestorePoint, SubTask, utcnow
+from frostpoint.service.names import NAME_RE
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.specs import machine_spec
 
 RESTORE = SubTaskName.RESTORE
 IMAGE_MODE = 0o600  # a restored image holds the guest's data, from either tier

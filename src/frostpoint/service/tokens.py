@@ -37,6 +37,7 @@ class Caller:
 
 
 def token_hash(token: str) -> str:
+    """What is stored of an API or machine token: its sha256, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 

@@ -1,0 +1,14 @@
+"""The fabric's view of a machine: the MachineSpec the platform acts on, from its row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from frostpoint.fabric.platform import DiskSpec, MachineSpec
+from frostpoint.service.models import Machine
+
+
+def machine_spec(m: Machine) -> MachineSpec:
+    return MachineSpec(m.name, m.slot, [DiskSpec(d.name, d.size_bytes, d.filesystem,
+                                                 Path(d.image_path), d.encrypted)
+                                        for d in m.disks])
