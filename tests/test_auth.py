@@ -91,7 +91,7 @@ def tokens(service: Service) -> Iterator[dict[str, str]]:
 def test_every_route_in_openapi_declares_the_expected_role(service: Service) -> None:
     ops = operations(service.url)
     undeclared = [f"{m} {p}" for m, p, op in ops if "x-frostpoint-role" not in op]
-    assert not undeclared, f"routes without a role (add them to api.py's table): {undeclared}"
+    assert not undeclared, f"routes without a role (add them to service/roles.py): {undeclared}"
     declared = {(m, p): op["x-frostpoint-role"] for m, p, op in ops}
     assert declared == EXPECTED
 
