@@ -193,11 +193,17 @@ def _open_ns(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
 
+def _enter_mounts(mntns: str, cwd: str) -> None:
+    """Join the machine's mount namespace only, and stand at cwd in it (a cwd left in
+    the host's tree would be a way back to it)."""
+    setns(_open_ns(mntns), CLONE_NEWNS)
+    os.chdir(cwd)
+
+
 # -- commands ---------------------------------------------------------------------
 def cmd_pivot(args: argparse.Namespace) -> int:
     """Make NEWROOT the root of the machine's mount namespace, and drop the host's."""
-    setns(_open_ns(args.mntns), CLONE_NEWNS)
-    os.chdir(args.newroot)
+    _enter_mounts(args.mntns, args.newroot)
     _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
     umount(".", MNT_DETACH)  # the old root, stacked under the new one
     os.chdir("/")
@@ -353,8 +359,7 @@ def _guest_dirs(top: str) -> list[str]:
 
 def cmd_thaw(args: argparse.Namespace) -> int:
     """FITHAW every filesystem mounted under /mnt in the machine (errors ignored)."""
-    setns(_open_ns(args.mntns), CLONE_NEWNS)
-    os.chdir("/")
+    _enter_mounts(args.mntns, "/")
     for path in _guest_dirs("/mnt"):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -371,8 +376,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     """Unmount the given paths in the machine (thawed first); --rmdir removes them."""
-    setns(_open_ns(args.mntns), CLONE_NEWNS)
-    os.chdir("/")
+    _enter_mounts(args.mntns, "/")
     failed = 0
     for path in args.paths:
         try:
@@ -403,8 +407,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 def cmd_remount(args: argparse.Namespace) -> int:
     """Change one mount's exec/noexec in the machine (the doctor's remedy)."""
-    setns(_open_ns(args.mntns), CLONE_NEWNS)
-    os.chdir("/")
+    _enter_mounts(args.mntns, "/")
     st = os.statvfs(args.path)
     flags = MS_REMOUNT | MS_BIND
     for bit, flag in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID),
