@@ -6,10 +6,13 @@ to trip on) and checks that the host, and the other machine, are untouched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
+import sys
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -273,3 +276,102 @@ def test_exec_reports_the_commands_exit_and_signal(svc: Service) -> None:
     assert _sh(svc, "kill -9 $$")["returncode"] == -9  # the CLI exits 256 - 9
     assert _run(svc, M, ["no-such-program"])["returncode"] == 127
     assert _sh(svc, "cat")["stdout"] == ""  # stdin is not the service's
+
+
+# FIFREEZE from a guest, of a file on each of its filesystems that is not one of its
+# disks. Were one to work, it would freeze a host filesystem (the image's, the data
+# directory's: the host's root here), so a host thread thaws them all meanwhile.
+FREEZE_TRY = """
+import errno, fcntl, os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, 0xC0045877, 0)
+        fcntl.ioctl(fd, 0xC0045878, 0)
+        print(path, "FROZE")
+    except OSError as e:
+        print(path, errno.errorcode[e.errno])
+"""
+NOT_ITS_DISKS = ("/", "/usr", "/etc", "/etc/frostpoint", "/var/lib/frostpoint-agent",
+                 "/var/log/frostpoint", "/tmp", "/proc", "/dev/null", "/mnt")
+
+
+@contextlib.contextmanager
+def _host_kept_thawed(svc: Service) -> Iterator[None]:
+    paths = ["/", str(svc.data_dir), str(svc.data_dir / "pool"), "/var/cache"]
+    done = threading.Event()
+
+    def thaw() -> None:
+        while not done.wait(0.2):
+            for p in paths:
+                subprocess.run(["fsfreeze", "-u", p], capture_output=True)
+
+    t = threading.Thread(target=thaw, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        for p in paths:
+            subprocess.run(["fsfreeze", "-u", p], capture_output=True)
+
+
+def _try_freeze(svc: Service, paths: tuple[str, ...]) -> dict[str, str]:
+    with _host_kept_thawed(svc):
+        r = _run(svc, M, ["python3", "-c", FREEZE_TRY, *paths])
+    assert r["returncode"] == 0, r
+    return dict(line.split() for line in str(r["stdout"]).splitlines())
+
+
+def test_guest_cannot_freeze_a_filesystem_that_is_not_its_disk(svc: Service) -> None:
+    init = int((svc.data_dir / "run" / "init" / M).read_text())  # its PID 1, host pid
+    status = Path(f"/proc/{init}/status").read_text()
+    cap_eff = int(next(ln for ln in status.splitlines() if ln.startswith("CapEff:"))
+                  .split()[1], 16)
+    assert not cap_eff & (1 << 21), "the guest's PID 1 has CAP_SYS_ADMIN"
+    got = _try_freeze(svc, NOT_ITS_DISKS)
+    assert got == {p: "EPERM" for p in NOT_ITS_DISKS}, got
+    assert _try_freeze(svc, ("/mnt/data",)) == {"/mnt/data": "FROZE"}
+
+
+# A detached copy of a host mount (open_tree) is attached in the machine (move_mount):
+# what the guest cannot do, done by the host for the test.
+LEAK_MOUNT = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+tree = libc.syscall(428, -100, sys.argv[1].encode(), 1 | 0x80000)  # OPEN_TREE_CLONE|CLOEXEC
+assert tree >= 0, os.strerror(ctypes.get_errno())
+assert libc.setns(os.open(sys.argv[2], os.O_RDONLY), 0x20000) == 0
+os.makedirs("/mnt/leak", exist_ok=True)
+ret = libc.syscall(429, tree, b"", -100, b"/mnt/leak", 4)  # MOVE_MOUNT_F_EMPTY_PATH
+assert ret == 0, os.strerror(ctypes.get_errno())
+"""
+
+
+def test_freeze_broker_checks_the_disk_is_the_machines(svc: Service) -> None:
+    """A host loop filesystem made visible in the guest (the disk pool, as a future
+    mount mistake might) is still not the guest's to freeze."""
+    pool = svc.data_dir / "pool"
+    assert subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(pool)], capture_output=True,
+                          text=True).stdout.startswith("/dev/loop"), "the pool is a loop fs"
+    subprocess.run([sys.executable, "-c", LEAK_MOUNT, str(pool),
+                    str(svc.data_dir / "run" / "mntns" / M)], check=True, timeout=30)
+    try:
+        assert _try_freeze(svc, ("/mnt/leak",)) == {"/mnt/leak": "EPERM"}
+    finally:
+        svc.in_mounts(M, "umount('/mnt/leak'); os.rmdir('/mnt/leak')")
+
+
+def test_without_its_broker_a_freeze_fails_at_once(svc: Service) -> None:
+    pid_file = svc.data_dir / "run" / "broker" / f"{OTHER}.pid"
+    os.kill(int(pid_file.read_text()), 9)
+    started = time.monotonic()
+    r = _sh(svc, "fsfreeze -f /mnt/data", machine=OTHER)
+    assert r["returncode"] != 0 and time.monotonic() - started < 10, r
+    assert "Function not implemented" in str(r["stderr"]), r
+    c = svc.client
+    c.post(f"/machines/{OTHER}/stop", {})
+    c.post(f"/machines/{OTHER}/start", {})
+    r = _sh(svc, "fsfreeze -f /mnt/data && fsfreeze -u /mnt/data", machine=OTHER)
+    assert r["returncode"] == 0, r

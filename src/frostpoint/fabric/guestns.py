@@ -10,10 +10,12 @@ restricted as the guest is (see restrict()): a program's dynamic loader reads th
 guest's writable /etc (ld.so.preload), so a host process with full capabilities must
 never exec there.
 
-A restricted process keeps only the capabilities in KEEP. It keeps CAP_SYS_ADMIN
-because FIFREEZE asks for it (the kernel checks CAP_SYS_ADMIN in the filesystem's user
-namespace, the host's, in ioctl_fsfreeze), so seccomp denies what CAP_SYS_ADMIN would
-otherwise allow: mount, namespaces, modules, kexec, bpf, ptrace and the like.
+A restricted process keeps only the capabilities in KEEP: not CAP_SYS_ADMIN. FIFREEZE
+and FITHAW, which ask for it, go to the machine's freeze broker (fabric/freezebroker.py)
+as seccomp user notifications; the broker does them on the machine's own disks only.
+Each restricted process sends its filter's listener to the broker before it executes
+anything (restrict()). seccomp also denies mount, namespaces, modules, kexec, bpf,
+ptrace and the like, whatever capability a future change would give back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import stat
 import sys
 
@@ -43,17 +46,18 @@ MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SYS_PIVOT_ROOT = 155  # x86_64
-FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878  # _IOWR('X', 119/120, int)
 TIOCSTI = 0x5412
 
-# Capabilities a guest keeps (linux/capability.h numbers): a container's usual set,
-# CAP_NET_ADMIN for its own network namespace's firewall, and CAP_SYS_ADMIN for
-# FIFREEZE. Dropped among others: CAP_MKNOD (device nodes of host disks),
+# Capabilities a guest keeps (linux/capability.h numbers): a container's usual set and
+# CAP_NET_ADMIN for its own network namespace's firewall. Dropped among others:
+# CAP_SYS_ADMIN (FIFREEZE of any filesystem it can open a file on, the host's root
+# included: the freeze broker does its freezes), CAP_MKNOD (device nodes of host disks),
 # CAP_DAC_READ_SEARCH (open_by_handle_at escapes), CAP_SYS_MODULE, CAP_SYS_RAWIO,
 # CAP_SYS_PTRACE, CAP_SYS_BOOT, CAP_SYS_TIME, CAP_NET_RAW, CAP_BPF, CAP_PERFMON.
 KEEP = {0: "CHOWN", 1: "DAC_OVERRIDE", 3: "FOWNER", 4: "FSETID", 5: "KILL",
         6: "SETGID", 7: "SETUID", 8: "SETPCAP", 10: "NET_BIND_SERVICE", 12: "NET_ADMIN",
-        18: "SYS_CHROOT", 21: "SYS_ADMIN", 29: "AUDIT_WRITE", 31: "SETFCAP"}
+        18: "SYS_CHROOT", 29: "AUDIT_WRITE", 31: "SETFCAP"}
 # Denied with EPERM whatever the arguments.
 DENY = ("mount", "umount2", "pivot_root", "setns", "unshare", "chroot",
         "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
@@ -153,12 +157,26 @@ def _seccomp_filter() -> seccomp.SyscallFilter:
                    seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     f.add_rule(seccomp.ERRNO(errno.EPERM), "ioctl",
                seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, TIOCSTI))
+    for cmd in (FIFREEZE, FITHAW):  # the freeze broker's to decide (module docstring)
+        f.add_rule(seccomp.NOTIFY, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
     return f
 
 
-def restrict() -> None:
+def connect_broker(path: str) -> socket.socket | None:
+    """The machine's freeze broker, reached from the host's tree (before setns)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        return s
+    except OSError:
+        s.close()
+        return None  # freezes in this process then fail (ENOSYS), nothing hangs
+
+
+def restrict(broker: socket.socket | None) -> None:
     """Make this process as powerless as the guest: only the KEEP capabilities (for
-    it and whatever it executes), no new privileges, the seccomp filter."""
+    it and whatever it executes), no new privileges, the seccomp filter, whose
+    listener goes to the freeze broker and is not kept here."""
     for cap in range(LAST_CAP + 1):
         if cap not in KEEP:
             prctl(PR_CAPBSET_DROP, cap)
@@ -169,6 +187,16 @@ def restrict() -> None:
     _check(libc.capset(ctypes.byref(header), data), "capset")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     FILTER.load()
+    listener = FILTER.get_notify_fd()
+    try:
+        if broker is not None:
+            socket.send_fds(broker, [b"L"], [listener])
+    except OSError:
+        pass
+    finally:
+        os.close(listener)
+        if broker is not None:
+            broker.close()
 
 
 def _bind_ro(path: str) -> None:
@@ -255,6 +283,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     # where the agent's own process matching (`frostpoint-agent restart`) would see it.
     guest_init = json.loads(os.environ["FROSTPOINT_GUEST_INIT"])
     net, mnt = _open_ns(args.netns), _open_ns(args.mntns)
+    broker = connect_broker(args.broker)
+    if broker is None:
+        print(f"machine init failed: no freeze broker at {args.broker}", file=sys.stderr)
+        return 1
     unshare(CLONE_NEWPID)  # for the child: it is PID 1 there
     r, w = os.pipe()
     pid = os.fork()
@@ -272,9 +304,11 @@ def cmd_init(args: argparse.Namespace) -> int:
             os.dup2(args.log_fd, 2)
             devnull = os.open("/dev/null", os.O_RDWR)
             os.dup2(devnull, 0)
-            os.closerange(3, w)  # nothing of the host stays open in the machine
-            os.closerange(w + 1, 1 << 16)
-            restrict()
+            keep = sorted({w, broker.fileno()})  # nothing else of the host stays open
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 16)
+            restrict(broker)
             os.write(w, b"ok")
         except BaseException as e:  # noqa: BLE001 - the parent says what failed
             os.write(w, f"{type(e).__name__}: {e}".encode())
@@ -282,6 +316,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         os.close(w)
         _pid1(guest_init)
     os.close(w)
+    broker.close()
     msg = os.read(r, 4096)
     if msg != b"ok":
         os.waitpid(pid, 0)
@@ -311,6 +346,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except (ProcessLookupError, FileNotFoundError):
         print("the machine is not running", file=sys.stderr)
         return 125
+    broker = connect_broker(args.broker)
     for t in (CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNS):
         setns(fds[t], t)
         os.close(fds[t])
@@ -320,7 +356,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if child == 0:
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a timed-out exec ends with us
-            restrict()
+            restrict(broker)
             os.execvpe(args.argv[0], args.argv, GUEST_ENV)
         except OSError as e:
             os.write(2, f"{args.argv[0]}: {e.strerror}\n".encode())
@@ -332,6 +368,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    if broker is not None:
+        broker.close()
     _, status = os.waitpid(child, 0)
     if os.WIFSIGNALED(status):  # die of the same signal: the caller sees -SIG, as if
         died = os.WTERMSIG(status)  # it had run the command itself
@@ -433,11 +471,11 @@ def main() -> int:
     a.add_argument("--mntns", required=True)
     a.add_argument("newroot")
     a = sub.add_parser("init")
-    for opt in ("--netns", "--mntns", "--hostname"):
+    for opt in ("--netns", "--mntns", "--hostname", "--broker"):
         a.add_argument(opt, required=True)
     a.add_argument("--log-fd", type=int, required=True)
     a = sub.add_parser("exec")
-    for opt in ("--netns", "--mntns"):
+    for opt in ("--netns", "--mntns", "--broker"):
         a.add_argument(opt, required=True)
     a.add_argument("--pid", type=int, required=True)
     a.add_argument("argv", nargs="+")

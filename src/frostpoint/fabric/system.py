@@ -17,11 +17,31 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # binding (python3-seccomp); -I: nothing from the environment or the current folder.
 SYSTEM_PYTHON = "/usr/bin/python3"
 GUESTNS = Path(__file__).with_name("guestns.py")
+FREEZEBROKER = Path(__file__).with_name("freezebroker.py")
 
 
 def guest_helper(*args: str) -> list[str]:
     """The command line of a fabric/guestns.py command (enter a machine, restricted)."""
     return [SYSTEM_PYTHON, "-I", str(GUESTNS), *args]
+
+
+def freeze_broker(socket_path: Path, disks_dir: Path) -> list[str]:
+    """The command line of a machine's freeze broker (fabric/freezebroker.py)."""
+    return [SYSTEM_PYTHON, "-I", str(FREEZEBROKER), "--socket", str(socket_path),
+            "--disks-dir", str(disks_dir)]
+
+
+def stop_process(pid_file: Path, marker: str) -> None:
+    """End the process named in pid_file if it is still the one (its command line
+    holds marker: a pid is reused), and remove the file."""
+    try:
+        pid = int(pid_file.read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if marker.encode() in f.read():
+                os.kill(pid, 9)
+    except (OSError, ValueError):
+        pass
+    pid_file.unlink(missing_ok=True)
 
 
 def run(cmd: Sequence[str], check: bool = True, input: bytes | None = None,

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
-from frostpoint.fabric.system import is_mountpoint, loop_devices, run, thaw_machine_disks
+from frostpoint.fabric.system import (
+    is_mountpoint,
+    loop_devices,
+    run,
+    stop_process,
+    thaw_machine_disks,
+)
 
 
 def teardown_host(data_dir: Path) -> None:
@@ -32,6 +38,9 @@ def teardown_host(data_dir: Path) -> None:
             except ProcessLookupError:
                 pass
     time.sleep(0.2)
+    brokers = data_dir / "run" / "broker"
+    for pid_file in brokers.glob("*.pid") if brokers.exists() else []:
+        stop_process(pid_file, str(brokers / (pid_file.stem + ".sock")))
     if ns_dir.exists():
         for f in ns_dir.iterdir():
             while is_mountpoint(f):
