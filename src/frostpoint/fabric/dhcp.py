@@ -60,6 +60,7 @@ user={USER}
 group=nogroup
 dhcp-range={FABRIC_SUBNET}.0,static,255.255.255.0,{LEASE_TIME}
 dhcp-ignore=tag:!known
+dhcp-authoritative
 dhcp-lease-max={len(SLOTS)}
 dhcp-option=3
 dhcp-option=6
