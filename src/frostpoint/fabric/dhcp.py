@@ -71,15 +71,20 @@ log-facility={self.log}
 quiet-dhcp
 {hosts}"""
 
-    def pid(self) -> int | None:
+    def pid(self, in_fabric: bool = False) -> int | None:
         """The running dnsmasq of this fabric: the pid file's process, if it is dnsmasq
-        with this config (a pid may have been reused by another process)."""
+        with this config (a pid may have been reused by another process). in_fabric:
+        and it serves the fabric namespace there is now (not one deleted under it)."""
         try:
             pid = int(self.pid_file.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ours = f"--conf-file={self.conf}".encode() in cmdline
+            if ours and in_fabric:
+                ours = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(
+                    f"/run/netns/{self.network.fabric_ns}").st_ino
         except (OSError, ValueError):
             return None
-        return pid if f"--conf-file={self.conf}".encode() in cmdline else None
+        return pid if ours else None
 
     def ensure(self) -> None:
         """Start dnsmasq if it is not running (after a crash, or the first start); a
@@ -90,7 +95,7 @@ quiet-dhcp
         os.chmod(self.dir, 0o755)  # root's: dnsmasq opens its files before it drops root
         text = self.config()
         old = self.conf.read_text() if self.conf.exists() else None
-        if self.pid() is not None and old == text:
+        if self.pid(in_fabric=True) is not None and old == text:
             return
         self.stop()
         self.conf.write_text(text)
@@ -98,7 +103,9 @@ quiet-dhcp
              f"--bounding-set={BOUNDING}", "--no-new-privs",
              "dnsmasq", f"--conf-file={self.conf}"])
         deadline = time.monotonic() + 5
-        while self.pid() is None and time.monotonic() < deadline:
+        while self.pid() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not start: see {self.log}")
             time.sleep(0.05)  # dnsmasq writes its pid file once it has forked
 
     def stop(self) -> None:
