@@ -47,14 +47,18 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
 
 
 def host_traces(data_dir: Path) -> dict[str, list[str]]:
-    """What a service on data_dir holds on the host: loop devices, namespaces, mounts."""
+    """What a service on data_dir holds on the host: loop devices, namespaces, mounts,
+    processes (the fabric's dnsmasq names its config there)."""
     inst = instance_id(data_dir)
+    procs = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True,
+                           text=True).stdout
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     mounts = Path("/proc/mounts").read_text()
     return {"loop": [x for x in loops.splitlines() if str(data_dir) in x],
             "netns": [x for x in netns.splitlines() if x.startswith(f"fp{inst}-")],
-            "mounts": [x for x in mounts.splitlines() if str(data_dir) in x]}
+            "mounts": [x for x in mounts.splitlines() if str(data_dir) in x],
+            "procs": procs.splitlines()}
 
 
 # -- 4.1: one service per data directory ------------------------------------------------

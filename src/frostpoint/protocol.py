@@ -14,6 +14,12 @@ FABRIC_ADDRESS = f"{FABRIC_SUBNET}.1"
 PREFIX_LEN = 24
 WIRE_PORT = 80  # goal state, status, heartbeat
 HOST_PORT = 32526  # extension packages, snapshot requests
+# The DHCP option that names the fabric address in a VM's lease (as option 245 names
+# a cloud's wire server), and where the guest's dhclient keeps that lease.
+FABRIC_OPTION = 245
+GUEST_INTERFACE = "eth0"  # the fabric interface, in a sandbox machine and a VM alike
+GUEST_LEASE_FILE = f"/var/lib/dhcp/dhclient.{GUEST_INTERFACE}.leases"
+GUEST_NETWORK_CONFIG = "/etc/network/interfaces.d/frostpoint-fabric"  # a VM's
 
 # Paths as the guest sees them (bind-mounted per machine in its mount namespace).
 GUEST_ETC = "/etc/frostpoint"

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frostpoint import __version__
+from frostpoint.agent.lease import INFINITE, addresses, fabric_from_lease
 from frostpoint.protocol import (
     AGENT_CONFIG,
     AGENT_INSTALLED,
+    FABRIC_OPTION,
+    GUEST_INTERFACE,
+    GUEST_NETWORK_CONFIG,
     HOST_PORT,
     WIRE_PORT,
 )
@@ -19,7 +23,7 @@ DEFAULTS = {
     "Provisioning.Agent": "auto",
     "Extensions.Enabled": "y",
     "Logs.Verbose": "n",
-    "Endpoint.Address": "auto",  # discovery: the gateway of the default route (the lease)
+    "Endpoint.Address": "auto",  # discovery: DHCP option 245, else the default route
     "Endpoint.WirePort": str(WIRE_PORT),
     "Endpoint.HostPort": str(HOST_PORT),
     "Agent.AutoRestart": "y",
@@ -29,12 +33,45 @@ DEFAULTS = {
 
 
 class EndpointNotFound(Exception):
-    """Discovery is on and the machine has no default route: no lease names the fabric."""
+    """Discovery is on and nothing names the fabric: no DHCP lease with option 245, no
+    default route. dhcp_off: the machine's network config has DHCP off (a VM)."""
+
+    def __init__(self, message: str, dhcp_off: bool = False) -> None:
+        super().__init__(message)
+        self.dhcp_off = dhcp_off
 
 
-def discover_endpoint(routes: str = "/proc/net/route") -> str | None:
-    """The fabric address as the machine's network lease gives it: the gateway of the
-    default route (as a cloud's DHCP lease names its wire server)."""
+def discover_endpoint() -> str | None:
+    """The fabric address as the machine's network names it: option 245 of the DHCP
+    lease the machine holds (a VM's, as a cloud's lease names its wire server), else
+    the gateway of the default route (a sandbox machine's, which the fabric sets)."""
+    return fabric_from_lease() or default_gateway()
+
+
+def dhcp_off() -> bool:
+    """A VM's network config (fabric/guestnet.py) no longer brings the fabric
+    interface up by DHCP (a sandbox machine has the image's, which does)."""
+    try:
+        lines = Path(GUEST_NETWORK_CONFIG).read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    return ["iface", GUEST_INTERFACE, "inet", "dhcp"] not in [ln.split() for ln in lines]
+
+
+def not_found() -> EndpointNotFound:
+    """Why discovery found nothing, in the machine's own terms."""
+    why = ("Endpoint.Address=auto and no DHCP lease names the fabric (option "
+           f"{FABRIC_OPTION}), and the machine has no default route")
+    off = dhcp_off()
+    if off:
+        static = [a for a, life in addresses(GUEST_INTERFACE) if life == INFINITE]
+        why += (f"; DHCP is off for {GUEST_INTERFACE} in {GUEST_NETWORK_CONFIG}"
+                + (f" (static address {', '.join(static)})" if static else ""))
+    return EndpointNotFound(why + ": the fabric endpoint cannot be found", off)
+
+
+def default_gateway(routes: str = "/proc/net/route") -> str | None:
+    """The gateway of the default route."""
     try:
         lines = Path(routes).read_text().splitlines()[1:]
     except OSError:
@@ -85,9 +122,7 @@ class AgentConfig:
             return self.values["Endpoint.Address"]
         found = discover_endpoint()
         if found is None:
-            raise EndpointNotFound(
-                "Endpoint.Address=auto and the machine has no default route (no network "
-                "lease): the fabric endpoint cannot be found")
+            raise not_found()
         return found
 
     def resolved(self) -> AgentConfig:

@@ -22,14 +22,18 @@ from typing import Any
 
 from frostpoint.agent.config import AgentConfig, EndpointNotFound, installed_version
 from frostpoint.agent.frozen import MARKER
+from frostpoint.agent.lease import fabric_from_lease
 from frostpoint.extension.scripts import ScriptConfig, ScriptError
 from frostpoint.protocol import (
     AGENT_CONFIG,
     DISK_ROOT,
     FABRIC_ADDRESS,
+    FABRIC_OPTION,
     GUEST_ETC,
+    GUEST_INTERFACE,
     GUEST_LIB,
     GUEST_LOG,
+    GUEST_NETWORK_CONFIG,
 )
 
 FREEZABLE = {"ext4", "xfs", "btrfs", "ext3"}
@@ -86,14 +90,21 @@ def check_endpoint(cfg: AgentConfig) -> list[dict[str, Any]]:
     try:
         addr = cfg.address
     except EndpointNotFound as e:
+        # DHCP back on gives the lease again; naming the fabric's well-known address
+        # works either way (the doctor's --fix).
+        first = ([f"sed -i 's/inet static/inet dhcp/; /^ *address /d' {GUEST_NETWORK_CONFIG}",
+                  f"ifdown --force {GUEST_INTERFACE}", f"ifup {GUEST_INTERFACE}"]
+                 if e.dhcp_off else [f"ip route add default via {FABRIC_ADDRESS}"])
         return [finding("network.discovery", "fail", str(e),
                         "UserErrorGuestAgentStatusUnavailable",
-                        [f"ip route add default via {FABRIC_ADDRESS}",
-                         f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address={FABRIC_ADDRESS}/'"
-                         f" {AGENT_CONFIG}"], fixable="set-endpoint")]
+                        [*first, f"sed -i 's/^Endpoint.Address=.*/Endpoint.Address="
+                         f"{FABRIC_ADDRESS}/' {AGENT_CONFIG}"], fixable="set-endpoint",
+                        dhcp_off=e.dhcp_off)]
     if cfg.discovery:
+        how = (f"DHCP lease, option {FABRIC_OPTION}" if fabric_from_lease()
+               else "default route")
         out.append(finding("network.discovery", "pass",
-                           f"fabric endpoint {addr} found by discovery (default route)"))
+                           f"fabric endpoint {addr} found by discovery ({how})"))
     for name, port, code in (("wire", int(cfg.values["Endpoint.WirePort"]),
                               "UserErrorGuestAgentStatusUnavailable"),
                              ("host", int(cfg.values["Endpoint.HostPort"]),

@@ -41,10 +41,13 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["The agent is stopped, hung or not installed.",
            "The agent's last heartbeat is older than the limit.",
            "The agent reports NotReady.",
-           "The agent cannot find the fabric endpoint (discovery off or no lease)."],
+           "The agent cannot find the fabric endpoint: Endpoint.Address=auto, and no "
+           "DHCP lease names it in option 245 (DHCP turned off in the guest, a static "
+           "address) and no default route leads to it."],
           ["frostpoint vm show {machine}",
            "frostpoint vm agent restart {machine}",
            "frostpoint doctor {machine}",
+           "frostpoint doctor {machine} --fix  # no discovery: names the fabric address",
            "frostpoint backup now {machine} --wait"], status=400),
     _spec("GuestAgentSnapshotTaskStatusError", "user", True,
           "The guest agent heartbeats but reported no status for the snapshot task.",

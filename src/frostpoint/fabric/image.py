@@ -24,16 +24,20 @@ import tempfile
 from pathlib import Path
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric import guestnet
 from frostpoint.fabric.packages import agent_package_digest, build_agent_deb
 
 # Debian 13: its python3 (3.13) has what the guest code uses (tarfile's extraction
 # filters, which bookworm's 3.11.2 lacks); packages.GUEST_PYTHON vendors for it.
 SUITE = "trixie"
 # fsfreeze, nsenter and mount tools (util-linux), ps (procps), ip (iproute2), the guest
-# firewall a user may set up (iptables), curl, ext4 tools for the guest's own disks.
+# firewall a user may set up (iptables), curl, ext4 tools for the guest's own disks,
+# and a VM's DHCP client (ifupdown runs ISC dhclient, whose lease records the fabric
+# address: fabric/guestnet.py).
 INCLUDE = ("python3", "util-linux", "procps", "iproute2", "iptables", "curl", "e2fsprogs",
-           "ca-certificates")
-RECIPE = f"mmdebstrap --variant=minbase {SUITE} include={','.join(INCLUDE)} v1"
+           "ca-certificates", "ifupdown", "isc-dhcp-client")
+RECIPE = (f"mmdebstrap --variant=minbase {SUITE} include={','.join(INCLUDE)} v1 "
+          f"net {guestnet.digest()}")
 DEFAULT_CACHE = Path("/var/cache/frostpoint/images")
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
@@ -97,6 +101,7 @@ def _build(final: Path) -> None:
                                   "could not build the guest image (mmdebstrap failed)",
                                   {"stderr": p.stderr.decode(errors="replace")[-2000:]})
         deb.unlink()
+        guestnet.install(work / "rootfs")
         for f in mirror:
             Path(f).unlink()
         shutil.rmtree(final, ignore_errors=True)

@@ -16,7 +16,9 @@ MAC and send any frame. So the fabric, not the guest, decides who a port is:
   port's own and it is addressed to the fabric address, drops all forwarding between
   ports, and lets the fabric send a port only frames for that port's MAC and address
   (plus its own ARP). One set, `ports`, holds port . MAC . address per machine; a port
-  without an element gets nothing through.
+  without an element gets nothing through;
+- DHCP (fabric/dhcp.py) comes in only as a request whose frame and request (its
+  chaddr) carry the port's own MAC (set `dhcp`), at a limited rate per port.
 """
 
 from __future__ import annotations
@@ -52,18 +54,35 @@ def mac_for(address: str) -> str:
 
 
 FABRIC_MAC = mac_for(FABRIC_ADDRESS)
+# The slots the fabric's subnet can give an address (.11 to .254).
+SLOTS = range(1, 245)
+# A DHCP request's client hardware address: 28 bytes into the BOOTP message, after
+# the 8-byte UDP header (in bits, for nftables' raw payload match).
+CHADDR = "@th,288,48"
+
+
+def chaddr(mac: str) -> str:
+    """A MAC as the raw chaddr match above compares it: one 48-bit number."""
+    return "0x" + mac.replace(":", "")
+
 
 # Applied in one nftables transaction at every service start: the chains are flushed
 # and refilled, the set (and so the running machines' elements) is kept.
 RULESET = f"""\
 add table {TABLE}
 add set {TABLE} ports {{ type ifname . ether_addr . ipv4_addr; }}
+add set {TABLE} dhcp {{ typeof iifname . ether saddr . {CHADDR}; }}
+add set {TABLE} dhcp_rate {{ type ifname; flags dynamic; size 1024; }}
 add chain {TABLE} prerouting {{ type filter hook prerouting priority filter; policy drop; }}
 add chain {TABLE} forward {{ type filter hook forward priority filter; policy drop; }}
 add chain {TABLE} output {{ type filter hook output priority filter; policy drop; }}
 flush chain {TABLE} prerouting
 flush chain {TABLE} forward
 flush chain {TABLE} output
+add rule {TABLE} prerouting udp dport 67 update @dhcp_rate {{ iifname limit rate over \
+20/second burst 40 packets }} drop
+add rule {TABLE} prerouting udp dport 67 iifname . ether saddr . {CHADDR} != @dhcp drop
+add rule {TABLE} prerouting ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
 add rule {TABLE} prerouting ip daddr {FABRIC_ADDRESS} \
 iifname . ether saddr . ip saddr @ports accept
 add rule {TABLE} prerouting {ARP_IPV4} arp daddr ip {FABRIC_ADDRESS} \
@@ -194,7 +213,8 @@ class FabricNetwork:
         run(["bridge", "-n", fab, "fdb", "replace", mac, "dev", host, "master", "static"])
         run(["ip", "-n", fab, "neigh", "replace", addr, "lladdr", mac, "dev", BRIDGE,
              "nud", "permanent"])
-        self._nft(f'add element {TABLE} ports {{ "{host}" . {mac} . {addr} }}\n')
+        self._nft(f'add element {TABLE} ports {{ "{host}" . {mac} . {addr} }}\n'
+                  f'add element {TABLE} dhcp {{ "{host}" . {mac} . {chaddr(mac)} }}\n')
 
     def port_elements(self) -> list[tuple[str, str, str]]:
         """(port, MAC, address) of every machine port the filter lets through."""
@@ -214,6 +234,8 @@ class FabricNetwork:
         stale = [e for e in self.port_elements() if e[0] not in present]
         for port, mac, addr in stale:  # one by one: a concurrent detach may prune too
             self._nft(f'delete element {TABLE} ports {{ "{port}" . {mac} . {addr} }}\n',
+                      check=False)
+            self._nft(f'delete element {TABLE} dhcp {{ "{port}" . {mac} . {chaddr(mac)} }}\n',
                       check=False)
             run(["ip", "-n", self.fabric_ns, "neigh", "del", addr, "dev", BRIDGE], check=False)
 

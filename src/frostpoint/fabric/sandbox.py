@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from frostpoint.fabric import fscrypt, guestfs
+from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.fabric.image import ensure_image
 from frostpoint.fabric.network import FabricNetwork, instance_id
@@ -389,6 +390,7 @@ class Sandbox(SnapshotFolders):
                       "mntns_mount": not is_mountpoint(self.ns_dir)}
         self.pool.ensure()
         self.network.ensure_fabric()
+        DhcpServer(self.data_dir, self.network).ensure()  # for VMs' guests
         self.prepare()
 
     def release(self) -> None:
@@ -400,6 +402,7 @@ class Sandbox(SnapshotFolders):
                 if run(["umount", str(self.ns_dir)], check=False).returncode:
                     break
         if made.get("fabric_ns") and self.network.ns_exists(self.network.fabric_ns):
+            DhcpServer(self.data_dir, self.network).stop()
             run(["ip", "netns", "del", self.network.fabric_ns], check=False)
         if made.get("pool_mount") and is_mountpoint(self.pool.root):
             run(["umount", str(self.pool.root)], check=False)  # frees its loop device

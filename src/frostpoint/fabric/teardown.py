@@ -1,5 +1,5 @@
-"""Release everything a service's fabric holds on this host: processes in its
-namespaces, mount namespaces, loop devices, namespaces, the pool mount.
+"""Release everything a service's fabric holds on this host: the DHCP server, processes
+in its namespaces, mount namespaces, loop devices, namespaces, the pool mount.
 
 Used by `frostpoint quickstart --down` and by tests, so nothing is left behind even
 when machines were not deleted one by one.
@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
 from frostpoint.fabric.system import (
@@ -27,6 +28,7 @@ def teardown_host(data_dir: Path) -> None:
     net = FabricNetwork(instance_id(data_dir))
     nsroot = Path("/run/netns")
     names = [p.name for p in nsroot.glob(f"fp{net.instance}-*")] if nsroot.exists() else []
+    DhcpServer(data_dir, net).stop()  # by its pid file; the kill below is the fallback
     ns_dir = data_dir / "run" / "mntns"
     for f in ns_dir.iterdir() if ns_dir.exists() else []:
         if is_mountpoint(f):
