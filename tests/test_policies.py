@@ -5,14 +5,22 @@ service's clock (service/clock.py). No root."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from test_memory_platform import World, service_on_memory, wait_job, world  # noqa: F401
+from test_memory_platform import World, service_on_memory, wait_job
 
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service import gfs
-from frostpoint.service.models import RestorePoint, utcnow
+from frostpoint.service.models import Job, RestorePoint, utcnow
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with service_on_memory(tmp_path) as w:
+        yield w
 
 
 def to_time(w: World, hhmm: str, day_offset: int = 0) -> None:
@@ -45,7 +53,6 @@ def machine_on(w: World, name: str, policy: str) -> None:
 def scheduled_backup(w: World, machine: str) -> None:
     assert w.svc.run_schedule() == [machine]
     with w.rt.sessions() as s:
-        from frostpoint.service.models import Job
         job = s.query(Job).filter(Job.machine_name == machine) \
             .order_by(Job.started_at.desc()).first()
         assert job is not None
