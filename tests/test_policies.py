@@ -169,3 +169,70 @@ def test_a_policy_change_reaches_existing_restore_points_at_the_next_cleanup(
     w.svc.policies.create("other")
     w.svc.protection.enable("c", "v", "other")
     assert w.svc.policies.delete("chg") == {"deleted": "chg"}
+
+
+def test_an_upgraded_database_does_not_repeat_the_backup_it_already_ran_today(
+        tmp_path: Path) -> None:
+    """Migration 0004 on a 0003 database: a machine backed up today by the old daily
+    schedule (its last scheduled date) is not backed up again after the upgrade."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from frostpoint.service.db import MIGRATIONS, make_engine
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    today = datetime(2026, 12, 4, 23, 0)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.execute(text("INSERT INTO vaults VALUES ('v1', 'v', 'local', '/x', :t)"),
+                     {"t": today})
+        conn.execute(text("INSERT INTO policies VALUES ('p1', 'p', '22:00', 2, 30, :t)"),
+                     {"t": today})
+        conn.execute(text(
+            "INSERT INTO machines (id, name, region, slot, address, provisioning_state, "
+            "power_state, agent_token_hash, agent_installed, agent_status, agent_info, "
+            "goal_state_incarnation, created_at) VALUES ('m1', 'm', 'local', 1, '10.0.0.2', "
+            "'Succeeded', 'Stopped', 'x', 1, 'Unknown', '{}', 1, :t)"), {"t": today})
+        conn.execute(text(
+            "INSERT INTO protected_items (id, machine_id, vault_id, policy_id, "
+            "protection_state, last_scheduled_date, created_at) VALUES ('i1', 'm1', 'v1', "
+            "'p1', 'Protected', '2026-12-04', :t)"), {"t": today})
+        command.upgrade(cfg, "head")
+        slot, = conn.execute(text("SELECT last_scheduled_slot FROM protected_items")).one()
+        policy = conn.execute(text("SELECT schedule_kind, every_hours, weekly_keep, "
+                                   "vault_retention_days FROM policies")).one()
+    due = gfs.Schedule("daily", "22:00").due_slot(today)
+    assert due is not None and slot == due.isoformat(timespec="minutes")
+    assert tuple(policy) == ("daily", 24, 0, 30)  # an old policy keeps its meaning
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+        assert conn.execute(text("SELECT last_scheduled_date FROM protected_items")).one() \
+            == ("2026-12-04",)
+    engine.dispose()
+
+
+def test_a_soft_deleted_machine_once_deleted_keeps_its_vault_copy_until_the_purge(
+        world: World) -> None:
+    w = world
+    w.svc.policies.create("one", instant_rp_days=1, vault_retention_days=1)
+    machine_on(w, "s", "one")
+    rp = wait_job(w, w.svc.backups.start("s")["id"])["details"]["restore_point"]
+    pinned = wait_job(w, w.svc.backups.start("s", retain_days=20)["id"])
+    assert w.svc.softdelete.stop("s", delete_data=True)["protection_state"] == "SoftDeleted"
+    w.svc.delete_machine("s")
+
+    def ids() -> set[str]:
+        with w.rt.sessions() as s:
+            return {r.id for r in s.query(RestorePoint)}
+    w.clock.advance(13 * 86400)  # past the one day, inside the 14
+    w.svc.cleanup_all()
+    assert rp in ids()
+    w.clock.advance(2 * 86400)
+    w.svc.cleanup_all()
+    # The purge time was the machine's last hold on it; `--retain-days 20` still keeps
+    # the other.
+    assert ids() == {pinned["details"]["restore_point"]}

@@ -164,3 +164,29 @@ def test_an_immutable_vault_refuses_every_early_deletion(service: Service,
     s.cli_json("vm", "delete", "im")  # the machine goes; its vault copy stays listed
     assert [r["id"] for r in s.cli_json("rp", "list")] == [rp]
     immutable(refused(s, "rp", "delete", rp))
+
+
+def test_policy_commands_through_the_cli(service: Service) -> None:
+    s = service
+    err = refused(s, "policy", "create", "toomany", "--schedule", "hourly", "--every", "4h",
+                  "--instant-days", "3")
+    assert err["code"] == "InvalidInput" and "18" in err["message"], err
+    p = s.cli_json("policy", "create", "enh", "--schedule", "hourly", "--every", "6h",
+                   "--time", "06:00", "--window-hours", "12", "--instant-days", "4",
+                   "--daily", "10", "--weekly", "2", "--weekly-on", "sat", "--monthly", "1",
+                   "--monthly-on", "last", "--yearly", "2", "--yearly-in", "jun")
+    assert (p["schedule"], p["every_hours"], p["window_hours"]) == ("hourly", 6, 12)
+    assert p["instant_restore_points_peak"] == 9  # 06:00 and 12:00, 4 days, one more
+    preview = s.cli_json("policy", "preview", "enh", "--days", "30")
+    assert len(preview["days"]) == 30
+    assert all(len(d["restore_points"]) <= 2 * 30 and d["instant"] <= 9
+               for d in preview["days"])
+    assert len(preview["days"][-1]["restore_points"]) >= 20  # 10 days x 2, and more
+    human = s.cli("policy", "preview", "enh", "--days", "3").stdout
+    assert preview["days"][0]["date"] in human and "restore_points" in human
+    assert s.cli_json("policy", "show", "enh")["weekly_on"] == "sat"
+    assert "enh" in [x["name"] for x in s.cli_json("policy", "list")]
+    changed = s.cli_json("policy", "update", "enh", "--daily", "12")
+    assert changed["vault_retention_days"] == 12 and "next cleanup" in changed["note"]
+    assert s.cli_json("policy", "delete", "enh") == {"deleted": "enh"}
+    assert refused(s, "policy", "show", "enh")["code"] == "NotFound"

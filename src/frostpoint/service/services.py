@@ -31,7 +31,7 @@ from frostpoint.service.models import (
     utcnow,
 )
 from frostpoint.service.policies import Policies, schedule_of
-from frostpoint.service.protection import Protection
+from frostpoint.service.protection import Protection, purge_at
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.softdelete import SoftDelete
@@ -65,7 +65,14 @@ class Services:
             if s.scalar(select(Job.id).where(Job.active_slot == m.id)):
                 raise FrostpointError("UserErrorBackupOperationInProgress",
                                       f"a backup of {name} is running; cancel it first")
+            # A soft-deleted item's vault copies outlive the machine until its purge.
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            hold, hold_vault = None, None
+            if item is not None and (v := s.get(Vault, item.vault_id)) is not None:
+                hold, hold_vault = purge_at(item, v), v.id
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.machine_id == m.id)):
+                if hold and rp.vault_id == hold_vault and rp.vault_expires_at:
+                    rp.vault_expires_at = max(rp.vault_expires_at, hold)
                 if rp.snapshot_dir:
                     self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 if rp.vault_id:
@@ -154,7 +161,9 @@ class Services:
                     continue
                 slot = schedule_of(policy).due_slot(now)
                 key = slot.isoformat(timespec="minutes") if slot else None
-                if key and item.last_scheduled_slot != key:
+                # Later than the last slot run: a schedule moved to an earlier time
+                # does not run the same day twice.
+                if key and key > (item.last_scheduled_slot or ""):
                     item.last_scheduled_slot = key
                     due.append(machine.name)
         for name in due:

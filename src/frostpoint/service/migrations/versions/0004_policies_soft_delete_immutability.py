@@ -32,18 +32,20 @@ VAULT_COLUMNS: list[tuple[str, Any, str]] = [
 ]
 
 
+# Native ALTER TABLE only (SQLite 3.35+): batch mode would copy and drop tables that
+# other tables' rows reference, which foreign keys (PRAGMA foreign_keys=ON) refuse.
 def upgrade() -> None:
-    with op.batch_alter_table('policies') as b:
-        for name, kind, default in POLICY_COLUMNS:
-            b.add_column(sa.Column(name, kind, nullable=False, server_default=default))
-    with op.batch_alter_table('vaults') as b:
-        for name, kind, default in VAULT_COLUMNS:
-            b.add_column(sa.Column(name, kind, nullable=False, server_default=default))
-    with op.batch_alter_table('protected_items') as b:
-        # A date was a day's one slot: the slot at the policy's time of that day.
-        b.alter_column('last_scheduled_date', new_column_name='last_scheduled_slot',
-                       type_=sa.String(length=16), existing_type=sa.String(length=10))
-        b.add_column(sa.Column('deleted_at', sa.DateTime(), nullable=True))
+    for table, columns in (('policies', POLICY_COLUMNS), ('vaults', VAULT_COLUMNS)):
+        for name, kind, default in columns:
+            op.add_column(table, sa.Column(name, kind, nullable=False,
+                                           server_default=default))
+    # A date was a day's one slot: the slot at the policy's time of that day.
+    op.execute("ALTER TABLE protected_items RENAME COLUMN last_scheduled_date "
+               "TO last_scheduled_slot")
+    if op.get_bind().dialect.name != "sqlite":  # SQLite does not enforce lengths
+        op.alter_column('protected_items', 'last_scheduled_slot',
+                        type_=sa.String(length=16), existing_type=sa.String(length=10))
+    op.add_column('protected_items', sa.Column('deleted_at', sa.DateTime(), nullable=True))
     op.execute("UPDATE protected_items SET last_scheduled_slot = last_scheduled_slot || 'T' "
                "|| (SELECT schedule_time FROM policies WHERE policies.id = "
                "protected_items.policy_id) WHERE last_scheduled_slot IS NOT NULL")
@@ -52,13 +54,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("UPDATE protected_items SET last_scheduled_slot = "
                "substr(last_scheduled_slot, 1, 10)")
-    with op.batch_alter_table('protected_items') as b:
-        b.drop_column('deleted_at')
-        b.alter_column('last_scheduled_slot', new_column_name='last_scheduled_date',
-                       type_=sa.String(length=10), existing_type=sa.String(length=16))
-    with op.batch_alter_table('vaults') as b:
-        for name, _, _ in VAULT_COLUMNS:
-            b.drop_column(name)
-    with op.batch_alter_table('policies') as b:
-        for name, _, _ in POLICY_COLUMNS:
-            b.drop_column(name)
+    op.execute("ALTER TABLE protected_items DROP COLUMN deleted_at")
+    if op.get_bind().dialect.name != "sqlite":
+        op.alter_column('protected_items', 'last_scheduled_slot',
+                        type_=sa.String(length=10), existing_type=sa.String(length=16))
+    op.execute("ALTER TABLE protected_items RENAME COLUMN last_scheduled_slot "
+               "TO last_scheduled_date")
+    for table, columns in (('vaults', VAULT_COLUMNS), ('policies', POLICY_COLUMNS)):
+        for name, _, _ in columns:
+            op.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
