@@ -27,6 +27,7 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
+from frostpoint.service.names import by_name
 from frostpoint.service.runtime import Runtime
 
 TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -219,9 +220,7 @@ class Policies:
 
     @staticmethod
     def _get(s: Session, name: str) -> Policy:
-        p = s.scalar(select(Policy).where(Policy.name == name))
-        if p is None:
-            raise FrostpointError("NotFound", f"no policy named {name!r}")
+        p: Policy = by_name(s, Policy, name, "policy")
         return p
 
     @staticmethod

@@ -28,7 +28,7 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
-from frostpoint.service.names import NAME_RE
+from frostpoint.service.names import NAME_RE, by_name
 from frostpoint.service.policies import refuse_shortening, retention_of
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault import format as fmt
@@ -108,11 +108,7 @@ def purge_at(item: ProtectedItem, v: Vault) -> datetime | None:
     return item.deleted_at + timedelta(days=v.soft_delete_days)
 
 
-def _by_name(s: Session, model: Any, name: str, what: str) -> Any:
-    obj = s.scalar(select(model).where(model.name == name))
-    if obj is None:
-        raise FrostpointError("NotFound", f"no {what} named {name!r}")
-    return obj
+_by_name = by_name
 
 
 class Protection:

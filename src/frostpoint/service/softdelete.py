@@ -27,6 +27,7 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
+from frostpoint.service.names import by_name
 from frostpoint.service.protection import Protection, purge_at
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault import format as fmt
@@ -194,16 +195,12 @@ class SoftDelete:
     # -- helpers -----------------------------------------------------------------------
     @staticmethod
     def _vault(s: Session, name: str) -> Vault:
-        v = s.scalar(select(Vault).where(Vault.name == name))
-        if v is None:
-            raise FrostpointError("NotFound", f"no vault named {name!r}")
+        v: Vault = by_name(s, Vault, name, "vault")
         return v
 
     @staticmethod
     def _item(s: Session, machine: str) -> tuple[ProtectedItem, Vault]:
-        m = s.scalar(select(Machine).where(Machine.name == machine))
-        if m is None:
-            raise FrostpointError("NotFound", f"no machine named {machine!r}")
+        m = by_name(s, Machine, machine, "machine")
         item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
         if item is None:
             raise FrostpointError("UserErrorBcmDatasourceNotPresent",
