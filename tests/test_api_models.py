@@ -33,7 +33,7 @@ BEFORE = {
     "restore_point": {"id", "machine", "job", "created_at", "consistency", "tier",
                       "freeze_ms", "disks", "instant_expires_at", "vault_expires_at"},
     "vault": {"name", "id", "backend", "location", "restore_points", "created_at",
-              "block_size"},
+              "block_size", "soft_delete", "soft_delete_days", "immutability"},
 }
 
 

@@ -45,8 +45,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/vaults"): A, ("GET", "/vaults"): R, ("DELETE", "/vaults/{name}"): A,
     ("POST", "/vaults/{name}/verify"): A, ("POST", "/vaults/{name}/gc"): A,
     ("POST", "/vaults/{name}/key/export"): A, ("POST", "/vaults/import"): A,
-    ("POST", "/policies"): A, ("GET", "/policies"): R,
+    ("PATCH", "/vaults/{name}"): A, ("POST", "/vaults/{name}/immutability"): A,
+    ("POST", "/policies"): A, ("GET", "/policies"): R, ("GET", "/policies/{name}"): R,
+    ("PATCH", "/policies/{name}"): A, ("DELETE", "/policies/{name}"): A,
+    ("GET", "/policies/{name}/preview"): R,
     ("POST", "/protection/enable"): A, ("POST", "/protection/{machine}/stop"): A,
+    ("POST", "/protection/{machine}/undelete"): A, ("DELETE", "/restore-points/{rp_id}"): A,
     ("POST", "/protection/{machine}/resume"): A, ("GET", "/protection/{machine}"): R,
     ("POST", "/protection/{machine}/disable"): A,
     ("POST", "/backups"): OP, ("GET", "/jobs"): R, ("GET", "/jobs/{job_id}"): R,
@@ -64,7 +68,8 @@ RANK = {"public": -1, R: 0, OP: 1, A: 2}
 # Enough for every body model to get past validation; forbidden calls never look at it.
 BODY = {"restore_point": "nosuch-rp", "to": "fuzz-out", "name": "nosuch-x",
         "machine": "nosuch-x", "path": "x", "vault": "nosuch", "policy": "nosuch",
-        "resource_group": "nosuch", "check": "nosuch", "argv": ["true"]}
+        "resource_group": "nosuch", "check": "nosuch", "argv": ["true"],
+        "action": "enable"}
 
 
 def operations(url: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -75,7 +80,7 @@ def operations(url: str) -> list[tuple[str, str, dict[str, Any]]]:
 def call(url: str, token: str | None, method: str, path: str) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     concrete = re.sub(r"\{[^}]+\}", "nosuch-x", path)
-    body = BODY if method in ("POST", "PUT") else None
+    body = BODY if method in ("POST", "PUT", "PATCH") else None
     return httpx.request(method, url + concrete, json=body, headers=headers, timeout=60)
 
 

@@ -29,7 +29,7 @@ def declared_routes() -> dict[tuple[str, str], str]:
         for d in node.decorator_list:
             if (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
                     and isinstance(d.func.value, ast.Name) and d.func.value.id == "app"
-                    and d.func.attr in ("get", "post", "put", "delete")):
+                    and d.func.attr in ("get", "post", "put", "patch", "delete")):
                 model = next(ast.unparse(k.value) for k in d.keywords
                              if k.arg == "response_model")
                 out[(d.func.attr.upper(), d.args[0].value)] = model.replace("S.", "")

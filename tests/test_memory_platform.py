@@ -88,7 +88,8 @@ def protected(w: World, name: str, instant_days: int = 2, vault_days: int = 30,
     if not any(v["name"] == "v" for v in w.svc.protection.list_vaults()):
         w.svc.protection.create_vault("v")
     policy = f"p-{name}"
-    w.svc.protection.create_policy(policy, schedule, instant_days, vault_days)
+    w.svc.policies.create(policy, schedule_time=schedule, instant_rp_days=instant_days,
+                          vault_retention_days=vault_days)
     w.svc.machines.create(name, [{"name": "data", "size": "16M"}])
     w.svc.protection.enable(name, "v", policy)
 

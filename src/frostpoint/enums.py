@@ -91,4 +91,6 @@ class ProtectionState(StrEnum):
     PROTECTION_ERROR = "ProtectionError"
     PROTECTION_STOPPED = "ProtectionStopped"
     PROTECTION_PAUSED = "ProtectionPaused"
+    # Stopped with delete data: restorable until the vault's soft-delete period ends.
+    SOFT_DELETED = "SoftDeleted"
     NOT_PROTECTED = "NotProtected"

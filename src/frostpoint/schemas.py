@@ -170,6 +170,9 @@ class Vault(ApiModel):
     restore_points: int
     created_at: str
     block_size: int | None = None  # known once the vault was opened by this server
+    soft_delete: str = "On"  # On | Off | AlwaysOn (cannot be turned off)
+    soft_delete_days: int = 14  # 14-180
+    immutability: str = "Disabled"  # Disabled | Enabled | Locked (cannot be undone)
 
 
 class VaultDeleted(ApiModel):
@@ -225,11 +228,39 @@ class GcReport(ApiModel):
 
 
 class Policy(ApiModel):
+    """A policy's rules (service/gfs.py)."""
     name: str
     id: str
-    schedule_time: str  # HH:MM UTC
+    schedule: str  # daily (standard) | hourly (enhanced)
+    schedule_time: str  # HH:MM UTC: the daily time, or the hourly window's start
+    every_hours: int  # 24 for daily
+    window_hours: int
     instant_rp_days: int
-    vault_retention_days: int
+    vault_retention_days: int  # the daily rule: each restore point kept N days
+    weekly: int  # weeks the first restore point of weekly_on is kept (0: no rule)
+    weekly_on: str
+    monthly: int  # months the first restore point of monthly_on is kept
+    monthly_on: str  # 1-28, last, first-WD, last-WD
+    yearly: int  # years the monthly one of yearly_in is kept
+    yearly_in: str
+    instant_restore_points_peak: int  # at most this many instant ones (limit 18)
+    used_by: list[str]  # machines protected with it
+
+
+class PolicyUpdated(Policy):
+    note: str  # how the change reaches existing restore points
+
+
+class PreviewDay(ApiModel):
+    date: str
+    instant: int  # of them, how many still have their instant snapshot
+    restore_points: list[str]  # the backup times (UTC) of those that exist at 24:00
+
+
+class PolicyPreview(ApiModel):
+    policy: str
+    start: str
+    days: list[PreviewDay]
 
 
 class Protection(ApiModel):
@@ -240,6 +271,8 @@ class Protection(ApiModel):
     policy: str | None = None
     last_backup_at: str | None = None
     last_backup_status: JobStatus | None = None
+    deleted_at: str | None = None  # SoftDeleted: since when
+    purge_at: str | None = None  # SoftDeleted: when its data is purged
 
 
 # -- restore points (service/restore.py Restores.describe) ----------------------------
@@ -339,8 +372,16 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("POST", "/vaults/import"): VaultImported,
     ("POST", "/vaults/{name}/verify"): Job,
     ("POST", "/vaults/{name}/gc"): Job,
+    ("PATCH", "/vaults/{name}"): Vault,
+    ("POST", "/vaults/{name}/immutability"): Vault,
     ("POST", "/policies"): Policy,
     ("GET", "/policies"): list[Policy],
+    ("GET", "/policies/{name}"): Policy,
+    ("PATCH", "/policies/{name}"): PolicyUpdated,
+    ("DELETE", "/policies/{name}"): Deleted,
+    ("GET", "/policies/{name}/preview"): PolicyPreview,
+    ("POST", "/protection/{machine}/undelete"): Protection,
+    ("DELETE", "/restore-points/{rp_id}"): Deleted,
     ("POST", "/protection/enable"): Protection,
     ("POST", "/protection/{machine}/stop"): Protection,
     ("POST", "/protection/{machine}/disable"): Protection,

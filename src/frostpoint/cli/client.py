@@ -119,6 +119,9 @@ class Client:
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         return self.call("POST", path, json=body, **kw)
 
+    def patch(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.call("PATCH", path, json=body, **kw)
+
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
 

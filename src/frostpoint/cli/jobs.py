@@ -75,6 +75,13 @@ def rp_delete_collection(machine: str = MACHINE, as_json: bool = JSON) -> None:
     emit(Client().delete(f"/machines/{machine}/restore-point-collection"), as_json)
 
 
+@rp.command("delete")
+@api
+def rp_delete(restore_point: str = RP, as_json: bool = JSON) -> None:
+    """Delete one restore point: its instant snapshot and its vault copy."""
+    emit(Client().delete(f"/restore-points/{restore_point}"), as_json)
+
+
 def _restore(kind: str, body: dict[str, Any], wait: bool, as_json: bool) -> None:
     c = Client()
     finish_job(c, c.post(f"/restores/{kind}", body), wait, as_json, f"restore {kind}")

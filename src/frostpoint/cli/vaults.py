@@ -19,7 +19,6 @@ JOB_WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the job with a 
 vault = group("Vaults.")
 vault_key = group("A vault's key: export it for recovery.")
 vault.add_typer(vault_key, name="key")
-policy = group("Backup policies.")
 protect = group("Protection of machines.")
 
 
@@ -58,12 +57,39 @@ def vault_delete(name: str = VAULT,
     emit(Client().delete(f"/vaults/{name}"), as_json)
 
 
+@vault.command("update")
+@api
+def vault_update(name: str = VAULT,
+                 soft_delete: str = typer.Option(
+                     None, "--soft-delete", metavar="on|off|always-on",
+                     help="Soft delete of stopped items' data; always-on cannot be undone."),
+                 soft_delete_days: int = typer.Option(
+                     None, "--soft-delete-days", metavar="N",
+                     help="Days soft-deleted data stays restorable, 14-180."),
+                 as_json: bool = JSON) -> None:
+    """Change a vault's soft-delete settings."""
+    emit(Client().patch(f"/vaults/{name}", {"soft_delete": soft_delete,
+                                            "soft_delete_days": soft_delete_days}), as_json)
+
+
+@vault.command("immutability")
+@api
+def vault_immutability(name: str = VAULT,
+                       action: str = arg("enable|disable|lock",
+                                         "enable, disable (while not locked) or lock "
+                                         "(cannot be undone)."),
+                       as_json: bool = JSON) -> None:
+    """Make a vault immutable: no restore point leaves before its retention ends."""
+    emit(Client().post(f"/vaults/{name}/immutability", {"action": action}), as_json)
+
+
 @vault.command("list")
 @api
 def vault_list(as_json: bool = JSON) -> None:
     """Vaults with their backend, location and restore point count."""
     emit(Client().get("/vaults"), as_json,
-         lambda d: table(d, ["name", "backend", "location", "restore_points"]))
+         lambda d: table(d, ["name", "backend", "location", "restore_points",
+                             "soft_delete", "immutability"]))
 
 
 @vault.command("verify")
@@ -206,31 +232,6 @@ def vault_import(name: str = arg("NAME", "The name the vault gets here."),
         "passphrase": _passphrase(passphrase_env, False, as_json)}), as_json)
 
 
-@policy.command("create")
-@api
-def policy_create(name: str = arg("NAME", "The new policy's name."),
-                  time: str = typer.Option("22:00", metavar="HH:MM",
-                                           help="The daily backup time, UTC."),
-                  instant_days: int = typer.Option(
-                      2, metavar="DAYS", help="Keep instant restore points 1-5 days."),
-                  retention_days: int = typer.Option(
-                      30, metavar="DAYS", help="Keep vault restore points this long."),
-                  as_json: bool = JSON) -> None:
-    """Create a daily backup policy."""
-    emit(Client().post("/policies", {"name": name, "schedule_time": time,
-                                     "instant_rp_days": instant_days,
-                                     "vault_retention_days": retention_days}), as_json)
-
-
-@policy.command("list")
-@api
-def policy_list(as_json: bool = JSON) -> None:
-    """Backup policies."""
-    emit(Client().get("/policies"), as_json,
-         lambda d: table(d, ["name", "schedule_time", "instant_rp_days",
-                             "vault_retention_days"]))
-
-
 @protect.command("enable")
 @api
 def protect_enable(machine: str = MACHINE,
@@ -246,9 +247,22 @@ def protect_enable(machine: str = MACHINE,
 
 @protect.command("stop")
 @api
-def protect_stop(machine: str = MACHINE, as_json: bool = JSON) -> None:
-    """Stop protection, retaining the data."""
-    emit(Client().post(f"/protection/{machine}/stop"), as_json)
+def protect_stop(machine: str = MACHINE,
+                 delete_data: bool = typer.Option(
+                     False, "--delete-data",
+                     help="Soft delete: restorable until the vault's soft-delete period "
+                          "ends, then purged."),
+                 as_json: bool = JSON) -> None:
+    """Stop protection, retaining the data (or soft-deleting it with --delete-data)."""
+    emit(Client().post(f"/protection/{machine}/stop",
+                       params={"delete_data": "true"} if delete_data else None), as_json)
+
+
+@protect.command("undelete")
+@api
+def protect_undelete(machine: str = MACHINE, as_json: bool = JSON) -> None:
+    """Bring a SoftDeleted item back to ProtectionStopped (then `protect resume`)."""
+    emit(Client().post(f"/protection/{machine}/undelete"), as_json)
 
 
 @protect.command("disable")

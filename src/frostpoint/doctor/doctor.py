@@ -282,6 +282,13 @@ class Doctor:
     def _restore_points(self, name: str, mid: str) -> list[Finding]:
         with self.rt.sessions() as s:
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == mid))
+            if item is not None and item.protection_state == ProtectionState.SOFT_DELETED:
+                # Undelete first; no automatic fix: the user chose to delete its data.
+                return [Finding("protection", "fail", "machine is SoftDeleted: its data is "
+                                "purged after the vault's soft-delete period",
+                                "UserErrorBcmDatasourceNotPresent",
+                                [f"frostpoint protect undelete {name}",
+                                 f"frostpoint protect resume {name}"])]
             if item is None or item.protection_state in (ProtectionState.PROTECTION_STOPPED,
                                                          ProtectionState.PROTECTION_PAUSED):
                 state = item.protection_state if item else ProtectionState.NOT_PROTECTED

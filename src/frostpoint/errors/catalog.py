@@ -184,6 +184,17 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["frostpoint server --data-dir OTHER_DIR",
            "frostpoint server --listen 127.0.0.1:FREE_PORT",
            "ss -ltnp"], status=400),
+    _spec("UserErrorImmutableVault", "user", False,
+          "The vault is immutable: no restore point may leave before its retention ends.",
+          ["A delete (vault delete, rp delete, stop with delete data and its purge) would "
+           "remove restore points that are still retained.",
+           "A policy change would end the retention of restore points sooner.",
+           "The vault's immutability is locked, which cannot be undone."],
+          ["frostpoint rp list --machine {machine}  # see vault_expires_at",
+           "frostpoint protect stop {machine}  # stop and keep the data instead",
+           "frostpoint policy update POLICY --daily N  # lengthen, never shorten",
+           "frostpoint vault immutability VAULT disable  # only while Enabled, not Locked"],
+          status=409),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),

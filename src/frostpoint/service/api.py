@@ -27,16 +27,19 @@ from frostpoint.service.requests import (
     ExecIn,
     FixIn,
     GrantIn,
+    ImmutabilityIn,
     KeyExportIn,
     LockIn,
     MachineIn,
     NameIn,
     PolicyIn,
+    PolicyUpdateIn,
     ProtectIn,
     RestoreIn,
     TokenIn,
     VaultImportIn,
     VaultIn,
+    VaultUpdateIn,
 )
 from frostpoint.service.roles import contained, route_role
 from frostpoint.service.services import Services
@@ -221,14 +224,37 @@ def create_app(svc: Services) -> FastAPI:
     def gc_vault(name: str, grace_hours: float = 24.0) -> dict[str, Any]:
         return svc.vault_checks.start_gc(name, grace_hours)
 
+    @app.patch("/vaults/{name}", dependencies=r, response_model=S.Vault)
+    def update_vault(name: str, body: VaultUpdateIn) -> dict[str, Any]:
+        return svc.softdelete.update_vault(name, body.soft_delete, body.soft_delete_days)
+
+    @app.post("/vaults/{name}/immutability", dependencies=r, response_model=S.Vault)
+    def vault_immutability(name: str, body: ImmutabilityIn) -> dict[str, Any]:
+        return svc.softdelete.set_immutability(name, body.action)
+
     @app.post("/policies", dependencies=r, response_model=S.Policy)
     def create_policy(body: PolicyIn) -> dict[str, Any]:
-        return svc.protection.create_policy(body.name, body.schedule_time,
-                                            body.instant_rp_days, body.vault_retention_days)
+        return svc.policies.create(body.name, **body.model_dump(exclude={"name"}))
 
     @app.get("/policies", dependencies=r, response_model=list[S.Policy])
     def list_policies() -> list[dict[str, Any]]:
-        return svc.protection.list_policies()
+        return svc.policies.list_all()
+
+    @app.get("/policies/{name}", dependencies=r, response_model=S.Policy)
+    def show_policy(name: str) -> dict[str, Any]:
+        return svc.policies.show(name)
+
+    @app.patch("/policies/{name}", dependencies=r, response_model=S.PolicyUpdated)
+    def update_policy(name: str, body: PolicyUpdateIn) -> dict[str, Any]:
+        return svc.policies.update(name, **body.model_dump())
+
+    @app.delete("/policies/{name}", dependencies=r, response_model=S.Deleted)
+    def delete_policy(name: str) -> dict[str, Any]:
+        return svc.policies.delete(name)
+
+    @app.get("/policies/{name}/preview", dependencies=r, response_model=S.PolicyPreview)
+    def preview_policy(name: str, days: int = 400) -> dict[str, Any]:
+        return svc.policies.preview(name, days)
 
     @app.post("/protection/enable", dependencies=r, response_model=S.Protection)
     def protect_enable(body: ProtectIn) -> dict[str, Any]:
@@ -236,7 +262,12 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.post("/protection/{machine}/stop", dependencies=r, response_model=S.Protection)
     def protect_stop(machine: str, delete_data: bool = False) -> dict[str, Any]:
-        return svc.stop_protection(machine, delete_data)
+        return svc.softdelete.stop(machine, delete_data)
+
+    @app.post("/protection/{machine}/undelete", dependencies=r,
+              response_model=S.Protection)
+    def protect_undelete(machine: str) -> dict[str, Any]:
+        return svc.softdelete.undelete(machine)
 
     @app.post("/protection/{machine}/disable", dependencies=r,
               response_model=S.Protection)
@@ -288,6 +319,10 @@ def create_app(svc: Services) -> FastAPI:
     @app.get("/restore-points", dependencies=r, response_model=list[S.RestorePoint])
     def list_rps(machine: str | None = None) -> list[dict[str, Any]]:
         return svc.restores.list_restore_points(machine)
+
+    @app.delete("/restore-points/{rp_id}", dependencies=r, response_model=S.Deleted)
+    def delete_rp(rp_id: str) -> dict[str, Any]:
+        return svc.softdelete.delete_restore_point(rp_id)
 
     @app.delete("/machines/{name}/restore-point-collection", dependencies=r,
                 response_model=S.CollectionDeleted)

@@ -70,7 +70,8 @@ class Backups:
             m = Machines.get(s, machine)
             item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
             if item is None or item.protection_state in (ProtectionState.PROTECTION_STOPPED,
-                                                         ProtectionState.PROTECTION_PAUSED):
+                                                         ProtectionState.PROTECTION_PAUSED,
+                                                         ProtectionState.SOFT_DELETED):
                 state = item.protection_state if item else ProtectionState.NOT_PROTECTED
                 raise FrostpointError("UserErrorBcmDatasourceNotPresent",
                                       f"machine {machine} is {state}",

@@ -46,15 +46,30 @@ class Vault(Base):
     backend: Mapped[str] = mapped_column(String(32), default="local")
     location: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Stop with delete data keeps an item's restore points this long (service/softdelete.py).
+    soft_delete: Mapped[str] = mapped_column(String(16), default="On")  # On|Off|AlwaysOn
+    soft_delete_days: Mapped[int] = mapped_column(Integer, default=14)
+    # No restore point leaves before its retention ends (service/immutability.py).
+    immutability: Mapped[str] = mapped_column(String(16), default="Disabled")
 
 
 class Policy(Base):
     __tablename__ = "policies"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)
+    # The schedule and retention rules are read by service/gfs.py (Schedule, Retention).
+    schedule_kind: Mapped[str] = mapped_column(String(8), default="daily")  # daily|hourly
     schedule_time: Mapped[str] = mapped_column(String(5), default="22:00")  # HH:MM UTC
+    every_hours: Mapped[int] = mapped_column(Integer, default=24)
+    window_hours: Mapped[int] = mapped_column(Integer, default=24)
     instant_rp_days: Mapped[int] = mapped_column(Integer, default=2)
-    vault_retention_days: Mapped[int] = mapped_column(Integer, default=30)
+    vault_retention_days: Mapped[int] = mapped_column(Integer, default=30)  # the daily rule
+    weekly_keep: Mapped[int] = mapped_column(Integer, default=0)
+    weekly_on: Mapped[str] = mapped_column(String(3), default="sun")
+    monthly_keep: Mapped[int] = mapped_column(Integer, default=0)
+    monthly_on: Mapped[str] = mapped_column(String(12), default="1")
+    yearly_keep: Mapped[int] = mapped_column(Integer, default=0)
+    yearly_in: Mapped[str] = mapped_column(String(3), default="jan")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -172,7 +187,10 @@ class ProtectedItem(Base):
     policy_id: Mapped[str] = mapped_column(ForeignKey("policies.id"))
     protection_state: Mapped[str] = mapped_column(String(24),
                                                   default=ProtectionState.IR_PENDING)
-    last_scheduled_date: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    # The schedule slot last started, "YYYY-MM-DDTHH:MM" (gfs.Schedule.due_slot).
+    last_scheduled_slot: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # When stop with delete data made it SoftDeleted: purged a soft-delete period later.
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_backup_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_backup_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from frostpoint.enums import Consistency, ProtectionState, RestorePointTier
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service import immutability
 from frostpoint.service.models import (
     Lock,
     Machine,
@@ -27,7 +28,8 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
-from frostpoint.service.names import NAME_RE
+from frostpoint.service.names import NAME_RE, by_name
+from frostpoint.service.policies import refuse_shortening, retention_of
 from frostpoint.service.runtime import Runtime
 from frostpoint.vault import format as fmt
 from frostpoint.vault import keyfile
@@ -38,7 +40,6 @@ from frostpoint.vault.format import BLOCK_SIZE
 from frostpoint.vault.store import Vault as VaultStore
 from frostpoint.vault.store import destroy
 
-TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 LOCK_KINDS = ("CanNotDelete", "ReadOnly")
 
 
@@ -100,11 +101,14 @@ def imported_restore_point(vault_id: str, rp_id: str, doc: dict[str, Any]) -> Re
         vault_expires_at=None, disks=disks, freeze_ms=None)
 
 
-def _by_name(s: Session, model: Any, name: str, what: str) -> Any:
-    obj = s.scalar(select(model).where(model.name == name))
-    if obj is None:
-        raise FrostpointError("NotFound", f"no {what} named {name!r}")
-    return obj
+def purge_at(item: ProtectedItem, v: Vault) -> datetime | None:
+    """When a soft-deleted item's data is purged: the vault's period after its deletion."""
+    if item.deleted_at is None:
+        return None
+    return item.deleted_at + timedelta(days=v.soft_delete_days)
+
+
+_by_name = by_name
 
 
 class Protection:
@@ -181,9 +185,22 @@ class Protection:
             v = s.scalar(select(Vault).where(Vault.name == name))
             if v is None:
                 raise FrostpointError("NotFound", f"no vault named {name!r}")
-            users = [m for (m,) in s.execute(
-                select(Machine.name).join(ProtectedItem, ProtectedItem.machine_id == Machine.id)
-                .where(ProtectedItem.vault_id == v.id))]
+            items = list(s.execute(
+                select(Machine.name, ProtectedItem).join(
+                    ProtectedItem, ProtectedItem.machine_id == Machine.id)
+                .where(ProtectedItem.vault_id == v.id)))
+            users = [m for m, _ in items]
+            soft = [m for m, item in items
+                    if item.protection_state == ProtectionState.SOFT_DELETED]
+            if soft:
+                raise FrostpointError("Conflict", f"vault {name} holds the soft-deleted "
+                                      f"item(s) of {', '.join(soft)}: they are purged "
+                                      f"{v.soft_delete_days} days after their deletion, or "
+                                      "undelete and disable them (frostpoint protect "
+                                      "undelete M; frostpoint protect disable M) first",
+                                      {"soft_deleted": soft})
+            immutability.refuse_early_delete(v, s.scalars(select(RestorePoint).where(
+                RestorePoint.vault_id == v.id)), utcnow(), "vault delete")
             if users:
                 raise FrostpointError("Conflict", f"vault {name} holds the protection of "
                                       f"{', '.join(users)}: stop and disable their protection "
@@ -296,7 +313,9 @@ class Protection:
                              .where(RestorePoint.vault_id == v.id))
             vid = v.id
             out = {"name": v.name, "id": v.id, "backend": v.backend, "location": v.location,
-                   "restore_points": count, "created_at": v.created_at.isoformat() + "Z"}
+                   "restore_points": count, "created_at": v.created_at.isoformat() + "Z",
+                   "soft_delete": v.soft_delete, "soft_delete_days": v.soft_delete_days,
+                   "immutability": v.immutability}
         store = self._stores.get(vid)  # opened vaults only: no storage call to list them
         return {**out, "block_size": store.config.block_size} if store else out
 
@@ -304,34 +323,6 @@ class Protection:
         with self.rt.sessions() as s:
             ids = list(s.scalars(select(Vault.id).order_by(Vault.name)))
         return [self.describe_vault(i) for i in ids]
-
-    # -- policies ------------------------------------------------------------------
-    def create_policy(self, name: str, schedule_time: str, instant_rp_days: int,
-                      vault_retention_days: int) -> dict[str, Any]:
-        if not TIME_RE.match(schedule_time):
-            raise FrostpointError("InvalidInput", "schedule time must be HH:MM (UTC)")
-        if not 1 <= instant_rp_days <= 5:
-            raise FrostpointError("InvalidInput", "instant restore points are kept 1-5 days")
-        if not 1 <= vault_retention_days <= 36500:
-            raise FrostpointError("InvalidInput", "vault retention must be 1-36500 days")
-        with self.rt.sessions.begin() as s:
-            if s.scalar(select(Policy).where(Policy.name == name)):
-                raise FrostpointError("Conflict", f"policy {name} already exists")
-            p = Policy(name=name, schedule_time=schedule_time, instant_rp_days=instant_rp_days,
-                       vault_retention_days=vault_retention_days)
-            s.add(p)
-        return self.describe_policy(p)
-
-    @staticmethod
-    def describe_policy(p: Policy) -> dict[str, Any]:
-        return {"name": p.name, "id": p.id, "schedule_time": p.schedule_time,
-                "instant_rp_days": p.instant_rp_days,
-                "vault_retention_days": p.vault_retention_days}
-
-    def list_policies(self) -> list[dict[str, Any]]:
-        with self.rt.sessions() as s:
-            return [self.describe_policy(p) for p in s.scalars(select(Policy)
-                                                               .order_by(Policy.name))]
 
     # -- protection ----------------------------------------------------------------
     def enable(self, machine: str, vault: str, policy: str) -> dict[str, Any]:
@@ -344,6 +335,13 @@ class Protection:
                 item = ProtectedItem(machine_id=m.id, vault_id=v.id, policy_id=p.id)
                 s.add(item)
             else:
+                if item.protection_state == ProtectionState.SOFT_DELETED:
+                    raise FrostpointError("Conflict", f"protection of {machine} is "
+                                          f"SoftDeleted: frostpoint protect undelete {machine}"
+                                          " first", {"protection_state": item.protection_state})
+                old = s.get(Policy, item.policy_id)
+                if old is not None and item.vault_id == v.id:
+                    refuse_shortening(s, item, retention_of(old), retention_of(p))
                 item.vault_id, item.policy_id = v.id, p.id
                 if item.protection_state in (ProtectionState.PROTECTION_STOPPED,
                                              ProtectionState.PROTECTION_PAUSED):
@@ -358,6 +356,10 @@ class Protection:
             if item is None:
                 raise FrostpointError("UserErrorBcmDatasourceNotPresent",
                                       f"machine {machine} is not protected")
+            if item.protection_state == ProtectionState.SOFT_DELETED:
+                raise FrostpointError("Conflict", f"protection of {machine} is SoftDeleted: "
+                                      f"frostpoint protect undelete {machine} first",
+                                      {"protection_state": item.protection_state})
             if state == "resume":
                 has_rp = s.scalar(select(func.count()).select_from(RestorePoint)
                                   .where(RestorePoint.machine_id == m.id))
@@ -398,7 +400,9 @@ class Protection:
                     "vault": v.name, "policy": p.name,
                     "last_backup_at": item.last_backup_at.isoformat() + "Z"
                     if item.last_backup_at else None,
-                    "last_backup_status": item.last_backup_status}
+                    "last_backup_status": item.last_backup_status,
+                    "deleted_at": item.deleted_at.isoformat() + "Z" if item.deleted_at else None,
+                    "purge_at": at.isoformat() + "Z" if (at := purge_at(item, v)) else None}
 
     # -- resource groups and locks -----------------------------------------------
     @staticmethod

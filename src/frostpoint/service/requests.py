@@ -62,11 +62,33 @@ class VaultImportIn(BaseModel):
     passphrase: str
 
 
-class PolicyIn(BaseModel):
+class PolicyUpdateIn(BaseModel):
+    """The rules of a policy (service/gfs.py); None: the default, or unchanged."""
+    schedule: str | None = None  # daily (standard) | hourly (enhanced)
+    schedule_time: str | None = None  # HH:MM UTC: the time, or the window's start
+    every_hours: int | None = None  # hourly: 4, 6, 8 or 12
+    window_hours: int | None = None  # hourly: the window's length
+    instant_rp_days: int | None = None
+    vault_retention_days: int | None = None  # the daily rule: each kept N days
+    weekly: int | None = None
+    weekly_on: str | None = None
+    monthly: int | None = None
+    monthly_on: str | None = None  # 1-28, last, first-WD, last-WD
+    yearly: int | None = None
+    yearly_in: str | None = None
+
+
+class PolicyIn(PolicyUpdateIn):
     name: str
-    schedule_time: str = "22:00"
-    instant_rp_days: int = 2
-    vault_retention_days: int = 30
+
+
+class VaultUpdateIn(BaseModel):
+    soft_delete: str | None = None  # on | off | always-on
+    soft_delete_days: int | None = None
+
+
+class ImmutabilityIn(BaseModel):
+    action: str  # enable | disable | lock
 
 
 class ProtectIn(BaseModel):

@@ -15,7 +15,8 @@ from frostpoint.errors.catalog import FrostpointError
 PUBLIC = {("GET", "/health")}
 READER = {("GET", p) for p in (
     "/errors", "/machines", "/machines/{name}", "/vaults",
-    "/policies", "/protection/{machine}", "/jobs", "/jobs/{job_id}", "/restore-points",
+    "/policies", "/policies/{name}", "/policies/{name}/preview", "/protection/{machine}",
+    "/jobs", "/jobs/{job_id}", "/restore-points",
     "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups")}
 # doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
 # a probe file to each disk.
@@ -33,7 +34,11 @@ ADMIN = {
     ("DELETE", "/machines/{name}/extensions/{ext}"),
     ("POST", "/vaults"), ("DELETE", "/vaults/{name}"), ("POST", "/vaults/{name}/verify"),
     ("POST", "/vaults/{name}/key/export"), ("POST", "/vaults/import"),
-    ("POST", "/vaults/{name}/gc"), ("POST", "/policies"), ("POST", "/protection/enable"),
+    ("POST", "/vaults/{name}/gc"), ("PATCH", "/vaults/{name}"),
+    ("POST", "/vaults/{name}/immutability"), ("POST", "/policies"),
+    ("PATCH", "/policies/{name}"), ("DELETE", "/policies/{name}"),
+    ("POST", "/protection/enable"), ("POST", "/protection/{machine}/undelete"),
+    ("DELETE", "/restore-points/{rp_id}"),
     ("POST", "/protection/{machine}/stop"), ("POST", "/protection/{machine}/resume"),
     ("POST", "/protection/{machine}/disable"),
     ("DELETE", "/machines/{name}/restore-point-collection"),

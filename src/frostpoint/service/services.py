@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from frostpoint.enums import (
     JobTrigger,
@@ -30,12 +30,12 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
-from frostpoint.service.protection import Protection
+from frostpoint.service.policies import Policies, schedule_of
+from frostpoint.service.protection import Protection, purge_at
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.softdelete import SoftDelete
 from frostpoint.service.vault_checks import VaultChecks
-from frostpoint.vault import format as fmt
-from frostpoint.vault.errors import NotInVault
 
 log = logging.getLogger("frostpoint.service")
 
@@ -48,6 +48,8 @@ class Services:
         self.backups = Backups(rt, self.machines, self.protection)
         self.restores = Restores(rt, self.machines, self.protection)
         self.vault_checks = VaultChecks(rt, self.protection)
+        self.policies = Policies(rt)
+        self.softdelete = SoftDelete(rt, self.protection)
         self.stopping = threading.Event()
         self._last_gc = time.monotonic()
 
@@ -63,7 +65,14 @@ class Services:
             if s.scalar(select(Job.id).where(Job.active_slot == m.id)):
                 raise FrostpointError("UserErrorBackupOperationInProgress",
                                       f"a backup of {name} is running; cancel it first")
+            # A soft-deleted item's vault copies outlive the machine until its purge.
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            hold, hold_vault = None, None
+            if item is not None and (v := s.get(Vault, item.vault_id)) is not None:
+                hold, hold_vault = purge_at(item, v), v.id
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.machine_id == m.id)):
+                if hold and rp.vault_id == hold_vault and rp.vault_expires_at:
+                    rp.vault_expires_at = max(rp.vault_expires_at, hold)
                 if rp.snapshot_dir:
                     self.rt.platform.delete_snapshot(rp.snapshot_dir)
                 if rp.vault_id:
@@ -79,13 +88,6 @@ class Services:
                                  .where(RestorePointCollection.machine_id == m.id)):
                 s.delete(rpc)
         self.machines.delete(name)
-
-    def stop_protection(self, machine: str, delete_data: bool = False) -> dict[str, Any]:
-        if delete_data:
-            raise FrostpointError("InvalidInput",
-                                  "stop with delete data is not available yet; "
-                                  "stop with retain data, then delete restore points")
-        return self.protection.set_state(machine, ProtectionState.PROTECTION_STOPPED)
 
     def reconcile_machines(self) -> list[tuple[str, str, str]]:
         """At start, settle machines an earlier process left mid-operation (a crash, a
@@ -147,7 +149,6 @@ class Services:
 
     def run_schedule(self) -> list[str]:
         now = utcnow()
-        today, hhmm = now.strftime("%Y-%m-%d"), now.strftime("%H:%M")
         due = []
         with self.rt.sessions.begin() as s:
             rows = s.execute(select(ProtectedItem, Policy, Machine)
@@ -158,8 +159,12 @@ class Services:
                                                  ProtectionState.PROTECTED,
                                                  ProtectionState.PROTECTION_ERROR):
                     continue
-                if hhmm >= policy.schedule_time and item.last_scheduled_date != today:
-                    item.last_scheduled_date = today
+                slot = schedule_of(policy).due_slot(now)
+                key = slot.isoformat(timespec="minutes") if slot else None
+                # Later than the last slot run: a schedule moved to an earlier time
+                # does not run the same day twice.
+                if key and key > (item.last_scheduled_slot or ""):
+                    item.last_scheduled_slot = key
                     due.append(machine.name)
         for name in due:
             try:
@@ -190,10 +195,12 @@ class Services:
                     self.backups.cleanup_machine(mid)
             except Exception:
                 log.exception("cleanup of machine %s", mid)
-        try:
-            self.expire_vault_restore_points()
-        except Exception:
-            log.exception("vault retention")
+        for step in (self.policies.apply_retention, self.softdelete.purge_due,
+                     self.expire_vault_restore_points):
+            try:
+                step()
+            except Exception:
+                log.exception("retention: %s", step.__name__)
         if time.monotonic() - self._last_gc >= self.rt.timeouts.gc_interval:
             self._last_gc = time.monotonic()
             self.gc_all()
@@ -217,16 +224,21 @@ class Services:
         listed (tried again next pass) and costs the other vaults nothing."""
         now = utcnow()
         with self.rt.sessions() as s:
+            # A soft-deleted item's retention stands still until its purge.
+            held = select(ProtectedItem.machine_id).where(
+                ProtectedItem.protection_state == ProtectionState.SOFT_DELETED)
             due = [(rp.id, rp.vault_id) for rp in s.scalars(
                 select(RestorePoint).where(RestorePoint.tier == RestorePointTier.VAULT,
-                                           RestorePoint.vault_expires_at < now))]
+                                           RestorePoint.vault_expires_at < now,
+                                           or_(RestorePoint.machine_id.is_(None),
+                                               RestorePoint.machine_id.not_in(held))))]
         deleted, broken = [], set()
         for rp_id, vault_id in due:
             if vault_id in broken:
                 continue
             try:
                 if vault_id:
-                    self._delete_vault_copy(vault_id, rp_id)
+                    self.softdelete.delete_vault_copy(vault_id, rp_id)
                 with self.rt.sessions.begin() as s:
                     rp = s.get(RestorePoint, rp_id)
                     if rp is not None:
@@ -236,14 +248,3 @@ class Services:
                 broken.add(vault_id)
                 log.exception("expiry of restore point %s in vault %s", rp_id, vault_id)
         return deleted
-
-    def _delete_vault_copy(self, vault_id: str, rp_id: str) -> None:
-        store = self.protection.store(vault_id)
-        try:
-            store.delete_restore_point(rp_id)
-        except NotInVault:
-            # A manifest already gone (deleted by hand, or by a pass that crashed before
-            # its commit) counts as deleted, but only in a vault that is there: a
-            # missing vault config means the vault is unreachable, not the point gone.
-            if not store.backend.exists(fmt.CONFIG):
-                raise
