@@ -449,9 +449,8 @@ class Sandbox(SnapshotFolders):
     def image_files(self, image: Path, filesystem: str,
                     key: bytes | None) -> Iterator[Path]:
         mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=image.parent))
-        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
         try:
-            run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(mnt)])
+            self.mount_image(image, filesystem, mnt)
             try:
                 yield fscrypt.unlock(mnt, key) if key else mnt
             finally:
@@ -459,6 +458,17 @@ class Sandbox(SnapshotFolders):
         finally:
             with contextlib.suppress(OSError):
                 mnt.rmdir()
+
+
+    def mount_image(self, image: Path, filesystem: str, at: Path) -> None:
+        # The guest's filesystem: nothing of it counts on the host, and no journal is
+        # replayed (noload, norecovery), so the copy is never written.
+        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
+        run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(at)])
+
+    def unmount_image(self, at: Path) -> None:
+        if is_mountpoint(at):
+            run(["umount", str(at)])
 
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:

@@ -18,6 +18,7 @@ from frostpoint.enums import (
 )
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
+from frostpoint.service.browse import Browser
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
@@ -31,6 +32,8 @@ from frostpoint.service.models import (
     utcnow,
 )
 from frostpoint.service.protection import Protection
+from frostpoint.service.replace import Replacer
+from frostpoint.service.replication import Replications
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.vault_checks import VaultChecks
@@ -48,6 +51,9 @@ class Services:
         self.backups = Backups(rt, self.machines, self.protection)
         self.restores = Restores(rt, self.machines, self.protection)
         self.vault_checks = VaultChecks(rt, self.protection)
+        self.replications = Replications(rt, self.protection)
+        self.replacer = Replacer(self.restores)
+        self.browser = Browser(self.restores)
         self.stopping = threading.Event()
         self._last_gc = time.monotonic()
 
@@ -142,6 +148,7 @@ class Services:
         while not self.stopping.wait(15):
             try:
                 self.run_schedule()
+                self.replications.run_due()  # and runs a crash ended (service/replication.py)
             except Exception:
                 log.exception("scheduler")
 
@@ -227,6 +234,7 @@ class Services:
             try:
                 if vault_id:
                     self._delete_vault_copy(vault_id, rp_id)
+                self.replications.drop_copies(rp_id)
                 with self.rt.sessions.begin() as s:
                     rp = s.get(RestorePoint, rp_id)
                     if rp is not None:

@@ -1,0 +1,192 @@
+"""Finding files without knowing the path: `rp browse`, `restore mount|unmount`.
+
+The filesystem is the guest's, so hostile: the platform mounts every copy read-only,
+nodev, nosuid, noexec with no journal replay (MachinePlatform.image_files and
+mount_image); the listing is an lstat of each entry (a symlink is listed as a link,
+never followed); the folder asked for is found by restore.contained (it never leaves
+the disk); names that are not UTF-8 are shown with U+FFFD; a listing stops at
+MAX_ENTRIES. From the instant tier the snapshot's image itself is read; from the
+vault the disk is restored to a sparse temporary image (all-zero blocks are never
+written or read), deleted after the listing. A mount keeps its copy (a reflink of the
+snapshot, or the vault restore) until `restore unmount`; every mount is recorded, and
+the service unmounts what a crash left when it starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.keyvault import BACKUP_PRINCIPAL
+from frostpoint.service.models import HostMount, RestorePoint
+from frostpoint.service.restore import Restores, contained
+
+log = logging.getLogger("frostpoint.service")
+MAX_ENTRIES = 10000
+KINDS = ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
+         (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char-device"),
+         (stat.S_ISBLK, "block-device"))
+
+
+def shown(name: str) -> str:
+    """A guest's file name as text: bytes that are not UTF-8 become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def kind_of(mode: int) -> str:
+    return next((k for test, k in KINDS if test(mode)), "unknown")
+
+
+def entry(path: Path) -> dict[str, Any]:
+    st = os.lstat(path)
+    out = {"name": shown(path.name), "type": kind_of(st.st_mode), "size": st.st_size,
+           "mode": oct(stat.S_IMODE(st.st_mode)),
+           "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat().replace(
+               "+00:00", "Z")}
+    if stat.S_ISLNK(st.st_mode):
+        out["target"] = shown(os.readlink(path))
+    return out
+
+
+class Browser:
+    def __init__(self, restores: Restores) -> None:
+        self.restores = restores
+        self.rt = restores.rt
+
+    def _disk(self, rp: RestorePoint, disk: str | None) -> dict[str, Any]:
+        name = disk or rp.disks[0]["name"]
+        info: dict[str, Any] | None = next((d for d in rp.disks if d["name"] == name), None)
+        if info is None:
+            raise FrostpointError("NotFound", f"restore point {rp.id} has no disk {name}",
+                                  {"disks": [d["name"] for d in rp.disks]})
+        return info
+
+    def _key(self, info: dict[str, Any]) -> bytes | None:
+        if not info.get("encryption_key"):
+            return None  # reading an encrypted disk's files needs the service's grant
+        return self.restores.machines.keyvaults.unwrap(info["encryption_key"],
+                                                       info["wrapped_key"], BACKUP_PRINCIPAL)
+
+    @contextlib.contextmanager
+    def _image(self, rp: RestorePoint, disk: str, source: str) -> Iterator[Path]:
+        """The disk as an image file to read while the context lasts."""
+        if source == "instant":
+            assert rp.snapshot_dir
+            yield self.rt.platform.snapshot_image(rp.snapshot_dir, disk)
+            return
+        work = Path(tempfile.mkdtemp(prefix="browse-", dir=self.rt.platform.scratch_dir()))
+        try:
+            image = work / f"{disk}.img"
+            self.restores.materialize(rp, disk, image, source)
+            yield image
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def browse(self, rp_id: str, disk: str | None = None, path: str = "",
+               source: str = "auto") -> dict[str, Any]:
+        rp = self.restores._rp(rp_id)
+        src = self.restores._source(rp, source)
+        info = self._disk(rp, disk)
+        key = self._key(info)
+        with self._image(rp, info["name"], src) as image, \
+                self.rt.platform.image_files(image, info["filesystem"], key) as root:
+            folder = contained(root, path)
+            if folder is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise FrostpointError("NotFound", f"{path or '/'} is not a folder on disk "
+                                      f"{info['name']}", {"path": path})
+            names = sorted(os.listdir(folder))
+            entries = [entry(folder / n) for n in names[:MAX_ENTRIES]]
+        return {"restore_point": rp.id, "disk": info["name"], "source": src,
+                "path": "/" + str(Path("/", path)).lstrip("/"), "entries": entries,
+                "truncated": len(names) > MAX_ENTRIES}
+
+    # -- mounts on the host ----------------------------------------------------------
+    def mount(self, rp_id: str, to: str, disk: str | None = None,
+              source: str = "auto") -> dict[str, Any]:
+        rp = self.restores._rp(rp_id)
+        src = self.restores._source(rp, source)
+        info = self._disk(rp, disk)
+        if info.get("encryption_key"):
+            raise FrostpointError("InvalidInput", "an encrypted disk is not mounted on the "
+                                  "host (its key would stay loaded): use rp browse and "
+                                  "restore files")
+        at = Path(to).resolve()
+        with self.rt.sessions() as s:
+            if s.scalar(select(HostMount).where(HostMount.path == str(at))):
+                raise FrostpointError("Conflict", f"a restore point is mounted at {at}")
+        at.mkdir(parents=True, exist_ok=True)
+        if not at.is_dir() or any(at.iterdir()):
+            raise FrostpointError("Conflict", f"{at} is not an empty folder")
+        work = Path(tempfile.mkdtemp(prefix="mount-", dir=self.rt.platform.scratch_dir()))
+        image = work / f"{info['name']}.img"
+        with self.rt.sessions.begin() as s:  # recorded first: a crash leaves it known
+            s.add(HostMount(path=str(at), restore_point_id=rp.id, disk=info["name"],
+                            image=str(image)))
+        try:
+            if src == "instant":
+                assert rp.snapshot_dir
+                self.rt.platform.copy_disk(
+                    self.rt.platform.snapshot_image(rp.snapshot_dir, info["name"]), image)
+            else:
+                self.restores.materialize(rp, info["name"], image, src)
+            self.rt.platform.mount_image(image, info["filesystem"], at)
+        except BaseException:
+            self._forget(str(at))
+            raise
+        return self.describe(str(at))
+
+    def describe(self, path: str) -> dict[str, Any]:
+        with self.rt.sessions() as s:
+            m = s.scalar(select(HostMount).where(HostMount.path == path))
+            if m is None:
+                raise FrostpointError("NotFound", f"no restore point is mounted at {path}")
+            return {"path": m.path, "restore_point": m.restore_point_id, "disk": m.disk,
+                    "created_at": m.created_at.isoformat() + "Z"}
+
+    def list_mounts(self) -> list[dict[str, Any]]:
+        with self.rt.sessions() as s:
+            paths = list(s.scalars(select(HostMount.path).order_by(HostMount.created_at)))
+        return [self.describe(p) for p in paths]
+
+    def unmount(self, path: str) -> dict[str, Any]:
+        at = str(Path(path).resolve())
+        out = self.describe(at)
+        self._forget(at)
+        return {**out, "unmounted": True}
+
+    def _forget(self, at: str) -> None:
+        """Unmount at (if mounted), delete its copy and its record."""
+        with self.rt.sessions() as s:
+            m = s.scalar(select(HostMount).where(HostMount.path == at))
+            image = m.image if m else None
+        self.rt.platform.unmount_image(Path(at))
+        if image:
+            shutil.rmtree(Path(image).parent, ignore_errors=True)
+        with self.rt.sessions.begin() as s:
+            for m in s.scalars(select(HostMount).where(HostMount.path == at)):
+                s.delete(m)
+        with contextlib.suppress(OSError):
+            Path(at).rmdir()  # made by mount (empty again once unmounted)
+
+    def clean_mounts(self) -> list[str]:
+        """At start: every mount an earlier process left (a crash, a kill -9) goes."""
+        with self.rt.sessions() as s:
+            paths = list(s.scalars(select(HostMount.path)))
+        for p in paths:
+            try:
+                self._forget(p)
+                log.warning("restore point mount at %s left by an earlier process: "
+                            "unmounted", p)
+            except Exception:  # one mount must not stop the service from starting
+                log.exception("mount at %s not cleaned", p)
+        return paths
