@@ -45,7 +45,6 @@ class SubTaskName(StrEnum):
     REPLICATE = "Replicate"
     SAFETY_SNAPSHOT = "Take safety snapshot"
     REPLACE_DISKS = "Replace disks"
-    ROLLBACK = "Roll back to the safety snapshot"
 
 
 class JobOperation(StrEnum):
