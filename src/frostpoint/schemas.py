@@ -285,6 +285,9 @@ class Listing(ApiModel):
     path: str
     entries: list[BrowseEntry]
     truncated: bool  # more than 10000 entries
+    # From the vault: the disk's stored blocks, and how many of them the listing read.
+    blocks_read: int | None = None
+    blocks_total: int | None = None
 
 
 class HostMount(ApiModel):

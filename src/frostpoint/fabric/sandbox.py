@@ -448,7 +448,8 @@ class Sandbox(SnapshotFolders):
     @contextlib.contextmanager
     def image_files(self, image: Path, filesystem: str,
                     key: bytes | None) -> Iterator[Path]:
-        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=image.parent))
+        # Beside the disks, not beside the image: that may be a read-only file system.
+        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=self.scratch_dir()))
         try:
             self.mount_image(image, filesystem, mnt)
             try:

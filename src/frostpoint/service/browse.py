@@ -6,19 +6,24 @@ mount_image); the listing is an lstat of each entry (a symlink is listed as a li
 never followed); the folder asked for is found by restore.contained (it never leaves
 the disk); names that are not UTF-8 are shown with U+FFFD; a listing stops at
 MAX_ENTRIES. From the instant tier the snapshot's image itself is read; from the
-vault the disk is restored to a sparse temporary image (all-zero blocks are never
-written or read), deleted after the listing. A mount keeps its copy (a reflink of the
-snapshot, or the vault restore) until `restore unmount`; every mount is recorded, and
+vault the disk is a file whose blocks are fetched when the filesystem reads them
+(vault/lazyfile.py): only the blocks its metadata needs are read from the vault. A
+mount keeps its copy (a reflink of the snapshot, or the disk restored from the vault)
+until `restore unmount`; every mount is recorded, and
 the service unmounts what a crash left when it starts."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +32,16 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service.copies import copy_vaults
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
-from frostpoint.service.models import HostMount, RestorePoint
+from frostpoint.service.models import HostMount, RestorePoint, Vault
 from frostpoint.service.restore import Restores, contained
+from frostpoint.vault.lazyfile import IMAGE
 
 log = logging.getLogger("frostpoint.service")
 MAX_ENTRIES = 10000
+LAZY_START_S = 60  # opening the vault (its index) in the reader's process
+LAZY_STOP_S = 10
 KINDS = ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
          (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char-device"),
          (stat.S_ISBLK, "block-device"))
@@ -78,18 +87,41 @@ class Browser:
                                                        info["wrapped_key"], BACKUP_PRINCIPAL)
 
     @contextlib.contextmanager
-    def _image(self, rp: RestorePoint, disk: str, source: str) -> Iterator[Path]:
-        """The disk as an image file to read while the context lasts."""
-        if source == "instant":
-            assert rp.snapshot_dir
-            yield self.rt.platform.snapshot_image(rp.snapshot_dir, disk)
-            return
+    def _lazy_image(self, rp: RestorePoint, disk: str) -> Iterator[tuple[Path, Path]]:
+        """The disk in the vault as a file whose blocks are fetched when read
+        (vault/lazyfile.py, its own process), and the file of its read counts."""
+        with self.rt.sessions() as s:
+            vid = next(v for v in [rp.vault_id, *copy_vaults(s, rp.id)] if v)
+            v = s.get(Vault, vid)
+            assert v is not None
+            cfg = {"backend": v.backend, "location": v.location, "restore_point": rp.id,
+                   "disk": disk, "key": self.rt.vault_key(vid).hex()}
         work = Path(tempfile.mkdtemp(prefix="browse-", dir=self.rt.platform.scratch_dir()))
+        lazy, stats, log_path = work / "lazy", work / "stats.json", work / "lazyfile.log"
+        lazy.mkdir()
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "frostpoint.vault.lazyfile",
+                                     str(lazy), str(stats)], stdin=subprocess.PIPE,
+                                    stdout=out, stderr=out, start_new_session=True)
         try:
-            image = work / f"{disk}.img"
-            self.restores.materialize(rp, disk, image, source)
-            yield image
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cfg).encode())  # the key: never in argv
+            proc.stdin.close()
+            deadline = time.monotonic() + LAZY_START_S
+            while not (lazy / IMAGE).exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise FrostpointError("BackUpOperationFailed", "the vault's disk could "
+                                          "not be opened for reading", {"log": log_path.read_text(
+                                              errors="replace")[-2000:]})
+                time.sleep(0.05)
+            yield lazy / IMAGE, stats
         finally:
+            subprocess.run(["umount", str(lazy)], capture_output=True, check=False)
+            try:
+                proc.wait(LAZY_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             shutil.rmtree(work, ignore_errors=True)
 
     def browse(self, rp_id: str, disk: str | None = None, path: str = "",
@@ -98,17 +130,25 @@ class Browser:
         src = self.restores._source(rp, source)
         info = self._disk(rp, disk)
         key = self._key(info)
-        with self._image(rp, info["name"], src) as image, \
-                self.rt.platform.image_files(image, info["filesystem"], key) as root:
-            folder = contained(root, path)
-            if folder is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
-                raise FrostpointError("NotFound", f"{path or '/'} is not a folder on disk "
-                                      f"{info['name']}", {"path": path})
-            names = sorted(os.listdir(folder))
-            entries = [entry(folder / n) for n in names[:MAX_ENTRIES]]
+        read: dict[str, Any] = {}
+        with contextlib.ExitStack() as stack:
+            if src == "instant":
+                assert rp.snapshot_dir
+                image = self.rt.platform.snapshot_image(rp.snapshot_dir, info["name"])
+            else:
+                image, stats = stack.enter_context(self._lazy_image(rp, info["name"]))
+            with self.rt.platform.image_files(image, info["filesystem"], key) as root:
+                folder = contained(root, path)
+                if folder is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    raise FrostpointError("NotFound", f"{path or '/'} is not a folder on "
+                                          f"disk {info['name']}", {"path": path})
+                names = sorted(os.listdir(folder))
+                entries = [entry(folder / n) for n in names[:MAX_ENTRIES]]
+            if src != "instant":
+                read = json.loads(stats.read_text())
         return {"restore_point": rp.id, "disk": info["name"], "source": src,
                 "path": "/" + str(Path("/", path)).lstrip("/"), "entries": entries,
-                "truncated": len(names) > MAX_ENTRIES}
+                "truncated": len(names) > MAX_ENTRIES, **read}
 
     # -- mounts on the host ----------------------------------------------------------
     def mount(self, rp_id: str, to: str, disk: str | None = None,
