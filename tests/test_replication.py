@@ -95,6 +95,16 @@ def test_replicate_to_azure_survives_kill_9_and_restores_without_the_source(
     again = s.cli_json("vault", "replicate", "v1", "--to", "offsite", "--every", "24h")
     assert again["details"]["report"]["copied"] == []
     assert again["details"]["report"]["chunks_copied"] == 0
+    # The schedule: a day later the scheduler runs it by itself.
+    before = {j["id"] for j in jobs(s, "VaultReplicate")}
+    s.move_clock(25 * 3600)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not {j["id"] for j in jobs(s, "VaultReplicate")
+                                               } - before:
+        time.sleep(0.5)
+    scheduled = [j for j in jobs(s, "VaultReplicate") if j["id"] not in before]
+    assert scheduled, "the 24h schedule did not run after a day"
+    assert s.wait_job(scheduled[0]["id"])["status"] == "Completed"
 
     want = tmp_path / "want"
     j = s.cli_json("restore", "disks", rps[1], "--to", str(want), "--source", "instant")

@@ -371,6 +371,9 @@ class Restores:
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)
                     targets = [dest / e.name if e != root else dest for e in found]
+                    if len(set(targets)) < len(targets):  # a/x.txt and b/x.txt
+                        raise FrostpointError("InvalidInput", f"{path} matches two entries "
+                                              "of one name: restore each folder on its own")
                     taken = [str(t) for t in targets if t != dest and os.path.lexists(t)]
                     if taken and not overwrite:  # made while the job ran, or a glob's
                         raise FrostpointError("Conflict", f"{', '.join(taken[:5])} exists: "

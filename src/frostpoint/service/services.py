@@ -139,8 +139,11 @@ class Services:
     def _reaper_loop(self) -> None:
         while not self.stopping.wait(2):
             try:
-                for job_id in self.backups.runner.reap_orphans():
+                reaped = self.backups.runner.reap_orphans()
+                for job_id in reaped:
                     log.warning("job %s failed: its service stopped", job_id)
+                if reaped:  # a replication a crash ended resumes now, not next pass
+                    self.replications.run_due()
             except Exception:
                 log.exception("reaper")
 
