@@ -160,6 +160,8 @@ class Browser:
             raise FrostpointError("InvalidInput", "an encrypted disk is not mounted on the "
                                   "host (its key would stay loaded): use rp browse and "
                                   "restore files")
+        if not Path(to).is_absolute():  # relative to what? the service's cwd is no answer
+            raise FrostpointError("InvalidInput", f"--to {to!r}: give an absolute path")
         at = Path(to).resolve()
         with self.rt.sessions() as s:
             if s.scalar(select(HostMount).where(HostMount.path == str(at))):
