@@ -126,8 +126,8 @@ class Browser:
 
     def browse(self, rp_id: str, disk: str | None = None, path: str = "",
                source: str = "auto") -> dict[str, Any]:
-        rp = self.restores._rp(rp_id)
-        src = self.restores._source(rp, source)
+        rp = self.restores.restore_point(rp_id)
+        src = self.restores.pick_source(rp, source)
         info = self._disk(rp, disk)
         key = self._key(info)
         read: dict[str, Any] = {}
@@ -153,8 +153,8 @@ class Browser:
     # -- mounts on the host ----------------------------------------------------------
     def mount(self, rp_id: str, to: str, disk: str | None = None,
               source: str = "auto") -> dict[str, Any]:
-        rp = self.restores._rp(rp_id)
-        src = self.restores._source(rp, source)
+        rp = self.restores.restore_point(rp_id)
+        src = self.restores.pick_source(rp, source)
         info = self._disk(rp, disk)
         if info.get("encryption_key"):
             raise FrostpointError("InvalidInput", "an encrypted disk is not mounted on the "

@@ -59,8 +59,8 @@ class Replacer:
         self.runner = restores.runner
 
     def replace(self, rp_id: str, stop: bool = False, source: str = "auto") -> dict[str, Any]:
-        rp = self.restores._rp(rp_id)
-        src = self.restores._source(rp, source)
+        rp = self.restores.restore_point(rp_id)
+        src = self.restores.pick_source(rp, source)
         with self.rt.sessions() as s:
             m = s.get(Machine, rp.machine_id) if rp.machine_id else None
             if m is None:
@@ -101,7 +101,7 @@ class Replacer:
             j.details = {**j.details, **kv}
 
     def _run(self, job_id: str, rp_id: str, src: str) -> tuple[str, list[Any]]:
-        rp = self.restores._rp(rp_id)
+        rp = self.restores.restore_point(rp_id)
         self._details(job_id, source=src, restore_point=rp_id)
         with self.rt.sessions() as s:
             m = s.get(Machine, rp.machine_id)

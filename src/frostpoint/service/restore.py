@@ -176,14 +176,14 @@ class Restores:
                 "vault_expires_at": rp.vault_expires_at.isoformat() + "Z"
                 if rp.vault_expires_at else None, "excluded_disks": rp.excluded_disks}
 
-    def _rp(self, rp_id: str) -> RestorePoint:
+    def restore_point(self, rp_id: str) -> RestorePoint:
         with self.rt.sessions() as s:
             rp = s.get(RestorePoint, rp_id)
             if rp is None:
                 raise FrostpointError("NotFound", f"no restore point {rp_id}")
             return rp
 
-    def _source(self, rp: RestorePoint, source: str) -> str:
+    def pick_source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
         instant = (rp.tier != RestorePointTier.VAULT and rp.snapshot_dir
@@ -247,9 +247,9 @@ class Restores:
         return cb
 
     def _start(self, kind: str, rp_id: str, params: dict[str, Any], body: Any) -> dict[str, Any]:
-        rp = self._rp(rp_id)
+        rp = self.restore_point(rp_id)
         asked = params.get("source", "auto")
-        source = self._source(rp, asked)
+        source = self.pick_source(rp, asked)
         job = self._job(kind, rp, {**params, "source": source})
         with self.rt.sessions.begin() as s:  # the job says where it reads from, at once
             j = s.get(Job, job.id)
@@ -307,7 +307,7 @@ class Restores:
             if s.scalar(select(Machine.id).where(Machine.name == name)):
                 raise FrostpointError("Conflict", f"machine {name} already exists: choose "
                                       "another --name")
-        left_out = [d["name"] for d in self._rp(rp_id).excluded_disks]
+        left_out = [d["name"] for d in self.restore_point(rp_id).excluded_disks]
         if left_out and missing_disks == "refuse":
             raise FrostpointError("InvalidInput", f"restore point {rp_id} does not hold "
                                   f"disk(s) {', '.join(left_out)} (excluded from backup): "
