@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ def fill(s: Service) -> None:
 
 def as_seconds(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def readers(s: Service) -> list[int]:
+    """Pids of the vault's lazy disk readers working under this service's data dir."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"frostpoint.vault.lazyfile" in argv and any(
+                a.startswith(str(s.data_dir).encode()) for a in argv):
+            out.append(int(p.name))
+    return out
 
 
 def mount_options(path: Path) -> set[str] | None:
@@ -117,6 +132,15 @@ def test_mount_is_read_only_nodev_nosuid_noexec_and_a_crash_leaves_none(
     assert opts is not None and {"ro", "nosuid", "nodev", "noexec"} <= opts, opts
     assert (at / "docs" / "a.txt").read_text() == "alpha\n"
     assert os.readlink(at / "docs" / "link") == "/etc"
+    # What the mount shows is what browse (and so the guest) showed.
+    listed = s.cli_json("rp", "browse", rp, "--path", "docs", "--source", "instant")
+    seen = sorted(os.listdir(os.fsencode(at / "docs")))
+    assert [n.decode("utf-8", "replace") for n in seen] == [
+        e["name"] for e in listed["entries"]]
+    for e in listed["entries"]:
+        if e["name"].isascii():
+            st = os.lstat(at / "docs" / e["name"])
+            assert (st.st_size, oct(st.st_mode & 0o7777)) == (e["size"], e["mode"]), e
     assert not os.access(at / "docs" / "suid.sh", os.X_OK)  # noexec
     assert [x["path"] for x in s.cli_json("restore", "mounts")] == [str(at)]
     again = s.cli_json("restore", "mount", rp, "--to", str(at), check=False)
@@ -128,13 +152,19 @@ def test_mount_is_read_only_nodev_nosuid_noexec_and_a_crash_leaves_none(
 
     # A mount the service leaves by dying is gone when it starts again.
     at2 = tmp_path / "mnt2"
-    s.cli_json("restore", "mount", rp, "--to", str(at2), "--source", "instant")
+    s.cli_json("restore", "mount", rp, "--to", str(at2), "--source", "vault")
     assert mount_options(at2) is not None
+    assert readers(s)  # the vault's disk is read on demand while mounted
     s.stop(signal.SIGKILL)
-    assert mount_options(at2) is not None  # the kernel keeps it
+    assert mount_options(at2) is not None  # the kernel keeps it, the reader serves it
+    assert (at2 / "docs" / "b.txt").read_text() == "beta\n"
     s.start()
     assert mount_options(at2) is None
     assert s.cli_json("restore", "mounts") == []
+    deadline = time.monotonic() + 10
+    while readers(s) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert readers(s) == []
     leftovers = [p for p in (s.data_dir / "pool").rglob("mount-*")] if (
         s.data_dir / "pool").exists() else []
     assert leftovers == [], leftovers

@@ -7,23 +7,19 @@ never followed); the folder asked for is found by restore.contained (it never le
 the disk); names that are not UTF-8 are shown with U+FFFD; a listing stops at
 MAX_ENTRIES. From the instant tier the snapshot's image itself is read; from the
 vault the disk is a file whose blocks are fetched when the filesystem reads them
-(vault/lazyfile.py): only the blocks its metadata needs are read from the vault. A
-mount keeps its copy (a reflink of the snapshot, or the disk restored from the vault)
-until `restore unmount`; every mount is recorded, and
+(vault/lazyfile.py, service/lazy_reader.py): only the blocks its metadata needs are
+read from the vault. A mount keeps its copy (a reflink of the snapshot), or its lazy
+reader of the vault's disk, until `restore unmount`; every mount is recorded, and
 the service unmounts what a crash left when it starts."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,16 +28,14 @@ from typing import Any
 from sqlalchemy import select
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.service import lazy_reader
 from frostpoint.service.copies import copy_vaults
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.models import HostMount, RestorePoint, Vault
 from frostpoint.service.restore import Restores, contained
-from frostpoint.vault.lazyfile import IMAGE
 
 log = logging.getLogger("frostpoint.service")
 MAX_ENTRIES = 10000
-LAZY_START_S = 60  # opening the vault (its index) in the reader's process
-LAZY_STOP_S = 10
 KINDS = ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
          (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "char-device"),
          (stat.S_ISBLK, "block-device"))
@@ -86,42 +80,26 @@ class Browser:
         return self.restores.machines.keyvaults.unwrap(info["encryption_key"],
                                                        info["wrapped_key"], BACKUP_PRINCIPAL)
 
-    @contextlib.contextmanager
-    def _lazy_image(self, rp: RestorePoint, disk: str) -> Iterator[tuple[Path, Path]]:
-        """The disk in the vault as a file whose blocks are fetched when read
-        (vault/lazyfile.py, its own process), and the file of its read counts."""
+    def _reader_config(self, rp: RestorePoint, disk: str) -> dict[str, Any]:
+        """Where the lazy reader finds the disk: the point's own vault, else a copy."""
         with self.rt.sessions() as s:
             vid = next(v for v in [rp.vault_id, *copy_vaults(s, rp.id)] if v)
             v = s.get(Vault, vid)
             assert v is not None
-            cfg = {"backend": v.backend, "location": v.location, "restore_point": rp.id,
-                   "disk": disk, "key": self.rt.vault_key(vid).hex()}
+            return {"backend": v.backend, "location": v.location, "restore_point": rp.id,
+                    "disk": disk, "key": self.rt.vault_key(vid).hex()}
+
+    @contextlib.contextmanager
+    def _lazy_image(self, rp: RestorePoint, disk: str) -> Iterator[tuple[Path, Path]]:
+        """The disk in the vault as a file whose blocks are fetched when read, and the
+        reader's working folder (service/lazy_reader.py)."""
         work = Path(tempfile.mkdtemp(prefix="browse-", dir=self.rt.platform.scratch_dir()))
-        lazy, stats, log_path = work / "lazy", work / "stats.json", work / "lazyfile.log"
-        lazy.mkdir()
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "frostpoint.vault.lazyfile",
-                                     str(lazy), str(stats)], stdin=subprocess.PIPE,
-                                    stdout=out, stderr=out, start_new_session=True)
+        proc = None
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(cfg).encode())  # the key: never in argv
-            proc.stdin.close()
-            deadline = time.monotonic() + LAZY_START_S
-            while not (lazy / IMAGE).exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise FrostpointError("BackUpOperationFailed", "the vault's disk could "
-                                          "not be opened for reading", {"log": log_path.read_text(
-                                              errors="replace")[-2000:]})
-                time.sleep(0.05)
-            yield lazy / IMAGE, stats
+            proc, image = lazy_reader.start(work, self._reader_config(rp, disk))
+            yield image, work
         finally:
-            subprocess.run(["umount", str(lazy)], capture_output=True, check=False)
-            try:
-                proc.wait(LAZY_STOP_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            lazy_reader.stop(work, proc)
             shutil.rmtree(work, ignore_errors=True)
 
     def browse(self, rp_id: str, disk: str | None = None, path: str = "",
@@ -136,7 +114,7 @@ class Browser:
                 assert rp.snapshot_dir
                 image = self.rt.platform.snapshot_image(rp.snapshot_dir, info["name"])
             else:
-                image, stats = stack.enter_context(self._lazy_image(rp, info["name"]))
+                image, work = stack.enter_context(self._lazy_image(rp, info["name"]))
             with self.rt.platform.image_files(image, info["filesystem"], key) as root:
                 folder = contained(root, path)
                 if folder is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
@@ -145,7 +123,7 @@ class Browser:
                 names = sorted(os.listdir(folder))
                 entries = [entry(folder / n) for n in names[:MAX_ENTRIES]]
             if src != "instant":
-                read = json.loads(stats.read_text())
+                read = lazy_reader.read_counts(work)
         return {"restore_point": rp.id, "disk": info["name"], "source": src,
                 "path": "/" + str(Path("/", path)).lstrip("/"), "entries": entries,
                 "truncated": len(names) > MAX_ENTRIES, **read}
@@ -170,17 +148,17 @@ class Browser:
         if not at.is_dir() or any(at.iterdir()):
             raise FrostpointError("Conflict", f"{at} is not an empty folder")
         work = Path(tempfile.mkdtemp(prefix="mount-", dir=self.rt.platform.scratch_dir()))
-        image = work / f"{info['name']}.img"
         with self.rt.sessions.begin() as s:  # recorded first: a crash leaves it known
             s.add(HostMount(path=str(at), restore_point_id=rp.id, disk=info["name"],
-                            image=str(image)))
+                            image=str(work)))
         try:
             if src == "instant":
                 assert rp.snapshot_dir
+                image = work / f"{info['name']}.img"
                 self.rt.platform.copy_disk(
                     self.rt.platform.snapshot_image(rp.snapshot_dir, info["name"]), image)
-            else:
-                self.restores.materialize(rp, info["name"], image, src)
+            else:  # read on demand until the unmount, as browse does
+                _proc, image = lazy_reader.start(work, self._reader_config(rp, info["name"]))
             self.rt.platform.mount_image(image, info["filesystem"], at)
         except BaseException:
             self._forget(str(at))
@@ -212,8 +190,9 @@ class Browser:
             m = s.scalar(select(HostMount).where(HostMount.path == at))
             image = m.image if m else None
         self.rt.platform.unmount_image(Path(at))
-        if image:
-            shutil.rmtree(Path(image).parent, ignore_errors=True)
+        if image:  # its working folder: a copy, or the lazy reader's mount
+            lazy_reader.stop(Path(image))
+            shutil.rmtree(image, ignore_errors=True)
         with self.rt.sessions.begin() as s:
             for m in s.scalars(select(HostMount).where(HostMount.path == at)):
                 s.delete(m)

@@ -287,5 +287,6 @@ class HostMount(Base):
     path: Mapped[str] = mapped_column(String(1024), unique=True)
     restore_point_id: Mapped[str] = mapped_column(String(32))
     disk: Mapped[str] = mapped_column(String(64))
-    image: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # a temp copy
+    # Its working folder: the copy of the disk, or the lazy reader's mount.
+    image: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
