@@ -15,6 +15,7 @@ the service unmounts what a crash left when it starts."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -120,7 +121,10 @@ class Browser:
                 if folder is None or not stat.S_ISDIR(os.lstat(folder).st_mode):
                     raise FrostpointError("NotFound", f"{path or '/'} is not a folder on "
                                           f"disk {info['name']}", {"path": path})
-                names = sorted(os.listdir(folder))
+                # A guest's folder may hold millions of names: read at most one more
+                # than is shown (bounded time and memory), never the whole of it.
+                with os.scandir(folder) as it:
+                    names = sorted(itertools.islice((e.name for e in it), MAX_ENTRIES + 1))
                 entries = [entry(folder / n) for n in names[:MAX_ENTRIES]]
             if src != "instant":
                 read = lazy_reader.read_counts(work)
