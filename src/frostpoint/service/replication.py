@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -66,6 +67,10 @@ class Replications:
         self.rt = rt
         self.protection = protection
         self.runner = JobRunner(rt)
+        # The scheduler and the reaper both start runs: one check-and-start at a time,
+        # so one schedule never has two runs (across replicas, the job's state guards).
+        self._starting = threading.Lock()
+        self._due = threading.Lock()
 
     def start(self, source: str, target: str, every: str | None = None) -> dict[str, Any]:
         """Make (or change) the schedule SRC -> DST and run it now; returns the job."""
@@ -99,6 +104,10 @@ class Replications:
                 select(Replication).order_by(Replication.created_at))]
 
     def run(self, rep_id: str, resumes: str | None = None) -> dict[str, Any]:
+        with self._starting:
+            return self._run(rep_id, resumes)
+
+    def _run(self, rep_id: str, resumes: str | None) -> dict[str, Any]:
         with self.rt.sessions.begin() as s:
             rep = s.get(Replication, rep_id)
             assert rep is not None
@@ -170,6 +179,14 @@ class Replications:
     def run_due(self) -> list[str]:
         """Start the runs that are due (the scheduler calls it): each schedule whose
         period has passed, and each run a dead service left (reaped), once."""
+        if not self._due.acquire(blocking=False):
+            return []  # the other loop is at it
+        try:
+            return self._run_due()
+        finally:
+            self._due.release()
+
+    def _run_due(self) -> list[str]:
         now = utcnow()
         due: list[tuple[str, str | None]] = []
         with self.rt.sessions() as s:
@@ -178,9 +195,9 @@ class Replications:
                 if job is not None and job.status in ACTIVE:
                     continue
                 if (job is not None and job.status == JobStatus.FAILED
-                        and (job.error or {}).get("details", {}).get("owner")
-                        and not job.params.get("resumes")):
-                    due.append((rep.id, job.id))  # reaped: its service died under it
+                        and (job.error or {}).get("details", {}).get("owner")):
+                    # Reaped: its service died under it. Once: the new run is the last.
+                    due.append((rep.id, job.id))
                 elif rep.every_seconds and (rep.last_run_at is None or now - rep.last_run_at
                                             >= timedelta(seconds=rep.every_seconds)):
                     due.append((rep.id, None))
