@@ -25,7 +25,8 @@ LOC = "azure://frostpoint/offsite?connection_string_env=FP_AZURE_CONN"
 
 @pytest.fixture(scope="module")
 def az_service(azurite: str) -> Iterator[Service]:  # noqa: F811
-    yield from running_service(FP_AZURE_CONN=azurite)
+    # Cleanup every second: the second test lets a copied point's retention end.
+    yield from running_service(FP_AZURE_CONN=azurite, FROSTPOINT_CLEANUP_S="1")
 
 
 def jobs(s: Service, operation: str) -> list[dict[str, Any]]:
@@ -118,3 +119,30 @@ def test_replicate_to_azure_survives_kill_9_and_restores_without_the_source(
     j = s.cli_json("restore", "disks", rps[1], "--to", str(got), "--source", "vault")
     assert j["status"] == "Completed", j
     assert sha256_file(got / "data.img") == sha256_file(want / "data.img")
+
+
+def test_a_restore_point_past_its_retention_leaves_its_copies_too(
+        az_service: Service) -> None:
+    s = az_service
+    c = s.client
+    c.post("/vaults", {"name": "short"})
+    c.post("/vaults", {"name": "short-copy"})
+    c.post("/policies", {"name": "day", "instant_rp_days": 1, "vault_retention_days": 1})
+    c.post("/machines", {"name": "brief", "disks": [{"name": "data", "size": "64M"}]})
+    c.post("/protection/enable", {"machine": "brief", "vault": "short", "policy": "day"})
+    s.wait_agent_ready("brief")
+    job = s.backup("brief")
+    assert job["status"] == "Completed", job
+    rp = job["details"]["restore_point"]
+    j = s.cli_json("vault", "replicate", "short", "--to", "short-copy")
+    assert j["details"]["report"]["copied"] == [rp]
+    copy = next(v for v in c.get("/vaults") if v["name"] == "short-copy")
+    manifests = Path(copy["location"]) / "manifests"
+    assert [p.name for p in manifests.iterdir()] == [rp]
+    s.let_days_pass(3)  # past both the instant and the vault retention
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+            r["id"] == rp for r in c.get("/restore-points")):
+        time.sleep(0.5)
+    assert all(r["id"] != rp for r in c.get("/restore-points"))
+    assert list(manifests.iterdir()) == []  # the copy went with it
