@@ -31,7 +31,8 @@ BEFORE = {
     "machine": {"name", "id", "region", "address", "provisioning_state", "power_state",
                 "agent", "disks", "resource_group", "extensions"},
     "restore_point": {"id", "machine", "job", "created_at", "consistency", "tier",
-                      "freeze_ms", "disks", "instant_expires_at", "vault_expires_at"},
+                      "freeze_ms", "disks", "instant_expires_at", "vault_expires_at",
+                      "excluded_disks", "copies"},
     "vault": {"name", "id", "backend", "location", "restore_points", "created_at",
               "block_size", "soft_delete", "soft_delete_days", "immutability"},
 }

@@ -63,6 +63,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("DELETE", "/keyvaults/{name}/grants/{principal}"): A,
     ("GET", "/resource-groups"): R,
     ("POST", "/tokens"): A, ("GET", "/tokens"): A, ("DELETE", "/tokens/{name}"): A,
+    ("POST", "/restores/replace"): A, ("GET", "/restore-points/{rp_id}/browse"): OP,
+    ("POST", "/restores/mount"): A, ("POST", "/restores/unmount"): A,
+    ("GET", "/restores/mounts"): R, ("POST", "/vaults/{name}/replicate"): A,
+    ("GET", "/replications"): R, ("POST", "/protection/{machine}/update"): A,
 }
 RANK = {"public": -1, R: 0, OP: 1, A: 2}
 # Enough for every body model to get past validation; forbidden calls never look at it.

@@ -18,12 +18,14 @@ import pytest
 from frostpoint import schemas
 
 API = Path(__file__).resolve().parent.parent / "src" / "frostpoint" / "service" / "api.py"
+# Routes that api.py adds from a module of their own (add_routes).
+API_PARTS = [API, API.with_name("api_recovery.py")]
 
 
 def declared_routes() -> dict[tuple[str, str], str]:
     """(METHOD, path) -> the response_model expression of each route in api.py."""
     out = {}
-    for node in ast.walk(ast.parse(API.read_text())):
+    for node in (n for part in API_PARTS for n in ast.walk(ast.parse(part.read_text()))):
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for d in node.decorator_list:

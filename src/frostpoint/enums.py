@@ -42,6 +42,9 @@ class SubTaskName(StrEnum):
     RESTORE = "Restore"
     VERIFY = "Verify"
     COLLECT_GARBAGE = "CollectGarbage"
+    REPLICATE = "Replicate"
+    SAFETY_SNAPSHOT = "Take safety snapshot"
+    REPLACE_DISKS = "Replace disks"
 
 
 class JobOperation(StrEnum):
@@ -51,6 +54,8 @@ class JobOperation(StrEnum):
     RESTORE_FILES = "RestoreFiles"
     VAULT_VERIFY = "VaultVerify"
     VAULT_GC = "VaultGc"
+    VAULT_REPLICATE = "VaultReplicate"
+    RESTORE_REPLACE = "RestoreReplace"
 
 
 class JobTrigger(StrEnum):

@@ -273,6 +273,7 @@ class Protection(ApiModel):
     last_backup_status: JobStatus | None = None
     deleted_at: str | None = None  # SoftDeleted: since when
     purge_at: str | None = None  # SoftDeleted: when its data is purged
+    excluded_disks: list[str] = []  # disks its backups leave out
 
 
 # -- restore points (service/restore.py Restores.describe) ----------------------------
@@ -297,6 +298,50 @@ class RestorePoint(ApiModel):
     disks: list[RestorePointDisk]
     instant_expires_at: str
     vault_expires_at: str | None
+    excluded_disks: list[RestorePointDisk] = []  # the machine's disks it does not hold
+    copies: list[str] = []  # vaults holding a copy (vault replicate)
+
+
+class BrowseEntry(ApiModel):
+    name: str  # bytes that are not UTF-8 shown as U+FFFD
+    type: str  # file | dir | symlink | fifo | socket | char-device | block-device
+    size: int
+    mode: str  # octal permission bits
+    mtime: str
+    target: str | None = None  # a symlink's, never followed
+
+
+class Listing(ApiModel):
+    restore_point: str
+    disk: str
+    source: str  # instant | vault
+    path: str
+    entries: list[BrowseEntry]
+    truncated: bool  # more than 10000 entries
+    # From the vault: the disk's stored blocks, and how many of them the listing read.
+    blocks_read: int | None = None
+    blocks_total: int | None = None
+
+
+class HostMount(ApiModel):
+    path: str
+    restore_point: str
+    disk: str
+    created_at: str
+
+
+class HostUnmounted(HostMount):
+    unmounted: bool
+
+
+class Replication(ApiModel):
+    id: str
+    source: str
+    target: str
+    every_seconds: int | None
+    last_job: str | None
+    last_status: JobStatus | None
+    last_run_at: str | None
 
 
 class CollectionDeleted(ApiModel):
@@ -396,6 +441,14 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("POST", "/restores/disks"): Job,
     ("POST", "/restores/vm"): Job,
     ("POST", "/restores/files"): Job,
+    ("POST", "/restores/replace"): Job,
+    ("GET", "/restore-points/{rp_id}/browse"): Listing,
+    ("POST", "/restores/mount"): HostMount,
+    ("POST", "/restores/unmount"): HostUnmounted,
+    ("GET", "/restores/mounts"): list[HostMount],
+    ("POST", "/vaults/{name}/replicate"): Job,
+    ("GET", "/replications"): list[Replication],
+    ("POST", "/protection/{machine}/update"): Protection,
     ("POST", "/locks"): Lock,
     ("GET", "/locks"): list[Lock],
     ("DELETE", "/locks/{name}"): Deleted,

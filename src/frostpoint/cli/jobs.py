@@ -8,8 +8,9 @@ from typing import Any
 
 import typer
 
-from frostpoint.cli.client import Client, emit
+from frostpoint.cli.client import Client, emit, show_error
 from frostpoint.cli.common import JSON, MACHINE, api, arg, finish_job, group, print_job, table
+from frostpoint.errors.catalog import error_dict
 
 backup = group("Backups.")
 job = group("Jobs.")
@@ -96,9 +97,25 @@ TO = typer.Option(..., metavar="DIR", help="The folder to restore into (made if 
 
 @restore.command("disks")
 @api
-def restore_disks(restore_point: str = RP, to: Path = TO, source: str = SOURCE,
-                  wait: bool = WAIT, as_json: bool = JSON) -> None:
-    """Restore the disk images of a restore point into a folder."""
+def restore_disks(restore_point: str = RP,
+                  to: Path = typer.Option(None, metavar="DIR",
+                                          help="The folder to restore into (made if missing)."),
+                  replace: bool = typer.Option(
+                      False, "--replace", help="Swap them into the machine instead (stopped; "
+                      "a safety restore point is taken first, rolled back to on failure)."),
+                  stop: bool = typer.Option(False, "--stop",
+                                            help="With --replace: stop a running machine."),
+                  source: str = SOURCE, wait: bool = WAIT, as_json: bool = JSON) -> None:
+    """Restore the disk images of a restore point into a folder, or (--replace) in
+    place of the machine's disks."""
+    if replace == (to is not None):
+        show_error(error_dict("InvalidInput", "give --to DIR or --replace"), as_json)
+        raise typer.Exit(1)
+    if replace:
+        _restore("replace", {"restore_point": restore_point, "stop": stop,
+                             "source": source}, wait, as_json)
+        return
+    assert to is not None
     _restore("disks", {"restore_point": restore_point, "to": str(to.resolve()),
                        "source": source}, wait, as_json)
 
@@ -109,17 +126,22 @@ def restore_vm(restore_point: str = RP,
                name: str = typer.Option(..., metavar="NEW",
                                         help="The new machine's name (vm create's rules)."),
                source: str = SOURCE,
+               missing_disks: str = typer.Option(
+                   "refuse", metavar="refuse|empty",
+                   help="A disk the restore point left out (--exclude-disk): refuse, or "
+                        "make it new and empty."),
                wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Create a new machine from a restore point."""
-    _restore("vm", {"restore_point": restore_point, "name": name, "source": source},
-             wait, as_json)
+    _restore("vm", {"restore_point": restore_point, "name": name, "source": source,
+                    "missing_disks": missing_disks}, wait, as_json)
 
 
 @restore.command("files")
 @api
 def restore_files(restore_point: str = RP,
                   path: str = typer.Option(..., metavar="PATH",
-                                           help="File or folder, relative to the disk's root."),
+                                           help="File or folder, relative to the disk's root; "
+                                                "globs match (quote them): 'docs/*.txt'."),
                   to: Path = TO,
                   disk: str = typer.Option(None, metavar="DISK",
                                            help="The disk; default the first."),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from frostpoint.cli import admin, doctor, jobs, machines, policies, vaults
+from frostpoint.cli import admin, doctor, jobs, machines, policies, recovery, vaults
 from frostpoint.cli.common import HELP_STYLE
 
 app = typer.Typer(no_args_is_help=True, help="Frostpoint: backup for virtual machines.",
                   **HELP_STYLE)
+assert recovery  # its commands join the rp, restore, protect and vault groups
 app.command()(admin.server)
 app.command()(admin.quickstart)
 app.command()(admin.errors)

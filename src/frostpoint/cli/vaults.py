@@ -239,10 +239,15 @@ def protect_enable(machine: str = MACHINE,
                                               help="The vault its backups go to."),
                    policy_: str = typer.Option(..., "--policy", metavar="POLICY",
                                                help="When it is backed up, how long kept."),
+                   exclude_disk: list[str] = typer.Option(
+                       None, "--exclude-disk", metavar="DISK",
+                       help="Leave this disk out of backups (repeat for more)."),
                    as_json: bool = JSON) -> None:
     """Protect a machine: scheduled backups into a vault (or move it to another)."""
     emit(Client().post("/protection/enable", {"machine": machine, "vault": vault_,
-                                              "policy": policy_}), as_json)
+                                              "policy": policy_,
+                                              "exclude_disks": exclude_disk or None}),
+         as_json)
 
 
 @protect.command("stop")

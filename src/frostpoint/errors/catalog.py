@@ -195,6 +195,27 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "frostpoint policy update POLICY --daily N  # lengthen, never shorten",
            "frostpoint vault immutability VAULT disable  # only while Enabled, not Locked"],
           status=409),
+    _spec("UserErrorMachineRunning", "user", False,
+          "The machine is running; replacing its disks needs it stopped.",
+          ["restore disks --replace swaps the disks of a stopped machine only."],
+          ["frostpoint vm stop {machine}",
+           "frostpoint restore disks RP_ID --replace --stop"], status=409),
+    _spec("RestoreReplaceRolledBack", "user", True,
+          "Replacing the disks failed midway; the machine's disks were put back as they "
+          "were (from the safety restore point) and it was started.",
+          ["The restore point's vault copy is damaged or unreachable (the error's "
+           "details name the cause).",
+           "The scratch space beside the disks is full or failing."],
+          ["frostpoint vault verify VAULT",
+           "frostpoint restore disks RP_ID --replace --source instant",
+           "frostpoint rp list --machine {machine}  # the safety restore point stays"],
+          status=500),
+    _spec("RestoreReplaceRollbackFailed", "internal", False,
+          "Replacing the disks failed and putting the old disks back failed too; the "
+          "machine is left stopped.",
+          ["The scratch space or the disk pool failed while the disks were swapped."],
+          ["frostpoint restore disks SAFETY_RP --replace  # the safety restore point",
+           "frostpoint doctor {machine}"], status=500),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),

@@ -279,6 +279,12 @@ class MemoryPlatform(SnapshotFolders):
         # Memory disks hold bytes, not filesystems: file restores need the sandbox.
         raise PlatformRefused("disks of the memory platform have no filesystem to read")
 
+    def mount_image(self, image: Path, filesystem: str, at: Path) -> None:
+        raise PlatformRefused("disks of the memory platform have no filesystem to mount")
+
+    def unmount_image(self, at: Path) -> None:
+        return None
+
     # -- for tests: what a program in the guest would do -------------------------------
     def write_disk(self, machine: str, disk: str, data: bytes, offset: int = 0) -> None:
         with self.lock:

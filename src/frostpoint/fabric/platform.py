@@ -177,4 +177,9 @@ class MachinePlatform(Protocol):
         nodes, set-id bits, programs) counts on the host; unlocked with key if the disk
         is encrypted."""
 
+    def mount_image(self, image: Path, filesystem: str, at: Path) -> None:
+        """Mount a copy of a disk (not encrypted) at the empty folder `at`, as
+        image_files does (read-only, nodev, nosuid, noexec), until unmount_image."""
 
+    def unmount_image(self, at: Path) -> None:
+        """Undo mount_image (nothing mounted there: nothing to do)."""

@@ -486,10 +486,10 @@ class Sandbox(SnapshotFolders):
     @contextlib.contextmanager
     def image_files(self, image: Path, filesystem: str,
                     key: bytes | None) -> Iterator[Path]:
-        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=image.parent))
-        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
+        # Beside the disks, not beside the image: that may be a read-only file system.
+        mnt = Path(tempfile.mkdtemp(prefix=".mnt-", dir=self.scratch_dir()))
         try:
-            run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(mnt)])
+            self.mount_image(image, filesystem, mnt)
             try:
                 yield fscrypt.unlock(mnt, key) if key else mnt
             finally:
@@ -497,6 +497,17 @@ class Sandbox(SnapshotFolders):
         finally:
             with contextlib.suppress(OSError):
                 mnt.rmdir()
+
+
+    def mount_image(self, image: Path, filesystem: str, at: Path) -> None:
+        # The guest's filesystem: nothing of it counts on the host, and no journal is
+        # replayed (noload, norecovery), so the copy is never written.
+        opts = "ro,noload" if filesystem == "ext4" else "ro,norecovery,nouuid"
+        run(["mount", "-o", f"loop,{opts},{GUEST_MOUNT_OPTIONS}", str(image), str(at)])
+
+    def unmount_image(self, at: Path) -> None:
+        if is_mountpoint(at):
+            run(["umount", str(at)])
 
 
 def host_pid(data_dir: Path, machine: str, guest_pid: int) -> int | None:

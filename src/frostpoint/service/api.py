@@ -19,6 +19,7 @@ from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.enums import JobStatus, JobTrigger
 from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.service.api_recovery import add_routes
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
 from frostpoint.service.names import parse_size
@@ -258,7 +259,8 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.post("/protection/enable", dependencies=r, response_model=S.Protection)
     def protect_enable(body: ProtectIn) -> dict[str, Any]:
-        return svc.protection.enable(body.machine, body.vault, body.policy)
+        return svc.protection.enable(body.machine, body.vault, body.policy,
+                                     body.exclude_disks)
 
     @app.post("/protection/{machine}/stop", dependencies=r, response_model=S.Protection)
     def protect_stop(machine: str, delete_data: bool = False) -> dict[str, Any]:
@@ -340,7 +342,8 @@ def create_app(svc: Services) -> FastAPI:
     def restore_vm(body: RestoreIn) -> dict[str, Any]:
         if not body.name:
             raise FrostpointError("InvalidInput", "--name NEW_MACHINE is required")
-        return svc.restores.restore_vm(body.restore_point, body.name, body.source)
+        return svc.restores.restore_vm(body.restore_point, body.name, body.source,
+                                       body.missing_disks)
 
     @app.post("/restores/files", dependencies=r, response_model=S.Job)
     def restore_files(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:
@@ -408,6 +411,8 @@ def create_app(svc: Services) -> FastAPI:
     @app.delete("/tokens/{name}", dependencies=r, response_model=S.TokenRevoked)
     def revoke_token(name: str) -> dict[str, Any]:
         return tokens.revoke(name)
+
+    add_routes(app, svc, r)  # replace, browse, mounts, selective disks, replication
 
     # Each route's role in OpenAPI, for clients and for the test that checks them all.
     for route in app.routes:

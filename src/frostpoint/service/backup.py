@@ -43,7 +43,7 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
-from frostpoint.service.specs import machine_spec
+from frostpoint.service.specs import machine_spec, taken_disks
 from frostpoint.service.vault_errors import as_catalog
 from frostpoint.vault.errors import VaultError
 
@@ -77,10 +77,12 @@ class Backups:
                                       f"machine {machine} is {state}",
                                       {"protection_state": state})
             mid = m.id
+            # The disks it takes, fixed at its start (the snapshot and the vault read these).
+            taken = [d.name for d in m.disks if d.name not in item.excluded_disks]
         job = Job(operation=JobOperation.BACKUP, machine_id=mid, machine_name=machine,
                   trigger=trigger,
                   active_slot=mid, owner=self.rt.owner, heartbeat_at=utcnow(),
-                  params={"retain_days": retain_days})
+                  params={"retain_days": retain_days, "disks": taken})
         job.subtasks = [SubTask(seq=0, name=SNAPSHOT), SubTask(seq=1, name=TRANSFER)]
         try:
             with self.rt.sessions.begin() as s:
@@ -151,9 +153,12 @@ class Backups:
                     f"machine {m.name} runs without a guest agent (made from an image "
                     f"without it): frostpoint vm agent install {m.name}",
                     {"agent_installed": False})
-            disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in m.disks]
-            images = machine_spec(m).disks
-            for d in m.disks:
+            images = taken_disks(machine_spec(m).disks, job.params)
+            kept = [d for d in m.disks if d.name in {i.name for i in images}]
+            left_out = [{"name": d.name, "size_bytes": d.size_bytes, "filesystem": d.filesystem,
+                         "mountpoint": d.mountpoint} for d in m.disks if d not in kept]
+            disks = [{"name": d.name, "mountpoint": d.mountpoint} for d in kept]
+            for d in kept:
                 if d.key_ref and d.wrapped_key:  # the service itself must be let in
                     self.machines.keyvaults.unwrap(d.key_ref, d.wrapped_key,
                                                    BACKUP_PRINCIPAL)
@@ -162,7 +167,7 @@ class Backups:
                           "filesystem": d.filesystem, "mountpoint": d.mountpoint,
                           **({"encryption_key": d.key_ref, "wrapped_key": d.wrapped_key}
                              if d.key_ref else {})}
-                         for d in m.disks]
+                         for d in kept]
             machine_id = m.id
         assert rpc is not None
         self.cleanup_machine(machine_id, before_backup=True)
@@ -199,7 +204,7 @@ class Backups:
                           collection_id=rpc.id, job_id=job_id, consistency=consistency,
                           tier=RestorePointTier.SNAPSHOT, snapshot_dir=snap.get("dir"),
                           instant_expires_at=now + timedelta(days=instant_days),
-                          disks=disk_info, freeze_ms=freeze_ms)
+                          disks=disk_info, freeze_ms=freeze_ms, excluded_disks=left_out)
         with self.rt.sessions.begin() as s:
             s.add(rp)
             job = s.get(Job, job_id)

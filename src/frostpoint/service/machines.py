@@ -39,7 +39,7 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.names import NAME_RE, parse_size
 from frostpoint.service.runtime import Runtime
-from frostpoint.service.specs import machine_spec
+from frostpoint.service.specs import machine_spec, taken_disks
 from frostpoint.service.tokens import token_hash
 
 MAX_SLOT = 240
@@ -447,7 +447,7 @@ class Machines:
             if job.status != JobStatus.IN_PROGRESS or job.cancel_requested:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}")
-            disks = machine_spec(m).disks
+            disks = taken_disks(machine_spec(m).disks, job.params)
             name = m.name
         self._check_disks(name, disks)
         self._claim_snapshot(task_id)

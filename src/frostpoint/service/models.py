@@ -193,6 +193,8 @@ class ProtectedItem(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_backup_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_backup_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Disks left out of its backups (protect enable --exclude-disk), by name.
+    excluded_disks: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -259,6 +261,8 @@ class RestorePoint(Base):
     vault_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     disks: Mapped[list[Any]] = mapped_column(default=list)  # [{name, size, fs, mountpoint}]
     freeze_ms: Mapped[float | None] = mapped_column(nullable=True)
+    # The machine's disks this point does not hold: [{name, size_bytes, filesystem}].
+    excluded_disks: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class ApiToken(Base):
@@ -268,4 +272,39 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))  # reader | operator | admin
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Replication(Base):
+    """A schedule that copies a vault's restore points into another vault."""
+    __tablename__ = "replications"
+    __table_args__ = (UniqueConstraint("source_vault_id", "target_vault_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source_vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id"))
+    target_vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id"))
+    every_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: by hand
+    last_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RestorePointCopy(Base):
+    """A restore point's copy in a vault other than its own (made by a replication)."""
+    __tablename__ = "restore_point_copies"
+    __table_args__ = (UniqueConstraint("restore_point_id", "vault_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    restore_point_id: Mapped[str] = mapped_column(ForeignKey("restore_points.id"))
+    vault_id: Mapped[str] = mapped_column(ForeignKey("vaults.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HostMount(Base):
+    """A restore point mounted on the host (restore mount); cleaned at service start."""
+    __tablename__ = "host_mounts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    restore_point_id: Mapped[str] = mapped_column(String(32))
+    disk: Mapped[str] = mapped_column(String(64))
+    # Its working folder: the copy of the disk, or the lazy reader's mount.
+    image: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

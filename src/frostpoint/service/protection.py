@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from frostpoint.enums import Consistency, ProtectionState, RestorePointTier
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service import immutability
+from frostpoint.service.copies import forget_vault
 from frostpoint.service.models import (
     Lock,
     Machine,
@@ -31,6 +32,7 @@ from frostpoint.service.models import (
 from frostpoint.service.names import NAME_RE, by_name
 from frostpoint.service.policies import refuse_shortening, retention_of
 from frostpoint.service.runtime import Runtime
+from frostpoint.service.selective import set_excluded
 from frostpoint.vault import format as fmt
 from frostpoint.vault import keyfile
 from frostpoint.vault.azure import AzureBlobBackend
@@ -208,6 +210,7 @@ class Protection:
                                       "M), or delete those machines, first",
                                       {"machines": users})
             vid, kind, location = v.id, v.backend, v.location
+            forget_vault(s, vid)  # a restore point with a copy elsewhere moves there
             gone = 0
             for rp in s.scalars(select(RestorePoint).where(RestorePoint.vault_id == vid)):
                 if rp.tier == RestorePointTier.VAULT:
@@ -325,7 +328,8 @@ class Protection:
         return [self.describe_vault(i) for i in ids]
 
     # -- protection ----------------------------------------------------------------
-    def enable(self, machine: str, vault: str, policy: str) -> dict[str, Any]:
+    def enable(self, machine: str, vault: str, policy: str,
+               exclude_disks: list[str] | None = None) -> dict[str, Any]:
         with self.rt.sessions.begin() as s:
             m = _by_name(s, Machine, machine, "machine")
             v = _by_name(s, Vault, vault, "vault")
@@ -346,7 +350,20 @@ class Protection:
                 if item.protection_state in (ProtectionState.PROTECTION_STOPPED,
                                              ProtectionState.PROTECTION_PAUSED):
                     item.protection_state = ProtectionState.IR_PENDING
+            if exclude_disks is not None:
+                set_excluded(item, m, exclude_disks)
             self.collection_for(s, m)
+        return self.describe_protection(machine)
+
+    def update(self, machine: str, exclude_disks: list[str]) -> dict[str, Any]:
+        """Change which disks the next backups leave out (service/selective.py)."""
+        with self.rt.sessions.begin() as s:
+            m = _by_name(s, Machine, machine, "machine")
+            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+            if item is None:
+                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                                      f"machine {machine} is not protected")
+            set_excluded(item, m, exclude_disks)
         return self.describe_protection(machine)
 
     def set_state(self, machine: str, state: str) -> dict[str, Any]:
@@ -397,7 +414,7 @@ class Protection:
             v, p = s.get(Vault, item.vault_id), s.get(Policy, item.policy_id)
             assert v is not None and p is not None
             return {"machine": machine, "protection_state": item.protection_state,
-                    "vault": v.name, "policy": p.name,
+                    "vault": v.name, "policy": p.name, "excluded_disks": item.excluded_disks,
                     "last_backup_at": item.last_backup_at.isoformat() + "Z"
                     if item.last_backup_at else None,
                     "last_backup_status": item.last_backup_status,

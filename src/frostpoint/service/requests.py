@@ -95,6 +95,27 @@ class ProtectIn(BaseModel):
     machine: str
     vault: str
     policy: str
+    exclude_disks: list[str] | None = None  # None: keep what was set (all, at first)
+
+
+class ProtectUpdateIn(BaseModel):
+    exclude_disks: list[str] = Field(default_factory=list)  # []: back up every disk
+
+
+class ReplicateIn(BaseModel):
+    to: str
+    every: str | None = None  # e.g. "24h"; None: this run only
+
+
+class MountIn(BaseModel):
+    restore_point: str
+    to: str
+    disk: str | None = None
+    source: str = "auto"
+
+
+class UnmountIn(BaseModel):
+    path: str
 
 
 class BackupIn(BaseModel):
@@ -121,3 +142,5 @@ class RestoreIn(BaseModel):
     path: str | None = None
     disk: str | None = None
     overwrite: bool = False  # restore files: replace what is at the target
+    stop: bool = False  # restore replace: stop a running machine first
+    missing_disks: str = "refuse"  # restore vm of a point without some disk: or "empty"

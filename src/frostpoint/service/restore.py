@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import shutil
@@ -14,14 +15,25 @@ from sqlalchemy import select
 
 from frostpoint.enums import JobStatus, RestorePointTier, SubTaskName, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric.platform import DiskSpec
+from frostpoint.service.copies import copy_vaults
 from frostpoint.service.jobs import JobRunner, describe_job
 from frostpoint.service.keyvault import BACKUP_PRINCIPAL
 from frostpoint.service.machines import Machines
-from frostpoint.service.models import Job, Machine, RestorePoint, SubTask, utcnow
+from frostpoint.service.models import (
+    Job,
+    Machine,
+    RestorePoint,
+    RestorePointCopy,
+    SubTask,
+    Vault,
+    utcnow,
+)
 from frostpoint.service.names import NAME_RE
 from frostpoint.service.protection import Protection
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.specs import machine_spec
+from frostpoint.vault.errors import VaultError
 
 RESTORE = SubTaskName.RESTORE
 IMAGE_MODE = 0o600  # a restored image holds the guest's data, from either tier
@@ -45,6 +57,41 @@ def contained(root: Path, path: str) -> Path | None:
         return None
     entry = parent / entry.name
     return entry if os.path.lexists(entry) else None
+
+
+def glob_contained(root: Path, pattern: str) -> list[Path]:
+    """The entries on the guest's filesystem at root whose path matches pattern
+    (shell globs per component: * ? [..]; a leading '.' only by a pattern that starts
+    with one). Only real folders are walked, never a guest's symlink, and '..' cannot
+    climb out (normalized away), so every match is under root."""
+    parts = [p for p in posixpath.normpath("/" + pattern).split("/") if p]
+    level = [root]
+    for i, part in enumerate(parts):
+        magic = any(c in part for c in "*?[")
+        found = []
+        for folder in level:
+            if magic:
+                try:
+                    names = sorted(e.name for e in os.scandir(folder))
+                except OSError:
+                    continue
+                names = [n for n in names if fnmatch.fnmatchcase(n, part)
+                         and (part.startswith(".") or not n.startswith("."))]
+            else:
+                names = [part]
+            for n in names:
+                try:
+                    mode = os.lstat(folder / n).st_mode
+                except OSError:
+                    continue
+                if i == len(parts) - 1 or stat.S_ISDIR(mode):
+                    found.append(folder / n)
+        level = found
+    return level
+
+
+def has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
 
 
 def _copyable(mode: int) -> bool:
@@ -113,7 +160,12 @@ class Restores:
             q = select(RestorePoint).order_by(RestorePoint.created_at)
             if machine:
                 q = q.where(RestorePoint.machine_name == machine)
-            return [self.describe(rp) for rp in s.scalars(q)]
+            copies: dict[str, list[str]] = {}
+            for rp_id, vault in s.execute(select(RestorePointCopy.restore_point_id, Vault.name)
+                                          .join(Vault, Vault.id == RestorePointCopy.vault_id)):
+                copies.setdefault(rp_id, []).append(vault)
+            return [{**self.describe(rp), "copies": copies.get(rp.id, [])}
+                    for rp in s.scalars(q)]
 
     @staticmethod
     def describe(rp: RestorePoint) -> dict[str, Any]:
@@ -122,22 +174,24 @@ class Restores:
                 "tier": rp.tier, "freeze_ms": rp.freeze_ms, "disks": rp.disks,
                 "instant_expires_at": rp.instant_expires_at.isoformat() + "Z",
                 "vault_expires_at": rp.vault_expires_at.isoformat() + "Z"
-                if rp.vault_expires_at else None}
+                if rp.vault_expires_at else None, "excluded_disks": rp.excluded_disks}
 
-    def _rp(self, rp_id: str) -> RestorePoint:
+    def restore_point(self, rp_id: str) -> RestorePoint:
         with self.rt.sessions() as s:
             rp = s.get(RestorePoint, rp_id)
             if rp is None:
                 raise FrostpointError("NotFound", f"no restore point {rp_id}")
             return rp
 
-    def _source(self, rp: RestorePoint, source: str) -> str:
+    def pick_source(self, rp: RestorePoint, source: str) -> str:
         if source not in ("auto", "instant", "vault"):
             raise FrostpointError("InvalidInput", "--source is auto, instant or vault")
         instant = (rp.tier != RestorePointTier.VAULT and rp.snapshot_dir
                    and self.rt.platform.snapshot_exists(rp.snapshot_dir))
-        in_vault = rp.vault_id is not None and rp.tier in (RestorePointTier.SNAPSHOT_AND_VAULT,
-                                                           RestorePointTier.VAULT)
+        with self.rt.sessions() as s:
+            copies = copy_vaults(s, rp.id)
+        in_vault = bool(copies) or rp.vault_id is not None and rp.tier in (
+            RestorePointTier.SNAPSHOT_AND_VAULT, RestorePointTier.VAULT)
         if source == "instant" and not instant:
             raise FrostpointError("UserErrorInstantRpNotFound",
                                   f"the snapshot of restore point {rp.id} no longer exists")
@@ -159,10 +213,22 @@ class Restores:
             snap = self.rt.platform.snapshot_image(str(rp.snapshot_dir), disk)
             self.rt.platform.copy_disk(snap, target)
         else:
-            assert rp.vault_id
-            self.protection.store(rp.vault_id).restore_disk(rp.id, disk, target,
-                                                            progress=progress)
+            self._from_vault(rp, disk, target, progress)
         os.chmod(target, IMAGE_MODE)  # a reflink or cp keeps the snapshot's mode
+
+    def _from_vault(self, rp: RestorePoint, disk: str, target: Path, progress: Any) -> None:
+        """From the restore point's own vault, else (gone, unreachable, damaged) from
+        its copies, oldest first; the first vault's error if none has it whole."""
+        with self.rt.sessions() as s:
+            vaults = [v for v in [rp.vault_id, *copy_vaults(s, rp.id)] if v]
+        first: Exception | None = None
+        for vid in dict.fromkeys(vaults):
+            try:
+                self.protection.store(vid).restore_disk(rp.id, disk, target, progress=progress)
+                return
+            except (FrostpointError, VaultError, OSError) as e:
+                first = first or e
+        raise first or FrostpointError("NotFound", f"restore point {rp.id} is in no vault")
 
     # -- restore jobs ---------------------------------------------------------------
     def _job(self, kind: str, rp: RestorePoint, params: dict[str, Any]) -> Job:
@@ -181,9 +247,9 @@ class Restores:
         return cb
 
     def _start(self, kind: str, rp_id: str, params: dict[str, Any], body: Any) -> dict[str, Any]:
-        rp = self._rp(rp_id)
+        rp = self.restore_point(rp_id)
         asked = params.get("source", "auto")
-        source = self._source(rp, asked)
+        source = self.pick_source(rp, asked)
         job = self._job(kind, rp, {**params, "source": source})
         with self.rt.sessions.begin() as s:  # the job says where it reads from, at once
             j = s.get(Job, job.id)
@@ -217,16 +283,36 @@ class Restores:
             return {"restored": out}
         return self._start("Disks", rp_id, {"to": to, "source": source}, body)
 
-    def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
+    def put_disk(self, rp: RestorePoint, disk: DiskSpec, source: str, job_id: str) -> None:
+        """Make a stopped machine's disk hold the restore point's copy of it: made in
+        the scratch space beside the disks, then put in place by the platform."""
+        work = Path(tempfile.mkdtemp(prefix="restore-", dir=self.rt.platform.scratch_dir()))
+        try:
+            tmp = work / f"{disk.name}.img"
+            self.materialize(rp, disk.name, tmp, source, self._progress(job_id))
+            self.rt.platform.replace_disk(disk, tmp)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def restore_vm(self, rp_id: str, name: str, source: str = "auto",
+                   missing_disks: str = "refuse") -> dict[str, Any]:
         # Refused before a job is made: a job that fails on the name only later (after
         # the key checks) is a failed restore in the list for a typo.
         if not NAME_RE.match(name):
             raise FrostpointError("InvalidInput", f"machine name {name!r}: names are 1-20 "
                                   "of a-z, 0-9, '-', starting a-z")
+        if missing_disks not in ("refuse", "empty"):
+            raise FrostpointError("InvalidInput", "--missing-disks is refuse or empty")
         with self.rt.sessions() as s:
             if s.scalar(select(Machine.id).where(Machine.name == name)):
                 raise FrostpointError("Conflict", f"machine {name} already exists: choose "
                                       "another --name")
+        left_out = [d["name"] for d in self.restore_point(rp_id).excluded_disks]
+        if left_out and missing_disks == "refuse":
+            raise FrostpointError("InvalidInput", f"restore point {rp_id} does not hold "
+                                  f"disk(s) {', '.join(left_out)} (excluded from backup): "
+                                  "add --missing-disks empty to make them empty",
+                                  {"excluded_disks": left_out})
 
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             # The new machine's disks are readable by whoever runs it: restoring them is
@@ -236,31 +322,28 @@ class Restores:
                 if d.get("encryption_key"):
                     self.machines.keyvaults.unwrap(d["encryption_key"], d["wrapped_key"],
                                                    BACKUP_PRINCIPAL)
+            # A disk the point left out is made new and empty (formatted, as vm create).
             self.machines.create(name, [{"name": d["name"], "size": str(d["size_bytes"]),
                                          "filesystem": d["filesystem"],
                                          "encryption_key": d.get("encryption_key"),
                                          "wrapped_key": d.get("wrapped_key")}
-                                        for d in rp.disks])
+                                        for d in [*rp.disks, *rp.excluded_disks]])
             self.machines.stop(name)
+            held = {d["name"] for d in rp.disks}
             with self.rt.sessions() as s:
                 disks = machine_spec(Machines.get(s, name)).disks
-            for disk in disks:  # made beside the disks, then put in place by the platform
-                work = Path(tempfile.mkdtemp(prefix="restore-",
-                                             dir=self.rt.platform.scratch_dir()))
-                try:
-                    tmp = work / f"{disk.name}.img"
-                    self.materialize(rp, disk.name, tmp, src, self._progress(job_id))
-                    self.rt.platform.replace_disk(disk, tmp)
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
+            for disk in disks:
+                if disk.name in held:
+                    self.put_disk(rp, disk, src, job_id)
             self.machines.start(name)
-            return {"machine": name}
-        return self._start("Vm", rp_id, {"name": name, "source": source}, body)
+            return {"machine": name, "empty_disks": sorted(set(left_out))}
+        return self._start("Vm", rp_id, {"name": name, "source": source,
+                                         "missing_disks": missing_disks}, body)
 
     def restore_files(self, rp_id: str, path: str, to: str, disk: str | None = None,
                       source: str = "auto", overwrite: bool = False) -> dict[str, Any]:
         base = posixpath.basename(posixpath.normpath("/" + path))
-        if not overwrite and base and os.path.lexists(Path(to) / base):
+        if not overwrite and base and not has_glob(path) and os.path.lexists(Path(to) / base):
             raise FrostpointError("Conflict", f"{Path(to) / base} exists: restore into "
                                   "another folder, or add --overwrite")
 
@@ -281,19 +364,26 @@ class Restores:
                 # The filesystem is the guest's: the platform mounts it read-only,
                 # nodev, nosuid, noexec (fabric/platform.py image_files).
                 with self.rt.platform.image_files(image, fs, key) as root:
-                    inner = contained(root, path)
-                    if inner is None:
+                    found = (glob_contained(root, path) if has_glob(path)
+                             else [e for e in [contained(root, path)] if e is not None])
+                    if not found:
                         raise FrostpointError("NotFound", f"{path} is not on disk {dname}")
                     dest = Path(to)
                     dest.mkdir(parents=True, exist_ok=True)
-                    target = dest / inner.name if inner != root else dest
-                    if target != dest and os.path.lexists(target) and not overwrite:
-                        # made while the job ran
-                        raise FrostpointError("Conflict", f"{target} exists: add "
-                                              "--overwrite")
-                    skipped = copy_out(inner, target)
+                    targets = [dest / e.name if e != root else dest for e in found]
+                    if len(set(targets)) < len(targets):  # a/x.txt and b/x.txt
+                        raise FrostpointError("InvalidInput", f"{path} matches two entries "
+                                              "of one name: restore each folder on its own")
+                    taken = [str(t) for t in targets if t != dest and os.path.lexists(t)]
+                    if taken and not overwrite:  # made while the job ran, or a glob's
+                        raise FrostpointError("Conflict", f"{', '.join(taken[:5])} exists: "
+                                              "add --overwrite", {"exists": taken[:50]})
+                    skipped = [x for e, t in zip(found, targets, strict=True)
+                               for x in copy_out(e, t)]
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            return {"restored": str(target), "disk": dname, "skipped": skipped}
+            restored = [str(t) for t in targets]
+            return {"restored": restored[0] if len(restored) == 1 and not has_glob(path)
+                    else restored, "disk": dname, "skipped": skipped}
         return self._start("Files", rp_id, {"path": path, "to": to, "disk": disk,
                                             "source": source, "overwrite": overwrite}, body)

@@ -17,13 +17,14 @@ READER = {("GET", p) for p in (
     "/errors", "/machines", "/machines/{name}", "/vaults",
     "/policies", "/policies/{name}", "/policies/{name}/preview", "/protection/{machine}",
     "/jobs", "/jobs/{job_id}", "/restore-points",
-    "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups")}
+    "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups", "/replications",
+    "/restores/mounts")}
 # doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
 # a probe file to each disk.
 OPERATOR = {("GET", "/machines/{name}/doctor"),
             ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
             ("POST", "/restores/vm"), ("POST", "/restores/disks"),
-            ("POST", "/restores/files")}
+            ("POST", "/restores/files"), ("GET", "/restore-points/{rp_id}/browse")}
 ADMIN = {
     ("POST", "/machines"), ("POST", "/machines/{name}/start"),
     ("POST", "/machines/{name}/stop"), ("POST", "/machines/{name}/deallocate"),
@@ -46,6 +47,9 @@ ADMIN = {
     ("POST", "/keyvaults"), ("POST", "/keyvaults/{name}/keys"),
     ("POST", "/keyvaults/{name}/grants"), ("DELETE", "/keyvaults/{name}/grants/{principal}"),
     ("POST", "/tokens"), ("GET", "/tokens"), ("DELETE", "/tokens/{name}"),
+    # replace swaps a machine's disks; a mount goes anywhere on the host
+    ("POST", "/restores/replace"), ("POST", "/restores/mount"), ("POST", "/restores/unmount"),
+    ("POST", "/vaults/{name}/replicate"), ("POST", "/protection/{machine}/update"),
 }
 
 

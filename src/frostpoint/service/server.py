@@ -87,6 +87,7 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
         rt.start_fabric()
         svc = Services(rt)
         svc.reconcile_machines()
+        svc.browser.clean_mounts()  # restore mounts an earlier process left
         svc.backups.runner.reap_orphans()
         rt.platform.attach_backend(svc.machines)
         wire_sock, host_sock = rt.platform.endpoint_sockets(FABRIC_ADDRESS,

@@ -18,6 +18,7 @@ from frostpoint.enums import (
 )
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.service.backup import Backups
+from frostpoint.service.browse import Browser
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import BUSY, Machines
 from frostpoint.service.models import (
@@ -32,6 +33,8 @@ from frostpoint.service.models import (
 )
 from frostpoint.service.policies import Policies, schedule_of
 from frostpoint.service.protection import Protection, purge_at
+from frostpoint.service.replace import Replacer
+from frostpoint.service.replication import Replications
 from frostpoint.service.restore import Restores
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.softdelete import SoftDelete
@@ -49,7 +52,10 @@ class Services:
         self.restores = Restores(rt, self.machines, self.protection)
         self.vault_checks = VaultChecks(rt, self.protection)
         self.policies = Policies(rt)
-        self.softdelete = SoftDelete(rt, self.protection)
+        self.replications = Replications(rt, self.protection)
+        self.softdelete = SoftDelete(rt, self.protection, self.replications.drop_copies)
+        self.replacer = Replacer(self.restores)
+        self.browser = Browser(self.restores)
         self.stopping = threading.Event()
         self._last_gc = time.monotonic()
 
@@ -135,8 +141,11 @@ class Services:
     def _reaper_loop(self) -> None:
         while not self.stopping.wait(2):
             try:
-                for job_id in self.backups.runner.reap_orphans():
+                reaped = self.backups.runner.reap_orphans()
+                for job_id in reaped:
                     log.warning("job %s failed: its service stopped", job_id)
+                if reaped:  # a replication a crash ended resumes now, not next pass
+                    self.replications.run_due()
             except Exception:
                 log.exception("reaper")
 
@@ -144,6 +153,7 @@ class Services:
         while not self.stopping.wait(15):
             try:
                 self.run_schedule()
+                self.replications.run_due()  # and runs a crash ended (service/replication.py)
             except Exception:
                 log.exception("scheduler")
 
@@ -239,6 +249,7 @@ class Services:
             try:
                 if vault_id:
                     self.softdelete.delete_vault_copy(vault_id, rp_id)
+                self.replications.drop_copies(rp_id)
                 with self.rt.sessions.begin() as s:
                     rp = s.get(RestorePoint, rp_id)
                     if rp is not None:

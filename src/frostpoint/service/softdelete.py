@@ -9,6 +9,7 @@ purges it. Every deletion asks service/immutability.py first.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -40,9 +41,11 @@ MIN_DAYS, MAX_DAYS = 14, 180
 
 
 class SoftDelete:
-    def __init__(self, rt: Runtime, protection: Protection) -> None:
+    def __init__(self, rt: Runtime, protection: Protection,
+                 drop_copies: Callable[[str], None]) -> None:
         self.rt = rt
         self.protection = protection
+        self.drop_copies = drop_copies  # a restore point's copies in other vaults
 
     # -- protection ------------------------------------------------------------------
     def stop(self, machine: str, delete_data: bool) -> dict[str, Any]:
@@ -148,6 +151,7 @@ class SoftDelete:
             self.rt.platform.delete_snapshot(snap)
         if vault_id:
             self.delete_vault_copy(vault_id, rp_id)
+        self.drop_copies(rp_id)  # their rows refer to the restore point's
         with self.rt.sessions.begin() as s:
             rp = s.get(RestorePoint, rp_id)
             if rp is not None:
