@@ -46,6 +46,7 @@ from frostpoint.service.roles import contained, route_role
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
 from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
+from frostpoint.web.app import add_dashboard
 from frostpoint.vault.errors import VaultError
 
 log = logging.getLogger("frostpoint.service.api")
@@ -413,6 +414,7 @@ def create_app(svc: Services) -> FastAPI:
         return tokens.revoke(name)
 
     add_routes(app, svc, r)  # replace, browse, mounts, selective disks, replication
+    add_dashboard(app, tokens)  # the web UI at / (web/), on these same routes
 
     # Each route's role in OpenAPI, for clients and for the test that checks them all.
     for route in app.routes:
