@@ -414,7 +414,7 @@ def create_app(svc: Services) -> FastAPI:
         return tokens.revoke(name)
 
     add_routes(app, svc, r)  # replace, browse, mounts, selective disks, replication
-    add_dashboard(app, tokens)  # the web UI at / (web/), on these same routes
+    add_dashboard(app, tokens, svc.rt.restore_area)  # the web UI at / (web/), on these same routes
 
     # Each route's role in OpenAPI, for clients and for the test that checks them all.
     for route in app.routes:

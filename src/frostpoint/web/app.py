@@ -35,12 +35,15 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
-def add_dashboard(app: FastAPI, tokens: Tokens) -> None:
+def add_dashboard(app: FastAPI, tokens: Tokens, restore_area: Path) -> None:
+    """restore_area: where the restore forms suggest restoring to (an operator may
+    restore only there; service/roles.py contained)."""
     api = Api(app)
     auth = WebAuth(tokens)
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(bytes=human_bytes)
-    templates.env.globals.update(version=__version__, actions=ACTIONS)
+    templates.env.globals.update(version=__version__, actions=ACTIONS,
+                                 restore_area=str(restore_area))
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -51,10 +54,10 @@ def add_dashboard(app: FastAPI, tokens: Tokens) -> None:
 
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
-    def render(request: Request, session: Session | None, name: str, status: int = 200,
+    def render(request: Request, session: Session | None, template: str, status: int = 200,
                **ctx: Any) -> HTMLResponse:
         now = datetime.now(UTC)
-        return templates.TemplateResponse(request, name, {
+        return templates.TemplateResponse(request, template, {
             "session": session, "who": session.caller if session else None,
             "csrf": session.csrf if session else "", "now": now,
             "ago": lambda iso: age(iso, now),
