@@ -46,8 +46,8 @@ from frostpoint.service.roles import contained, route_role
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
 from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
-from frostpoint.web.app import add_dashboard
 from frostpoint.vault.errors import VaultError
+from frostpoint.web.app import add_dashboard
 
 log = logging.getLogger("frostpoint.service.api")
 

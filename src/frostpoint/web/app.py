@@ -67,30 +67,26 @@ def add_dashboard(app: FastAPI, tokens: Tokens, restore_area: Path) -> None:
     def failure_page(request: Request, session: Session | None, e: ApiFailure) -> HTMLResponse:
         return render(request, session, "error.html", status=e.status, error=e.error)
 
-    def page(path: str) -> Callable[[Page], Page]:
+    def add_page(path: str, body: Page) -> None:
         """A signed-in page: without a session, off to the sign-in; an API refusal is
         shown with its code, causes and fix."""
-        def wrap(body: Page) -> Page:
-            async def handler(request: Request) -> Response:
-                session = auth.session(request)
-                if session is None:
-                    if request.headers.get("hx-request"):
-                        return HTMLResponse("signed out", status_code=401,
-                                            headers={"HX-Redirect": "/ui/login"})
-                    return RedirectResponse(
-                        "/ui/login?next=" + quote(request.url.path, safe="/"), 303)
-                try:
-                    return await body(request, session)
-                except ApiFailure as e:
-                    return failure_page(request, session, e)
-            app.add_api_route(path, handler, methods=["GET"], include_in_schema=False,
-                              response_class=HTMLResponse)
-            return handler
-        return wrap
+        async def handler(request: Request) -> Response:
+            session = auth.session(request)
+            if session is None:
+                if request.headers.get("hx-request"):
+                    return HTMLResponse("signed out", status_code=401,
+                                        headers={"HX-Redirect": "/ui/login"})
+                return RedirectResponse(
+                    "/ui/login?next=" + quote(request.url.path, safe="/"), 303)
+            try:
+                return await body(request, session)
+            except ApiFailure as e:
+                return failure_page(request, session, e)
+        app.add_api_route(path, handler, methods=["GET"], include_in_schema=False,
+                          response_class=HTMLResponse)
 
-    ctx = pages.PageContext(api, render)
-    for path, body in pages.routes(ctx).items():
-        page(path)(body)
+    for path, body in pages.routes(pages.PageContext(api, render)).items():
+        add_page(path, body)
 
     @app.get("/ui/login", include_in_schema=False, response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> Response:

@@ -67,12 +67,14 @@ class VaultUsage:
         total = self.chunks_new + self.chunks_reused
         return total / self.chunks_new if self.chunks_new else None
 
-    def compression_ratio(self, block_size: int | None) -> float | None:
-        """New blocks' plain size per byte stored (blocks are block_size each)."""
-        if not block_size or not self.chunks_new:
+    @property
+    def compression_ratio(self) -> float | None:
+        """About how much the new data shrank: the share of the bytes read that were new
+        (by the dedup ratio), per byte stored. Zero blocks are read and never stored, so
+        a sparse disk shows more than zstd did; hence the dashboard's "≈"."""
+        if not self.stored_bytes_written or not self.dedup_ratio:
             return None
-        stored_new = self.stored_bytes_written
-        return self.chunks_new * block_size / stored_new if stored_new else None
+        return self.read_bytes / self.dedup_ratio / self.stored_bytes_written
 
 
 def vault_usage(vaults: list[S.Vault], jobs: list[S.Job], rps: list[S.RestorePoint],
@@ -100,7 +102,8 @@ def vault_usage(vaults: list[S.Vault], jobs: list[S.Job], rps: list[S.RestorePoi
             u.last_verify = j
         else:
             continue
-        u.series.append({"t": j.ended_at or j.started_at, "bytes": max(0, u.stored_bytes)})
+        u.series.append({"t": (j.ended_at or j.started_at)[5:16].replace("T", " "),
+                         "bytes": max(0, u.stored_bytes)})
     newest: dict[str, S.RestorePoint] = {}
     for rp in rps:
         name = vault_of.get(rp.machine)
