@@ -189,7 +189,10 @@ def run_quickstart(quiet: bool = False) -> dict[str, Any]:
                f"{transfer[1].get('bytes_total', 0) / 1e6:.0f} MB; "
                f"doc1.txt restored from the vault "
                f"{'matches' if ok else 'DIFFERS FROM'} the original byte for byte")
-    return {"ok": ok, "summary": summary, "jobs": [jj["id"] for jj in jobs],
+    dashboard = service_url() + "/"
+    _say(quiet, f"dashboard: {dashboard} (sign in with the token in "
+                f"{data_dir() / 'api-token'}; docs/web.md)")
+    return {"ok": ok, "summary": summary, "dashboard": dashboard, "jobs": [jj["id"] for jj in jobs],
             "restore_points": [r["id"] for r in rps], "restored_file": str(target / "doc1.txt"),
             "sha256": restored}
 
