@@ -200,6 +200,23 @@ def test_vault_page_and_charts_show_stored_bytes(admin: Tab) -> None:
     assert stored != "0 B" and ("MiB" in stored or "KiB" in stored), stored
     assert admin.page.locator("#vault-v1 button[data-action=verify]").count() == 1
     assert admin.page.locator("#vault-v1 canvas").get_attribute("data-drawn") == "1"
+    # Verify from its button; GC asks first, and a "no" starts nothing.
+    admin.page.click("#vault-v1 button[data-action=verify]")
+    admin.page.wait_for_url(re.compile(r".*/ui/jobs/[^/]+$"))
+    assert wait_job_page(admin) == "Completed"
+    admin.go("/ui/vaults")
+    assert "ok" in admin.page.inner_text("#vault-v1 .last-verify")
+    assert "never" in admin.page.inner_text("#vault-v1 .last-gc")
+    admin.page.once("dialog", lambda d: d.dismiss())
+    admin.page.click("#vault-v1 button[data-action=gc]")
+    admin.page.wait_for_timeout(500)
+    assert admin.page.url.endswith("/ui/vaults")
+    admin.page.once("dialog", lambda d: d.accept())
+    admin.page.click("#vault-v1 button[data-action=gc]")
+    admin.page.wait_for_url(re.compile(r".*/ui/jobs/[^/]+$"))
+    assert wait_job_page(admin) == "Completed"
+    admin.go("/ui/vaults")
+    assert "Completed" in admin.page.inner_text("#vault-v1 .last-gc")
     admin.shot("vaults")
     admin.go(f"/ui/machines/{M}")
     assert admin.page.locator("#chart-duration").get_attribute("data-drawn") == "1"

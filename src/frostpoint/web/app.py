@@ -14,6 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frostpoint import __version__
 from frostpoint import schemas as S
@@ -35,6 +37,27 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
+class SecurityHeaders:
+    """The dashboard's headers on its pages and assets (not on the REST API's answers).
+    Plain ASGI: it touches only the response's start, never the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/" or path.startswith("/ui")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def add_dashboard(app: FastAPI, tokens: Tokens, restore_area: Path) -> None:
     """restore_area: where the restore forms suggest restoring to (an operator may
     restore only there; service/roles.py contained)."""
@@ -45,13 +68,7 @@ def add_dashboard(app: FastAPI, tokens: Tokens, restore_area: Path) -> None:
     templates.env.globals.update(version=__version__, actions=ACTIONS,
                                  restore_area=str(restore_area))
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        if request.url.path == "/" or request.url.path.startswith("/ui"):
-            response.headers.update(SECURITY_HEADERS)
-        return response
-
+    app.add_middleware(SecurityHeaders)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
 
     def render(request: Request, session: Session | None, template: str, status: int = 200,
