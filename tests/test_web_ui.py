@@ -199,6 +199,9 @@ def test_vault_page_and_charts_show_stored_bytes(admin: Tab) -> None:
     stored = admin.page.inner_text("#vault-v1 .stored")
     assert stored != "0 B" and ("MiB" in stored or "KiB" in stored), stored
     assert admin.page.locator("#vault-v1 button[data-action=verify]").count() == 1
+    # Mostly random data (big.bin): zstd saved next to nothing, and the page says so.
+    ratio = float(admin.page.inner_text("#vault-v1 .compression").rstrip("×"))
+    assert 0.9 < ratio < 1.2, ratio
     assert admin.page.locator("#vault-v1 canvas").get_attribute("data-drawn") == "1"
     # Verify from its button; GC asks first, and a "no" starts nothing.
     admin.page.click("#vault-v1 button[data-action=verify]")

@@ -258,7 +258,8 @@ class Backups:
             job.details = {**job.details, "transfer": {
                 k: getattr(stats, k) for k in (
                     "bytes_read", "bytes_total", "chunks_new", "chunks_reused", "bytes_stored",
-                    "blocks_unchanged", "blocks_hole", "duration_s", "cbt")}}
+                    "blocks_unchanged", "blocks_hole", "duration_s", "cbt",
+                    "plain_bytes_new", "sealed_bytes_new")}}
         self.runner.subtask(job_id, TRANSFER, SubTaskStatus.COMPLETED)
         return (JobStatus.COMPLETED_WITH_WARNINGS if warnings else JobStatus.COMPLETED), warnings
 

@@ -286,6 +286,9 @@ class Archiver:
                 if cid == b"":  # a patched block that became all zeros
                     stats.zero_blocks += 1
                 else:
+                    if base is None and sealed is not None and not self.writer.knows(cid):
+                        stats.plain_bytes_new += n
+                        stats.sealed_bytes_new += len(sealed)
                     self.writer.add(cid, sealed, base)
                     blocks[i] = cid.hex()
             stats.bytes_read += read

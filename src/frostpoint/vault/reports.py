@@ -15,6 +15,10 @@ class BackupStats:
     chunks_new: int = 0       # chunks sealed and written by this backup
     chunks_reused: int = 0    # non-zero blocks whose chunk was already stored (dedup)
     bytes_stored: int = 0     # sealed chunk bytes written to packs
+    # New whole chunks (no base): their plain and sealed bytes, whose ratio is what
+    # compression saved (the dashboard's compression ratio).
+    plain_bytes_new: int = 0
+    sealed_bytes_new: int = 0
     blocks_unchanged: int = 0  # same extents as the previous snapshot: not read
     blocks_hole: int = 0      # holes in the image: not read
     blocks_patched: int = 0   # partly changed: only the frames a change touches read

@@ -52,10 +52,10 @@ class VaultUsage:
     name: str
     stored_bytes: int = 0
     protected_bytes: int = 0
-    read_bytes: int = 0
     chunks_new: int = 0
     chunks_reused: int = 0
-    stored_bytes_written: int = 0  # by backups; a GC does not lower it
+    plain_new: int = 0  # new whole chunks: plain bytes, and sealed (vault/reports.py)
+    sealed_new: int = 0
     restore_points: dict[str, int] = field(default_factory=dict)  # machine -> count
     series: list[dict[str, Any]] = field(default_factory=list)  # {t, bytes} per sample
     last_verify: S.Job | None = None
@@ -69,12 +69,8 @@ class VaultUsage:
 
     @property
     def compression_ratio(self) -> float | None:
-        """About how much the new data shrank: the share of the bytes read that were new
-        (by the dedup ratio), per byte stored. Zero blocks are read and never stored, so
-        a sparse disk shows more than zstd did; hence the dashboard's "≈"."""
-        if not self.stored_bytes_written or not self.dedup_ratio:
-            return None
-        return self.read_bytes / self.dedup_ratio / self.stored_bytes_written
+        """Plain bytes per sealed byte of the new whole chunks backups stored."""
+        return self.plain_new / self.sealed_new if self.sealed_new else None
 
 
 def vault_usage(vaults: list[S.Vault], jobs: list[S.Job], rps: list[S.RestorePoint],
@@ -91,8 +87,8 @@ def vault_usage(vaults: list[S.Vault], jobs: list[S.Job], rps: list[S.RestorePoi
         if j.operation == JobOperation.BACKUP and j.status in DONE and transfer(j):
             t = transfer(j)
             u.stored_bytes += int(t.get("bytes_stored", 0))
-            u.stored_bytes_written += int(t.get("bytes_stored", 0))
-            u.read_bytes += int(t.get("bytes_read", 0))
+            u.plain_new += int(t.get("plain_bytes_new", 0))
+            u.sealed_new += int(t.get("sealed_bytes_new", 0))
             u.chunks_new += int(t.get("chunks_new", 0))
             u.chunks_reused += int(t.get("chunks_reused", 0))
         elif j.operation == JobOperation.VAULT_GC and j.status in DONE:
