@@ -125,7 +125,8 @@ def add_dashboard(app: FastAPI, tokens: Tokens, restore_area: Path) -> None:
     @app.post("/ui/logout", include_in_schema=False)
     async def logout(request: Request) -> Response:
         response = RedirectResponse("/ui/login", 303)
-        response.delete_cookie(COOKIE, path="/")
+        if auth.same_origin(request):  # another site cannot sign one out either
+            response.delete_cookie(COOKIE, path="/")
         return response
 
     @app.post("/ui/act/{action}", include_in_schema=False, response_class=HTMLResponse)
