@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+from frostpoint.fabric.brokers import FreezeBrokers
 from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
@@ -19,7 +20,6 @@ from frostpoint.fabric.system import (
     is_mountpoint,
     loop_devices,
     run,
-    stop_process,
     thaw_machine_disks,
 )
 
@@ -40,9 +40,7 @@ def teardown_host(data_dir: Path) -> None:
             except ProcessLookupError:
                 pass
     time.sleep(0.2)
-    brokers = data_dir / "run" / "broker"
-    for pid_file in brokers.glob("*.pid") if brokers.exists() else []:
-        stop_process(pid_file, str(brokers / (pid_file.stem + ".sock")))
+    FreezeBrokers(data_dir / "run" / "broker").stop_all()
     if ns_dir.exists():
         for f in ns_dir.iterdir():
             while is_mountpoint(f):
