@@ -356,6 +356,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if child == 0:
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a timed-out exec ends with us
+            # Not dumpable until the execve (which makes it so again): once at the
+            # guest's capabilities, the guest could stop it and write its memory
+            # (/proc/PID/mem) before the seccomp filter loads and the listener closes.
+            prctl(PR_SET_DUMPABLE, 0)
             restrict(broker)
             os.execvpe(args.argv[0], args.argv, GUEST_ENV)
         except OSError as e:
