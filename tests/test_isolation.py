@@ -439,3 +439,27 @@ def test_guest_cannot_write_into_a_host_exec_before_it_runs_the_command(svc: Ser
         caught = str(_sh(svc, f"cat {out}")["stdout"])
     assert caught, "the catcher saw no host-made process (it should stop one and be refused)"
     assert "WROTE" not in caught, f"the guest could write into a host exec:\n{caught}"
+
+
+# Run in the guest: overwrite the instruction PID 1 returns to from its sigwaitinfo
+# with exit_group(0) (/proc/1/syscall names it), then let an orphan end so it returns.
+EXIT_PID1 = r"""
+import os, subprocess
+pc = int(open("/proc/1/syscall").read().split()[-1], 16)
+fd = os.open("/proc/1/mem", os.O_RDWR)
+os.pwrite(fd, bytes([0xB8, 0xE7, 0, 0, 0, 0x31, 0xFF, 0x0F, 0x05]), pc)
+subprocess.run(["sh", "-c", "(sleep 0.2 &)"])
+"""
+
+
+def test_guest_cannot_write_its_init_to_power_it_off(svc: Service) -> None:
+    init = int((svc.data_dir / "run" / "init" / OTHER).read_text())
+    try:
+        _run(svc, OTHER, ["python3", "-c", EXIT_PID1])
+        time.sleep(1.5)
+        assert Path(f"/proc/{init}").exists(), "the guest made its PID 1 exit"
+        assert _sh(svc, "true", machine=OTHER)["returncode"] == 0
+    finally:
+        if not Path(f"/proc/{init}").exists():
+            svc.client.post(f"/machines/{OTHER}/stop", {})
+            svc.client.post(f"/machines/{OTHER}/start", {})
