@@ -308,6 +308,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             os.closerange(3, keep[0])
             os.closerange(keep[0] + 1, keep[1])
             os.closerange(keep[1] + 1, 1 << 16)
+            # Never dumpable (it never executes): the guest, at the same capabilities,
+            # could otherwise write its memory (/proc/1/mem) and make it exit.
+            prctl(PR_SET_DUMPABLE, 0)
             restrict(broker)
             os.write(w, b"ok")
         except BaseException as e:  # noqa: BLE001 - the parent says what failed
@@ -356,6 +359,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if child == 0:
         try:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a timed-out exec ends with us
+            # Not dumpable until the execve (which makes it so again): once at the
+            # guest's capabilities, the guest could stop it and write its memory
+            # (/proc/PID/mem) before the seccomp filter loads and the listener closes.
+            prctl(PR_SET_DUMPABLE, 0)
             restrict(broker)
             os.execvpe(args.argv[0], args.argv, GUEST_ENV)
         except OSError as e:
