@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Service, needs_root, running_service
+from frostpoint.cli.client import ApiError
 
 pytestmark = needs_root
 M, OTHER = "iso", "iso-other"
@@ -463,3 +464,13 @@ def test_guest_cannot_write_its_init_to_power_it_off(svc: Service) -> None:
         if not Path(f"/proc/{init}").exists():
             svc.client.post(f"/machines/{OTHER}/stop", {})
             svc.client.post(f"/machines/{OTHER}/start", {})
+
+
+def test_an_exec_past_its_timeout_is_a_catalog_error(svc: Service) -> None:
+    """A guest can stop its own exec (SIGSTOP) or run one forever: the caller gets
+    VmExecTimedOut, not an internal error, and the machine goes on."""
+    with pytest.raises(ApiError) as e:
+        svc.client.post(f"/machines/{M}/exec", {"argv": ["sh", "-c", "kill -STOP $$"],
+                                                "timeout": 2})
+    assert e.value.status == 504 and e.value.error["code"] == "VmExecTimedOut", e.value.error
+    assert _sh(svc, "true")["returncode"] == 0

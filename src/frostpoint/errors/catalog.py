@@ -216,6 +216,15 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["The scratch space or the disk pool failed while the disks were swapped."],
           ["frostpoint restore disks SAFETY_RP --replace  # the safety restore point",
            "frostpoint doctor {machine}"], status=500),
+    _spec("VmExecTimedOut", "user", True,
+          "The command run in the machine did not finish within its timeout; it was "
+          "killed.",
+          ["The command takes longer than the timeout, or waits for input.",
+           "Something in the machine stopped it (SIGSTOP) or it is blocked on a frozen "
+           "disk."],
+          ["frostpoint vm exec {machine} -- sh -c 'COMMAND >/tmp/out 2>&1 &'  # longer "
+           "than 300 s: in the background, then read /tmp/out",
+           "frostpoint doctor {machine}  # a frozen disk shows there"], status=504),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric import fscrypt, guestfs
 from frostpoint.fabric.brokers import FreezeBrokers
 from frostpoint.fabric.dhcp import DhcpServer
@@ -262,8 +263,13 @@ class Sandbox(SnapshotFolders):
 
     def exec(self, machine: str, argv: list[str], timeout: float = 300,
              input: bytes | None = None) -> ExecResult:
-        p = subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
-                           timeout=timeout, input=input)
+        try:
+            p = subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
+                               timeout=timeout, input=input)
+        except subprocess.TimeoutExpired as e:  # it is killed with its host-side parent
+            raise FrostpointError("VmExecTimedOut", f"the command in {machine} did not "
+                                  f"finish within {timeout:g} s",
+                                  {"machine": machine, "timeout_s": timeout}) from e
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
     def start_process(self, machine: str, argv: list[str]) -> subprocess.Popen[bytes]:
