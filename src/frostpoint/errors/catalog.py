@@ -216,6 +216,12 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["The scratch space or the disk pool failed while the disks were swapped."],
           ["frostpoint restore disks SAFETY_RP --replace  # the safety restore point",
            "frostpoint doctor {machine}"], status=500),
+    _spec("NotificationDeliveryFailed", "user", True,
+          "A webhook target did not accept an event (no answer in time, or not 2xx).",
+          ["The receiver is down or unreachable from the service.",
+           "The receiver answered with an error (a wrong path, its signature check).",
+           "The receiver took longer than the delivery timeout."],
+          ["frostpoint notify test NAME", "frostpoint notify list"], status=502),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),
