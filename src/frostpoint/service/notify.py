@@ -118,7 +118,8 @@ class Notifications:
                                   "-, starting with a letter")
         if secret is not None and not 16 <= len(secret.encode()) <= 256:
             raise FrostpointError("InvalidInput", "--secret must be 16-256 bytes")
-        target = NotifyTarget(name=name, url=check_url(url), events=check_events(events),
+        target = NotifyTarget(id=new_id(), name=name, url=check_url(url),
+                              events=check_events(events),
                               signed=secret is not None)
         with self.rt.sessions.begin() as s:
             if s.scalar(select(NotifyTarget.id).where(NotifyTarget.name == name)):
