@@ -90,7 +90,8 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None,
         svc = Services(rt)
         svc.reconcile_machines()
         svc.browser.clean_mounts()  # restore mounts an earlier process left
-        svc.backups.runner.reap_orphans()
+        for job_id in svc.backups.runner.reap_orphans():  # jobs a crash left running
+            svc.backups.runner.announce_end(job_id)  # their `failed` event
         rt.platform.attach_backend(svc.machines)
         wire_sock, host_sock = rt.platform.endpoint_sockets(FABRIC_ADDRESS,
                                                             (WIRE_PORT, HOST_PORT))
