@@ -4,7 +4,9 @@ target only gets the events it asked for."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,32 @@ def test_targets_are_checked_when_added(world: World) -> None:
     assert [t["signed"] for t in n.list_all()] == [True]
     n.remove("t")
     assert n.list_all() == [] and not secret.exists()
+
+
+def test_a_redirect_is_not_followed_and_counts_as_not_delivered(world: World) -> None:
+    """A receiver cannot send the service's post (and its facts) on to another host."""
+    hits: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        n = world.svc.notifications
+        n.add("r", f"http://127.0.0.1:{srv.server_address[1]}/hook", ["failed"], None)
+        result = n.test("r")
+        assert result["delivered"] is False
+        assert result["error"]["code"] == "NotificationDeliveryFailed"
+        assert hits == ["/hook"]  # /elsewhere was never asked for
+    finally:
+        srv.shutdown()
+        srv.server_close()
