@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from frostpoint import schemas as S
 from frostpoint.service.requests import NotifyIn
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller
+
+# The text format generate_latest writes, under the name every Prometheus version reads.
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _loopback(host: str | None) -> bool:
@@ -35,9 +37,9 @@ def add_routes(app: FastAPI, svc: Services, r: list[Any], caller: Callable[[str]
     svc.metrics.instrument(app)
 
     @app.get("/metrics", dependencies=[Depends(metrics_auth)], response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+             responses={200: {"content": {TEXT_FORMAT: {}}}})
     def metrics() -> Response:
-        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(svc.metrics.render(), media_type=TEXT_FORMAT)
 
     @app.get("/status", dependencies=r, response_model=S.Status)
     def status() -> dict[str, Any]:

@@ -51,7 +51,6 @@ def downgrade() -> None:
     op.drop_index('ix_notify_deliveries_due', 'notify_deliveries')
     op.drop_table('notify_deliveries')
     op.drop_table('notify_targets')
-    with op.batch_alter_table('protected_items') as b:
-        b.drop_column('rpo_missed_at')
-    with op.batch_alter_table('policies') as b:
-        b.drop_column('rpo_hours')
+    # Not batch mode: SQLite would rebuild policies, which protected_items refers to.
+    op.execute("ALTER TABLE protected_items DROP COLUMN rpo_missed_at")
+    op.execute("ALTER TABLE policies DROP COLUMN rpo_hours")
