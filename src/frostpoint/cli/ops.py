@@ -95,7 +95,7 @@ def notify_add(name: str = arg("NAME", "The new target's name."),
                                            "verify-damage."),
                secret: str = typer.Option(None, "--secret", metavar="S",
                                           help="Sign each event with HMAC-SHA256 under this "
-                                               "secret (16-256 bytes)."),
+                                               "secret (16-256 printable ASCII characters)."),
                as_json: bool = JSON) -> None:
     """Add a webhook target. The receiver sees machine and vault names."""
     events = [e.strip() for e in on.split(",") if e.strip()]

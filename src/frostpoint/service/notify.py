@@ -69,9 +69,12 @@ class Delivery:
 
 def check_url(url: str) -> str:
     """An absolute http(s) URL with a host, or InvalidInput."""
+    if not url.isascii() or not url.isprintable():
+        raise FrostpointError("InvalidInput", "--url must be printable ASCII (an IDN host "
+                              "in its xn-- form)")
     try:
         u = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as e:
+    except (httpx.InvalidURL, TypeError, ValueError) as e:
         raise FrostpointError("InvalidInput", f"--url is not a URL: {e}") from None
     if u.scheme not in ("http", "https") or not u.host or len(url) > 2048:
         raise FrostpointError("InvalidInput", "--url must be an http:// or https:// URL with "
@@ -116,8 +119,10 @@ class Notifications:
         if not NAME_RE.match(name):
             raise FrostpointError("InvalidInput", "a target's name is 1-20 of a-z, 0-9 and "
                                   "-, starting with a letter")
-        if secret is not None and not 16 <= len(secret.encode()) <= 256:
-            raise FrostpointError("InvalidInput", "--secret must be 16-256 bytes")
+        if secret is not None and not (16 <= len(secret) <= 256 and secret.isascii()
+                                       and secret.isprintable()):
+            raise FrostpointError("InvalidInput", "--secret must be 16-256 printable ASCII "
+                                  "characters")
         target = NotifyTarget(id=new_id(), name=name, url=check_url(url),
                               events=check_events(events),
                               signed=secret is not None)
