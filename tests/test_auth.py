@@ -67,6 +67,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/restores/mount"): A, ("POST", "/restores/unmount"): A,
     ("GET", "/restores/mounts"): R, ("POST", "/vaults/{name}/replicate"): A,
     ("GET", "/replications"): R, ("POST", "/protection/{machine}/update"): A,
+    ("GET", "/metrics"): R, ("GET", "/status"): R,
+    ("POST", "/notify"): A, ("GET", "/notify"): A, ("DELETE", "/notify/{name}"): A,
+    ("POST", "/notify/{name}/test"): A,
 }
 RANK = {"public": -1, R: 0, OP: 1, A: 2}
 # Enough for every body model to get past validation; forbidden calls never look at it.

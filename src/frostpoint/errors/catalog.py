@@ -225,6 +225,12 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["frostpoint vm exec {machine} -- sh -c 'COMMAND >/tmp/out 2>&1 &'  # longer "
            "than 300 s: in the background, then read /tmp/out",
            "frostpoint doctor {machine}  # a frozen disk shows there"], status=504),
+    _spec("NotificationDeliveryFailed", "user", True,
+          "A webhook target did not accept an event (no answer in time, or not 2xx).",
+          ["The receiver is down or unreachable from the service.",
+           "The receiver answered with an error (a wrong path, its signature check).",
+           "The receiver took longer than the delivery timeout."],
+          ["frostpoint notify test NAME", "frostpoint notify list"], status=502),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),

@@ -19,6 +19,7 @@ from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.enums import JobStatus, JobTrigger
 from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.service import api_ops
 from frostpoint.service.api_recovery import add_routes
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
@@ -413,6 +414,7 @@ def create_app(svc: Services) -> FastAPI:
         return tokens.revoke(name)
 
     add_routes(app, svc, r)  # replace, browse, mounts, selective disks, replication
+    api_ops.add_routes(app, svc, r, caller, auth)  # metrics, status, notify
 
     # Each route's role in OpenAPI, for clients and for the test that checks them all.
     for route in app.routes:

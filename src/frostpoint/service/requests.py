@@ -76,6 +76,7 @@ class PolicyUpdateIn(BaseModel):
     monthly_on: str | None = None  # 1-28, last, first-WD, last-WD
     yearly: int | None = None
     yearly_in: str | None = None
+    rpo_hours: int | None = None  # an rpo-missed event past this; 0: none
 
 
 class PolicyIn(PolicyUpdateIn):
@@ -144,3 +145,10 @@ class RestoreIn(BaseModel):
     overwrite: bool = False  # restore files: replace what is at the target
     stop: bool = False  # restore replace: stop a running machine first
     missing_disks: str = "refuse"  # restore vm of a point without some disk: or "empty"
+
+
+class NotifyIn(BaseModel):
+    name: str
+    url: str
+    events: list[str]  # failed | warning | rpo-missed | verify-damage
+    secret: str | None = None  # signs each event (HMAC-SHA256) when set

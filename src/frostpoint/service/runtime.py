@@ -8,6 +8,7 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +187,12 @@ class Runtime:
         # the in-memory platform.
         self.platform: MachinePlatform = platform or sandbox_platform(data_dir)
         self.notifier = Notifier()
+        # Called with a job's id once its end state is written (metrics, notifications);
+        # each must be quick and off the network: the job's thread calls it.
+        self.job_listeners: list[Callable[[str], None]] = []
+        # /metrics without a token for a scraper on loopback (docs/security.md).
+        self.metrics_no_auth_loopback = os.environ.get(
+            "FROSTPOINT_METRICS_NO_AUTH_LOOPBACK", "") == "1"
         self.keys_dir = data_dir / "keys"
 
     def start_fabric(self) -> None:
