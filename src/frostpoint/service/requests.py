@@ -32,6 +32,9 @@ class MachineIn(BaseModel):
     region: str = "local"
     agent: bool = True
     agent_version: str | None = None  # the agent release in the machine's image
+    kind: str = "sandbox"  # or "qemu": a QEMU guest (docs/machines.md)
+    memory: str = "1G"  # a VM's
+    cpus: int = 1
 
 
 class FixIn(BaseModel):
