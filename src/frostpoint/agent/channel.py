@@ -121,6 +121,16 @@ def handle(line: bytes) -> dict[str, Any]:
         return {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
+def _send(port: Any, data: bytes) -> None:
+    """All of data: a write to the port may take only part of it."""
+    view = memoryview(data)
+    while view:
+        n = port.write(view)
+        view = view[n or 0:]
+        if not n:
+            time.sleep(0.05)
+
+
 def main() -> None:
     while not os.path.exists(PORT):  # udev makes the link shortly after boot
         time.sleep(0.2)
@@ -137,7 +147,7 @@ def main() -> None:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
-                    port.write(json.dumps(handle(line)).encode() + b"\n")
+                    _send(port, json.dumps(handle(line)).encode() + b"\n")
 
 
 if __name__ == "__main__":
