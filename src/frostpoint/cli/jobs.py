@@ -102,10 +102,13 @@ def restore_vm(restore_point: str = RP,
                name: str = typer.Option(..., metavar="NEW",
                                         help="The new machine's name (vm create's rules)."),
                source: str = SOURCE,
+               kind: str = typer.Option(None, metavar="sandbox|qemu",
+                                        help="The new machine's kind (default: the backed-up "
+                                             "machine's)."),
                wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Create a new machine from a restore point."""
-    _restore("vm", {"restore_point": restore_point, "name": name, "source": source},
-             wait, as_json)
+    _restore("vm", {"restore_point": restore_point, "name": name, "source": source,
+                    "kind": kind}, wait, as_json)
 
 
 @restore.command("files")

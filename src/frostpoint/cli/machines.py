@@ -37,8 +37,9 @@ def vm_create(name: str = arg("NAME", "The new machine: 1-20 of a-z 0-9 -, from 
                   "sandbox", metavar="sandbox|qemu",
                   help="sandbox: namespaces on this host's kernel (fast); qemu: a QEMU "
                        "virtual machine with its own kernel (docs/machines.md)."),
-              memory: str = typer.Option("1G", help="A VM's memory (qemu), e.g. 512M, 2G."),
-              cpus: int = typer.Option(1, help="A VM's CPUs (qemu)."),
+              memory: str = typer.Option("1G", metavar="SIZE",
+                                         help="A VM's memory (qemu), e.g. 512M, 2G."),
+              cpus: int = typer.Option(1, metavar="N", help="A VM's CPUs (qemu)."),
               as_json: bool = JSON) -> None:
     """Create and start a machine: a sandbox, or a QEMU VM (--kind qemu)."""
     disks = []

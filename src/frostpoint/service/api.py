@@ -310,7 +310,7 @@ def create_app(svc: Services) -> FastAPI:
     def restore_vm(body: RestoreIn) -> dict[str, Any]:
         if not body.name:
             raise FrostpointError("InvalidInput", "--name NEW_MACHINE is required")
-        return svc.restores.restore_vm(body.restore_point, body.name, body.source)
+        return svc.restores.restore_vm(body.restore_point, body.name, body.source, body.kind)
 
     @app.post("/restores/files", dependencies=r, response_model=S.Job)
     def restore_files(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:

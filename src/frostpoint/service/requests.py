@@ -102,3 +102,4 @@ class RestoreIn(BaseModel):
     path: str | None = None
     disk: str | None = None
     overwrite: bool = False  # restore files: replace what is at the target
+    kind: str | None = None  # restore vm: sandbox or qemu (default: the source machine's)

@@ -217,7 +217,8 @@ class Restores:
             return {"restored": out}
         return self._start("Disks", rp_id, {"to": to, "source": source}, body)
 
-    def restore_vm(self, rp_id: str, name: str, source: str = "auto") -> dict[str, Any]:
+    def restore_vm(self, rp_id: str, name: str, source: str = "auto",
+                   kind: str | None = None) -> dict[str, Any]:
         # Refused before a job is made: a job that fails on the name only later (after
         # the key checks) is a failed restore in the list for a typo.
         if not NAME_RE.match(name):
@@ -227,6 +228,11 @@ class Restores:
             if s.scalar(select(Machine.id).where(Machine.name == name)):
                 raise FrostpointError("Conflict", f"machine {name} already exists: choose "
                                       "another --name")
+            rp0 = s.get(RestorePoint, rp_id)
+            # Either kind restores either kind's points: a restore point holds the data
+            # disks (raw images), never a root; a VM refuses encrypted disks (create).
+            kind = kind or (rp0 and s.scalar(select(Machine.kind).where(
+                Machine.name == rp0.machine_name))) or "sandbox"
 
         def body(job_id: str, rp: RestorePoint, src: str) -> dict[str, Any]:
             # The new machine's disks are readable by whoever runs it: restoring them is
@@ -240,7 +246,7 @@ class Restores:
                                          "filesystem": d["filesystem"],
                                          "encryption_key": d.get("encryption_key"),
                                          "wrapped_key": d.get("wrapped_key")}
-                                        for d in rp.disks])
+                                        for d in rp.disks], kind=kind)
             self.machines.stop(name)
             with self.rt.sessions() as s:
                 disks = machine_spec(Machines.get(s, name)).disks
