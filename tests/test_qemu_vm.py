@@ -43,7 +43,8 @@ while True:
 
 @pytest.fixture(scope="module")
 def svc() -> Iterator[Service]:
-    yield from running_service(FROSTPOINT_VM_INIT="small")
+    # A guest's python under TCG is slow: the extension's wait is widened (order kept).
+    yield from running_service(FROSTPOINT_VM_INIT="small", FROSTPOINT_EXTENSION_WAIT_S="120")
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,34 @@ def test_hostile_channel_output_is_bounded_and_refused(svc: Service, vm: str) ->
     svc.cli("vm", "stop", vm)
     svc.cli("vm", "start", vm)
     assert svc.exec(vm, "echo back") == "back\n"
+
+
+def test_a_frozen_vm_whose_processes_all_died_is_thawed_by_the_host(svc: Service,
+                                                                     vm: str) -> None:
+    svc.cli("vault", "create", "v1")
+    svc.cli("policy", "create", "p1")
+    svc.cli("protect", "enable", vm, "--vault", "v1", "--policy", "p1")
+    svc.wait_agent_ready(vm, timeout=120)
+    svc.client.post(f"/machines/{vm}/exec", {"argv": ["sh", "-c", (
+        "echo '{\"holdFrozenSeconds\": 15}' > /etc/frostpoint/vmbackup.json; "
+        "chmod 600 /etc/frostpoint/vmbackup.json")]})
+    job = svc.client.post("/backups", {"machine": vm})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "frozen" not in svc.exec(
+            vm, "ls /var/lib/frostpoint-agent/"):
+        time.sleep(0.5)
+    # every process of the guest but its init: the agent, the extension, its freeze
+    # watchdog and the channel service
+    svc.exec(vm, "(sleep 1; kill -9 -1) >/dev/null 2>&1 </dev/null &")
+    time.sleep(3)
+    end = svc.wait_job(job["id"], timeout=180)
+    assert end["status"] in ("Failed", "Completed", "CompletedWithWarnings")
+    # the init restarted the channel; the host thawed through it: /mnt/data takes writes
+    r = svc.client.post(f"/machines/{vm}/exec", {"argv": ["sh", "-c", (
+        "(echo x > /mnt/data/after && sync /mnt/data/after && echo ok) & sleep 5; "
+        "cat /proc/$!/status 2>/dev/null | head -1")], "timeout": 20})
+    assert r["stdout"].startswith("ok"), (r, end)
+    svc.exec(vm, "rm -f /etc/frostpoint/vmbackup.json")
 
 
 def test_a_vm_powered_off_from_inside_is_noticed(svc: Service, vm: str) -> None:

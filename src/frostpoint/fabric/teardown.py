@@ -1,5 +1,6 @@
 """Release everything a service's fabric holds on this host: processes in its
-namespaces (QEMU guests too, which run in the fabric's), mount namespaces, loop devices, namespaces, the pool mount.
+namespaces (QEMU guests too, which run in the fabric's), mount namespaces, loop
+devices, namespaces, the pool mount.
 
 Used by `frostpoint quickstart --down` and by tests, so nothing is left behind even
 when machines were not deleted one by one.
