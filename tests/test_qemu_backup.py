@@ -66,11 +66,7 @@ def svc() -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def vm(svc: Service) -> str:
-    svc.cli("vm", "create", VM, "--kind", "qemu", "--disk", "data:64M", "--memory", "768M")
-    svc.cli("vault", "create", "v1")
-    svc.cli("policy", "create", "p1")
-    svc.cli("protect", "enable", VM, "--vault", "v1", "--policy", "p1")
-    svc.wait_agent_ready(VM, timeout=180)
+    svc.protected_vm(VM)
     put(svc, VM, "/root/writer.py", WRITER, "644")
     put(svc, VM, "/etc/frostpoint/pre.sh", PRE, "700")
     put(svc, VM, "/etc/frostpoint/post.sh", POST, "700")
@@ -136,11 +132,14 @@ def test_extensions_disabled_in_a_vm_fault_finding_fix(svc: Service, vm: str) ->
     job = svc.backup(vm, timeout=300)
     assert job["status"] == "Failed"
     assert job["error"]["code"] == "GuestAgentSnapshotTaskStatusError"
-    found = svc.cli_json("doctor", vm, check=False)
+    found = svc.cli_json("doctor", vm, check=False)["findings"]
     bad = [f for f in found if f["status"] == "fail"]
-    assert any(f.get("code") == "GuestAgentSnapshotTaskStatusError" for f in bad), bad
-    svc.exec(vm, "sed -i 's/^Extensions.Enabled=.*/Extensions.Enabled=y/' "
-             "/etc/frostpoint/agent.conf; frostpoint-agent restart")
+    assert any(f["code"] == "GuestAgentSnapshotTaskStatusError" for f in bad), bad
+    for f in bad:  # the doctor's fix: it edits the config through the VM's channel
+        if f["remedy"]:
+            svc.cli("doctor", vm, "--fix", "--check", f["check"], "--yes", check=False)
+    assert "Extensions.Enabled=y" in svc.exec(vm, "cat /etc/frostpoint/agent.conf")
+    svc.exec(vm, "frostpoint-agent restart")
     svc.wait_agent_ready(vm, timeout=120)
     time.sleep(10)
     backup_ok(svc, vm)

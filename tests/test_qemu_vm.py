@@ -151,7 +151,7 @@ def test_a_vm_powered_off_from_inside_is_noticed(svc: Service, vm: str) -> None:
     while time.monotonic() < deadline and qemu_pids(svc):
         time.sleep(0.5)
     assert not qemu_pids(svc)
-    found = {f["check"]: f for f in svc.cli_json("doctor", vm, check=False)}
+    found = {f["check"]: f for f in svc.cli_json("doctor", vm, check=False)["findings"]}
     assert found["machine.power"]["status"] == "fail"
     svc.cli("vm", "start", vm)
     assert svc.exec(vm, "cat /proc/uptime") and qemu_pids(svc)
