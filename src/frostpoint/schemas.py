@@ -81,12 +81,22 @@ class Machine(ApiModel):
     id: str
     region: str
     address: str
+    kind: str  # sandbox or qemu
+    memory_bytes: int  # a VM's (a sandbox has no limit of its own)
+    cpus: int
+    accel: str | None  # a VM's accelerator: kvm or tcg
     provisioning_state: ProvisioningState
     power_state: PowerState
     agent: AgentInfo
     disks: list[MachineDisk]
     resource_group: str | None
     extensions: list[MachineExtension]
+
+
+class Console(ApiModel):
+    """The end of a machine's console (a VM's serial log, a sandbox's init log)."""
+    name: str
+    console: str
 
 
 class ExecResult(ApiModel):
@@ -382,6 +392,7 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("POST", "/machines/{name}/deallocate"): Machine,
     ("DELETE", "/machines/{name}"): Deleted,
     ("POST", "/machines/{name}/exec"): ExecResult,
+    ("GET", "/machines/{name}/console"): Console,
     ("DELETE", "/machines/{name}/disks/{disk}"): Machine,
     ("POST", "/machines/{name}/agent/restart"): Machine,
     ("POST", "/machines/{name}/agent/install"): Machine,

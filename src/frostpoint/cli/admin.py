@@ -51,11 +51,13 @@ def server(data_dir_: Path = typer.Option(
 
 
 def quickstart(down: bool = typer.Option(False, "--down", help="Remove what it made."),
+               kind: str = typer.Option("sandbox", metavar="sandbox|qemu",
+                                        help="The demo machine's kind: qemu for a VM."),
                as_json: bool = JSON) -> None:
-    """Back up a sandbox machine, change it, back up again, restore and check."""
+    """Back up a machine, change it, back up again, restore and check."""
     from frostpoint.cli.quickstart import run_down, run_quickstart
     try:
-        summary = run_down() if down else run_quickstart(quiet=as_json)
+        summary = run_down() if down else run_quickstart(quiet=as_json, kind=kind)
     except ApiError as e:
         show_error(e.error, as_json)
         raise typer.Exit(1) from None

@@ -49,6 +49,18 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "frostpoint doctor {machine}",
            "frostpoint doctor {machine} --fix  # no discovery: names the fabric address",
            "frostpoint backup now {machine} --wait"], status=400),
+    _spec("GuestChannelUnavailable", "user", True,
+          "The host channel of a QEMU guest (virtio-serial, served by the guest's "
+          "frostpoint-channel service) did not answer, or answered with something invalid.",
+          ["The VM is still booting, or it is stopped.",
+           "The guest's frostpoint-channel service is stopped or dead (every process in "
+           "the guest killed): nothing in the guest can run a program or thaw a disk.",
+           "The guest sent an oversized, malformed or unrelated reply (refused)."],
+          ["frostpoint vm show {machine}",
+           "frostpoint vm console {machine}",
+           "frostpoint vm stop {machine} && frostpoint vm start {machine}  # a guest "
+           "whose processes all died, frozen: its reboot thaws it",
+           "frostpoint doctor {machine}"], status=409),
     _spec("GuestAgentSnapshotTaskStatusError", "user", True,
           "The guest agent heartbeats but reported no status for the snapshot task.",
           ["Extensions are disabled in the agent config (Extensions.Enabled=n).",

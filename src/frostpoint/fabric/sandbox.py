@@ -44,7 +44,7 @@ from frostpoint.fabric.platform import (
     Snapshot,
     SnapshotFolders,
 )
-from frostpoint.fabric.pool import DiskPool, reflink
+from frostpoint.fabric.pool import DiskPool, make_disk_image, reflink
 from frostpoint.fabric.system import (
     bind_in_netns,
     guest_helper,
@@ -107,15 +107,7 @@ class Sandbox(SnapshotFolders):
     # -- lifecycle -----------------------------------------------------------
     def create_disks(self, spec: MachineSpec) -> None:
         for disk in spec.disks:
-            disk.image_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(disk.image_path, "wb") as f:
-                f.truncate(disk.size_bytes)
-            if disk.filesystem == "xfs":
-                run(["mkfs.xfs", "-q", str(disk.image_path)])
-            else:
-                encrypt = ["-O", "encrypt"] if disk.encrypted else []
-                run(["mkfs.ext4", "-q", "-F", *encrypt, "-L", disk.name,
-                     str(disk.image_path)])
+            make_disk_image(disk)
         for sub in ("etc", "lib", "log"):
             (self.guest_dir(spec.name) / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.guest_dir(spec.name) / "etc", 0o700)

@@ -1,5 +1,6 @@
 """Release everything a service's fabric holds on this host: the DHCP server, processes
-in its namespaces, mount namespaces, loop devices, namespaces, the pool mount.
+in its namespaces (QEMU guests too, which run in the fabric's), mount namespaces, loop
+devices, namespaces, the pool mount.
 
 Used by `frostpoint quickstart --down` and by tests, so nothing is left behind even
 when machines were not deleted one by one.
@@ -53,5 +54,6 @@ def teardown_host(data_dir: Path) -> None:
     for device, backing in loop_devices():
         if backing.startswith(str(pool.root) + "/"):
             run(["losetup", "-d", device], check=False)
-    net.teardown()
+    net.teardown()  # QEMU guests run in the fabric namespace: killed with it above
+    run(["rm", "-rf", f"/run/frostpoint/{net.instance}"], check=False)  # their sockets
     pool.teardown()

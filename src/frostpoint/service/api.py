@@ -124,7 +124,8 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines", dependencies=r, response_model=S.Machine)
     def create_machine(body: MachineIn) -> dict[str, Any]:
         return svc.machines.create(body.name, [d.model_dump() for d in body.disks],
-                                   body.region, body.agent, body.agent_version)
+                                   body.region, body.agent, body.agent_version,
+                                   body.kind, body.memory, body.cpus)
 
     @app.get("/machines", dependencies=r, response_model=list[S.Machine])
     def list_machines() -> list[dict[str, Any]]:
@@ -154,6 +155,10 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines/{name}/exec", dependencies=r, response_model=S.ExecResult)
     def exec_machine(name: str, body: ExecIn) -> dict[str, Any]:
         return svc.machines.exec(name, body.argv, body.timeout)
+
+    @app.get("/machines/{name}/console", dependencies=r, response_model=S.Console)
+    def console(name: str) -> dict[str, Any]:
+        return {"name": name, "console": svc.console(name)}
 
     @app.delete("/machines/{name}/disks/{disk}", dependencies=r, response_model=S.Machine)
     def delete_disk(name: str, disk: str) -> dict[str, Any]:
@@ -344,7 +349,7 @@ def create_app(svc: Services) -> FastAPI:
         if not body.name:
             raise FrostpointError("InvalidInput", "--name NEW_MACHINE is required")
         return svc.restores.restore_vm(body.restore_point, body.name, body.source,
-                                       body.missing_disks)
+                                       body.missing_disks, body.kind)
 
     @app.post("/restores/files", dependencies=r, response_model=S.Job)
     def restore_files(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:

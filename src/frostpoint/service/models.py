@@ -100,6 +100,9 @@ class Machine(Base):
     region: Mapped[str] = mapped_column(String(64), default="local")
     slot: Mapped[int] = mapped_column(Integer, unique=True)  # address and link names
     address: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="sandbox")  # or "qemu"
+    memory_bytes: Mapped[int] = mapped_column(Integer, default=1 << 30)  # a VM's
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
     provisioning_state: Mapped[str] = mapped_column(String(16),
                                                     default=ProvisioningState.CREATING)
     power_state: Mapped[str] = mapped_column(String(16), default=PowerState.STOPPED)

@@ -21,7 +21,7 @@ READER = {("GET", p) for p in (
     "/restores/mounts", "/metrics", "/status")}
 # doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
 # a probe file to each disk.
-OPERATOR = {("GET", "/machines/{name}/doctor"),
+OPERATOR = {("GET", "/machines/{name}/doctor"), ("GET", "/machines/{name}/console"),
             ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
             ("POST", "/restores/vm"), ("POST", "/restores/disks"),
             ("POST", "/restores/files"), ("GET", "/restore-points/{rp_id}/browse")}

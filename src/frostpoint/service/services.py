@@ -72,6 +72,12 @@ class Services:
             return [self.machines.describe(m)
                     for m in s.scalars(select(Machine).order_by(Machine.name))]
 
+    def console(self, name: str) -> str:
+        """The end of the machine's console: a VM's serial log (the guest wrote it)."""
+        with self.rt.sessions() as s:
+            Machines.get(s, name)  # NotFound
+        return self.rt.platform.console(name)
+
     def delete_machine(self, name: str) -> None:
         """Delete a machine; its restore points in a vault stay listed and restorable."""
         with self.rt.sessions.begin() as s:
