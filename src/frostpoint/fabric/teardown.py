@@ -51,9 +51,26 @@ def teardown_host(data_dir: Path) -> None:
             if run(["umount", str(ns_dir)], check=False).returncode != 0:
                 break
     pool = DiskPool(data_dir)
+    _release_host_mounts(pool.root)
     for device, backing in loop_devices():
         if backing.startswith(str(pool.root) + "/"):
             run(["losetup", "-d", device], check=False)
     net.teardown()  # QEMU guests run in the fabric namespace: killed with it above
     run(["rm", "-rf", f"/run/frostpoint/{net.instance}"], check=False)  # their sockets
     pool.teardown()
+
+
+def _release_host_mounts(pool_root: Path) -> None:
+    """Restore mounts and vault readers in the pool (`restore mount`, `rp browse`):
+    their reader processes end, their mounts go (deepest first), so the pool unmounts."""
+    under = str(pool_root) + "/"
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if under.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(under)), reverse=True):
+        run(["umount", "-l", point], check=False)
