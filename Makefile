@@ -32,7 +32,7 @@ test: setup lint
 .PHONY: test-memory
 test-memory: setup
 	setpriv --bounding-set=-all --inh-caps=-all --ambient-caps=-all --no-new-privs \
-		$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_memory_platform.py tests/test_clock.py tests/test_policies.py
+		$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_memory_platform.py tests/test_clock.py tests/test_policies.py tests/test_notify_rpo.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

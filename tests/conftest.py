@@ -238,6 +238,16 @@ class Service:
         c.post("/protection/enable", {"machine": name, "vault": "v1", "policy": "p1"})
         self.wait_agent_ready(name)
 
+    def protected_vm(self, name: str) -> None:
+        """A QEMU guest (64M data disk), protected to vault v1 with policy p1, its agent
+        Ready (a TCG boot and a first agent start take a while)."""
+        self.cli("vm", "create", name, "--kind", "qemu", "--disk", "data:64M",
+                 "--memory", "768M")
+        self.cli("vault", "create", "v1")
+        self.cli("policy", "create", "p1")
+        self.cli("protect", "enable", name, "--vault", "v1", "--policy", "p1")
+        self.wait_agent_ready(name, timeout=180)
+
     def backup(self, machine: str, timeout: float = 180) -> dict[str, Any]:
         j = self.client.post("/backups", {"machine": machine})
         return self.wait_job(j["id"], timeout)

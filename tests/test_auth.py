@@ -39,7 +39,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/machines/{name}/exec"): A, ("DELETE", "/machines/{name}/disks/{disk}"): A,
     ("POST", "/machines/{name}/agent/restart"): A,
     ("POST", "/machines/{name}/agent/install"): A,
-    ("GET", "/machines/{name}/doctor"): OP, ("POST", "/machines/{name}/doctor/fix"): A,
+    ("GET", "/machines/{name}/doctor"): OP,
+    ("GET", "/machines/{name}/console"): OP, ("POST", "/machines/{name}/doctor/fix"): A,
     ("PUT", "/machines/{name}/extensions/{ext}"): A,
     ("DELETE", "/machines/{name}/extensions/{ext}"): A,
     ("POST", "/vaults"): A, ("GET", "/vaults"): R, ("DELETE", "/vaults/{name}"): A,
@@ -67,6 +68,9 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/restores/mount"): A, ("POST", "/restores/unmount"): A,
     ("GET", "/restores/mounts"): R, ("POST", "/vaults/{name}/replicate"): A,
     ("GET", "/replications"): R, ("POST", "/protection/{machine}/update"): A,
+    ("GET", "/metrics"): R, ("GET", "/status"): R,
+    ("POST", "/notify"): A, ("GET", "/notify"): A, ("DELETE", "/notify/{name}"): A,
+    ("POST", "/notify/{name}/test"): A,
 }
 RANK = {"public": -1, R: 0, OP: 1, A: 2}
 # Enough for every body model to get past validation; forbidden calls never look at it.

@@ -19,7 +19,7 @@ from frostpoint import schemas
 
 API = Path(__file__).resolve().parent.parent / "src" / "frostpoint" / "service" / "api.py"
 # Routes that api.py adds from a module of their own (add_routes).
-API_PARTS = [API, API.with_name("api_recovery.py")]
+API_PARTS = [API, API.with_name("api_recovery.py"), API.with_name("api_ops.py")]
 
 
 def declared_routes() -> dict[tuple[str, str], str]:
@@ -32,8 +32,10 @@ def declared_routes() -> dict[tuple[str, str], str]:
             if (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
                     and isinstance(d.func.value, ast.Name) and d.func.value.id == "app"
                     and d.func.attr in ("get", "post", "put", "patch", "delete")):
-                model = next(ast.unparse(k.value) for k in d.keywords
-                             if k.arg == "response_model")
+                model = next((ast.unparse(k.value) for k in d.keywords
+                              if k.arg == "response_model"), None)
+                if model is None:  # /metrics: Prometheus text, no JSON model
+                    continue
                 out[(d.func.attr.upper(), d.args[0].value)] = model.replace("S.", "")
     return out
 

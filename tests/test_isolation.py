@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Service, needs_root, running_service
+from frostpoint.cli.client import ApiError
 
 pytestmark = needs_root
 M, OTHER = "iso", "iso-other"
@@ -375,3 +376,101 @@ def test_without_its_broker_a_freeze_fails_at_once(svc: Service) -> None:
     c.post(f"/machines/{OTHER}/start", {})
     r = _sh(svc, "fsfreeze -f /mnt/data && fsfreeze -u /mnt/data", machine=OTHER)
     assert r["returncode"] == 0, r
+
+
+# Run in the guest: stop each process the host starts in the machine (`vm exec`: the
+# host's guestns.py, before it executes the command), step it until it has dropped to
+# the guest's capabilities, and try to open its memory for writing. A guest that can
+# write there runs its own code in a process the host made, before that process has
+# closed the broker socket and listener, or (a few instructions earlier) before its
+# seccomp filter is loaded.
+CATCH_HOST_EXEC = r"""
+import os, signal, sys, time
+KEEP = "00000000a00415fb"
+def status(p):
+    with open(f"/proc/{p}/status") as f:
+        return dict(ln.split(":\t", 1) for ln in f.read().splitlines() if ":\t" in ln)
+def host_made(p):
+    with open(f"/proc/{p}/cmdline", "rb") as f:
+        return b"guestns.py\x00exec\x00" in f.read()
+seen, end = set(), time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or p in seen:
+            continue
+        seen.add(p)
+        try:
+            if not host_made(p):
+                continue
+            os.kill(int(p), signal.SIGSTOP)
+            for _ in range(2000):
+                while status(p)["State"][0] != "T":
+                    pass
+                st = status(p)
+                if st["CapEff"].strip() == KEEP or not host_made(p):
+                    break
+                os.kill(int(p), signal.SIGCONT)
+                os.kill(int(p), signal.SIGSTOP)
+            if host_made(p):
+                try:
+                    os.close(os.open(f"/proc/{p}/mem", os.O_RDWR))
+                    print("WROTE", p, "seccomp", st["Seccomp"].strip(), flush=True)
+                except OSError as e:
+                    print("refused", p, e.strerror, flush=True)
+        except (OSError, KeyError):
+            pass
+        finally:
+            try:
+                os.kill(int(p), signal.SIGCONT)
+            except OSError:
+                pass
+"""
+
+
+def test_guest_cannot_write_into_a_host_exec_before_it_runs_the_command(svc: Service) -> None:
+    out = "/tmp/catch-host-exec.out"
+    r = _run(svc, M, ["sh", "-c", f'setsid python3 -c "$1" 25 >{out} 2>&1 </dev/null &',
+                      "sh", CATCH_HOST_EXEC])
+    assert r["returncode"] == 0, r
+    time.sleep(1)
+    caught = ""
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline and caught.count("\n") < 3:
+        _sh(svc, "true")  # a host-made process for the catcher to stop
+        caught = str(_sh(svc, f"cat {out}")["stdout"])
+    assert caught, "the catcher saw no host-made process (it should stop one and be refused)"
+    assert "WROTE" not in caught, f"the guest could write into a host exec:\n{caught}"
+
+
+# Run in the guest: overwrite the instruction PID 1 returns to from its sigwaitinfo
+# with exit_group(0) (/proc/1/syscall names it), then let an orphan end so it returns.
+EXIT_PID1 = r"""
+import os, subprocess
+pc = int(open("/proc/1/syscall").read().split()[-1], 16)
+fd = os.open("/proc/1/mem", os.O_RDWR)
+os.pwrite(fd, bytes([0xB8, 0xE7, 0, 0, 0, 0x31, 0xFF, 0x0F, 0x05]), pc)
+subprocess.run(["sh", "-c", "(sleep 0.2 &)"])
+"""
+
+
+def test_guest_cannot_write_its_init_to_power_it_off(svc: Service) -> None:
+    init = int((svc.data_dir / "run" / "init" / OTHER).read_text())
+    try:
+        _run(svc, OTHER, ["python3", "-c", EXIT_PID1])
+        time.sleep(1.5)
+        assert Path(f"/proc/{init}").exists(), "the guest made its PID 1 exit"
+        assert _sh(svc, "true", machine=OTHER)["returncode"] == 0
+    finally:
+        if not Path(f"/proc/{init}").exists():
+            svc.client.post(f"/machines/{OTHER}/stop", {})
+            svc.client.post(f"/machines/{OTHER}/start", {})
+
+
+def test_an_exec_past_its_timeout_is_a_catalog_error(svc: Service) -> None:
+    """A guest can stop its own exec (SIGSTOP) or run one forever: the caller gets
+    VmExecTimedOut, not an internal error, and the machine goes on."""
+    with pytest.raises(ApiError) as e:
+        svc.client.post(f"/machines/{M}/exec", {"argv": ["sh", "-c", "kill -STOP $$"],
+                                                "timeout": 2})
+    assert e.value.status == 504 and e.value.error["code"] == "VmExecTimedOut", e.value.error
+    assert _sh(svc, "true")["returncode"] == 0

@@ -38,8 +38,8 @@ def test_the_walk_sees_lazy_imports(tmp_path: Path) -> None:
 def test_both_platforms_have_every_method_of_the_seam(tmp_path: Path) -> None:
     from frostpoint.fabric.memory import MemoryPlatform
     from frostpoint.fabric.platform import MachinePlatform
-    from frostpoint.service.runtime import sandbox_platform
-    assert isinstance(sandbox_platform(tmp_path), MachinePlatform)
+    from frostpoint.service.runtime import host_platform
+    assert isinstance(host_platform(tmp_path), MachinePlatform)
     assert isinstance(MemoryPlatform(tmp_path), MachinePlatform)
     assert not isinstance(object(), MachinePlatform)
 
@@ -53,7 +53,7 @@ def test_the_service_reaches_machines_only_through_the_seam() -> None:
     bad = []
     for f in sorted([*(src / "service").glob("*.py"), *(src / "doctor").glob("*.py")]):
         if f.name == "runtime.py":
-            continue  # where the platform is made (sandbox_platform)
+            continue  # where the platform is made (host_platform)
         for node in ast.walk(ast.parse(f.read_text(), str(f))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

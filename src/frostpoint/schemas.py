@@ -11,10 +11,11 @@ answers of a real server have no field the models do not name.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
-
+from frostpoint.api_model import ApiError as ApiError
+from frostpoint.api_model import ApiModel as ApiModel
+from frostpoint.api_model import parse as parse
 from frostpoint.enums import (
     AgentStatus,
     Consistency,
@@ -28,32 +29,9 @@ from frostpoint.enums import (
     SubTaskName,
     SubTaskStatus,
 )
-
-T = TypeVar("T")
-
-
-class ApiModel(BaseModel):
-    # defer_build: a model builds its validator when first used, not at import (the CLI
-    # imports this module on every start and uses one or two models).
-    model_config = ConfigDict(extra="allow", defer_build=True)
-
-
-def parse(model: type[T], data: Any) -> T:
-    """`data` (a decoded JSON body) as `model`: a model class or a type such as
-    list[Job]. Raises pydantic.ValidationError when the body does not fit."""
-    return TypeAdapter(model).validate_python(data)
-
-
-# -- errors (errors/catalog.py error_dict) -------------------------------------------
-class ApiError(ApiModel):
-    code: str
-    kind: str  # user | platform | transient ...: the catalog's kinds
-    retryable: bool
-    message: str
-    causes: list[str]
-    actions: list[str]
-    details: dict[str, Any]
-    doc: str
+from frostpoint.schemas_ops import NotifyTarget as NotifyTarget
+from frostpoint.schemas_ops import NotifyTested as NotifyTested
+from frostpoint.schemas_ops import Status as Status
 
 
 class ErrorBody(ApiModel):
@@ -103,12 +81,22 @@ class Machine(ApiModel):
     id: str
     region: str
     address: str
+    kind: str  # sandbox or qemu
+    memory_bytes: int  # a VM's (a sandbox has no limit of its own)
+    cpus: int
+    accel: str | None  # a VM's accelerator: kvm or tcg
     provisioning_state: ProvisioningState
     power_state: PowerState
     agent: AgentInfo
     disks: list[MachineDisk]
     resource_group: str | None
     extensions: list[MachineExtension]
+
+
+class Console(ApiModel):
+    """The end of a machine's console (a VM's serial log, a sandbox's init log)."""
+    name: str
+    console: str
 
 
 class ExecResult(ApiModel):
@@ -243,6 +231,7 @@ class Policy(ApiModel):
     monthly_on: str  # 1-28, last, first-WD, last-WD
     yearly: int  # years the monthly one of yearly_in is kept
     yearly_in: str
+    rpo_hours: int | None = None  # no good restore point this long: rpo-missed
     instant_restore_points_peak: int  # at most this many instant ones (limit 18)
     used_by: list[str]  # machines protected with it
 
@@ -403,6 +392,7 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("POST", "/machines/{name}/deallocate"): Machine,
     ("DELETE", "/machines/{name}"): Deleted,
     ("POST", "/machines/{name}/exec"): ExecResult,
+    ("GET", "/machines/{name}/console"): Console,
     ("DELETE", "/machines/{name}/disks/{disk}"): Machine,
     ("POST", "/machines/{name}/agent/restart"): Machine,
     ("POST", "/machines/{name}/agent/install"): Machine,
@@ -462,6 +452,11 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("POST", "/tokens"): NewToken,
     ("GET", "/tokens"): list[Token],
     ("DELETE", "/tokens/{name}"): TokenRevoked,
+    ("GET", "/status"): Status,
+    ("POST", "/notify"): NotifyTarget,
+    ("GET", "/notify"): list[NotifyTarget],
+    ("DELETE", "/notify/{name}"): Deleted,
+    ("POST", "/notify/{name}/test"): NotifyTested,
 }
 
 

@@ -26,7 +26,11 @@ def server(data_dir_: Path = typer.Option(
                                       help="Management API address."),
            db_url: str = typer.Option(None, metavar="URL",
                                       help="SQLAlchemy URL (default SQLite in the data "
-                                           "directory).")) -> None:
+                                           "directory)."),
+           metrics_no_auth_loopback: bool = typer.Option(
+               False, "--metrics-no-auth-loopback",
+               help="Serve /metrics without a token to clients on loopback (a local "
+                    "Prometheus); also FROSTPOINT_METRICS_NO_AUTH_LOOPBACK=1.")) -> None:
     """Run the backup service (management API, fabric endpoints, scheduler)."""
     # The service is imported here only: every other command starts without it.
     from frostpoint.service.runtime import Timeouts
@@ -37,7 +41,7 @@ def server(data_dir_: Path = typer.Option(
         show_error(error_dict("InvalidInput", str(e)), False)
         raise typer.Exit(2) from None
     try:
-        serve(data_dir_ or data_dir(), listen, db_url)
+        serve(data_dir_ or data_dir(), listen, db_url, metrics_no_auth_loopback)
     except FrostpointError as e:  # a refused start (lock, a damaged DATA/api-token): one error
         show_error(e.to_dict(), False)
         raise typer.Exit(1) from None
@@ -47,11 +51,13 @@ def server(data_dir_: Path = typer.Option(
 
 
 def quickstart(down: bool = typer.Option(False, "--down", help="Remove what it made."),
+               kind: str = typer.Option("sandbox", metavar="sandbox|qemu",
+                                        help="The demo machine's kind: qemu for a VM."),
                as_json: bool = JSON) -> None:
-    """Back up a sandbox machine, change it, back up again, restore and check."""
+    """Back up a machine, change it, back up again, restore and check."""
     from frostpoint.cli.quickstart import run_down, run_quickstart
     try:
-        summary = run_down() if down else run_quickstart(quiet=as_json)
+        summary = run_down() if down else run_quickstart(quiet=as_json, kind=kind)
     except ApiError as e:
         show_error(e.error, as_json)
         raise typer.Exit(1) from None

@@ -130,10 +130,13 @@ def restore_vm(restore_point: str = RP,
                    "refuse", metavar="refuse|empty",
                    help="A disk the restore point left out (--exclude-disk): refuse, or "
                         "make it new and empty."),
+               kind: str = typer.Option(None, metavar="sandbox|qemu",
+                                        help="The new machine's kind (default: the backed-up "
+                                             "machine's)."),
                wait: bool = WAIT, as_json: bool = JSON) -> None:
     """Create a new machine from a restore point."""
     _restore("vm", {"restore_point": restore_point, "name": name, "source": source,
-                    "missing_disks": missing_disks}, wait, as_json)
+                    "missing_disks": missing_disks, "kind": kind}, wait, as_json)
 
 
 @restore.command("files")

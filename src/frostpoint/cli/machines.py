@@ -33,8 +33,15 @@ def vm_create(name: str = arg("NAME", "The new machine: 1-20 of a-z 0-9 -, from 
               agent_version: str = typer.Option(
                   None, metavar="X.Y.Z",
                   help="Make it from an image with this (older) agent release."),
+              kind: str = typer.Option(
+                  "sandbox", metavar="sandbox|qemu",
+                  help="sandbox: namespaces on this host's kernel (fast); qemu: a QEMU "
+                       "virtual machine with its own kernel (docs/machines.md)."),
+              memory: str = typer.Option("1G", metavar="SIZE",
+                                         help="A VM's memory (qemu), e.g. 512M, 2G."),
+              cpus: int = typer.Option(1, metavar="N", help="A VM's CPUs (qemu)."),
               as_json: bool = JSON) -> None:
-    """Create and start a sandbox machine."""
+    """Create and start a machine: a sandbox, or a QEMU VM (--kind qemu)."""
     disks = []
     for d in disk:
         parts = d.split(":")
@@ -42,7 +49,8 @@ def vm_create(name: str = arg("NAME", "The new machine: 1-20 of a-z 0-9 -, from 
                       "filesystem": parts[2] if len(parts) > 2 else "ext4",
                       "encryption_key": encryption_key})
     emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent,
-                                     "agent_version": agent_version}), as_json)
+                                     "agent_version": agent_version, "kind": kind,
+                                     "memory": memory, "cpus": cpus}), as_json)
 
 
 @vm.command("list")
@@ -61,6 +69,17 @@ def vm_list(as_json: bool = JSON) -> None:
 def vm_show(name: str = MACHINE, as_json: bool = JSON) -> None:
     """A machine: disks, agent, extensions, resource group."""
     emit(Client().get(f"/machines/{name}"), as_json)
+
+
+@vm.command("console")
+@api
+def vm_console(name: str = MACHINE, as_json: bool = JSON) -> None:
+    """Print the end of the machine's console: a VM's serial log (this boot)."""
+    r = Client().get(f"/machines/{name}/console")
+    if as_json:
+        emit(r, True)
+    else:
+        sys.stdout.write(r["console"])
 
 
 @vm.command("start")

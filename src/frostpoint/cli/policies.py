@@ -53,6 +53,9 @@ YEARLY = typer.Option(None, "--yearly", metavar="N",
                       help="Keep the monthly restore point of --yearly-in N years.")
 YEARLY_IN = typer.Option(None, "--yearly-in", metavar="jan..dec",
                          help="The yearly rule's month. Default jan.")
+RPO = typer.Option(None, "--rpo-hours", metavar="N",
+                   help="Raise rpo-missed when a machine has no restore point this many "
+                        "hours old (1-8760; 0 clears it).")
 
 
 @policy.command("create")
@@ -63,11 +66,12 @@ def policy_create(name: str = arg("NAME", "The new policy's name."),
                   daily: int = DAILY, weekly: int = WEEKLY, weekly_on: str = WEEKLY_ON,
                   monthly: int = MONTHLY, monthly_on: str = MONTHLY_ON,
                   yearly: int = YEARLY, yearly_in: str = YEARLY_IN,
-                  as_json: bool = JSON) -> None:
+                  rpo_hours: int = RPO, as_json: bool = JSON) -> None:
     """Create a policy. Refused when it would keep over 18 instant restore points."""
     body = _rules(schedule, every, time, window_hours, instant_days, daily, weekly,
                   weekly_on, monthly, monthly_on, yearly, yearly_in)
-    emit(Client().post("/policies", {"name": name, **body}), as_json)
+    emit(Client().post("/policies", {"name": name, **body, "rpo_hours": rpo_hours}),
+         as_json)
 
 
 @policy.command("update")
@@ -78,11 +82,11 @@ def policy_update(name: str = POLICY,
                   daily: int = DAILY, weekly: int = WEEKLY, weekly_on: str = WEEKLY_ON,
                   monthly: int = MONTHLY, monthly_on: str = MONTHLY_ON,
                   yearly: int = YEARLY, yearly_in: str = YEARLY_IN,
-                  as_json: bool = JSON) -> None:
+                  rpo_hours: int = RPO, as_json: bool = JSON) -> None:
     """Change a policy's rules; existing restore points follow at the next cleanup."""
     body = _rules(schedule, every, time, window_hours, instant_days, daily, weekly,
                   weekly_on, monthly, monthly_on, yearly, yearly_in)
-    emit(Client().patch(f"/policies/{name}", body), as_json)
+    emit(Client().patch(f"/policies/{name}", {**body, "rpo_hours": rpo_hours}), as_json)
 
 
 @policy.command("show")
@@ -99,7 +103,7 @@ def policy_list(as_json: bool = JSON) -> None:
     emit(Client().get("/policies"), as_json,
          lambda d: table(d, ["name", "schedule", "schedule_time", "every_hours",
                              "instant_rp_days", "vault_retention_days", "weekly",
-                             "monthly", "yearly"]))
+                             "monthly", "yearly", "rpo_hours"]))
 
 
 @policy.command("delete")

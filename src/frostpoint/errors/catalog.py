@@ -49,6 +49,18 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
            "frostpoint doctor {machine}",
            "frostpoint doctor {machine} --fix  # no discovery: names the fabric address",
            "frostpoint backup now {machine} --wait"], status=400),
+    _spec("GuestChannelUnavailable", "user", True,
+          "The host channel of a QEMU guest (virtio-serial, served by the guest's "
+          "frostpoint-channel service) did not answer, or answered with something invalid.",
+          ["The VM is still booting, or it is stopped.",
+           "The guest's frostpoint-channel service is stopped or dead (every process in "
+           "the guest killed): nothing in the guest can run a program or thaw a disk.",
+           "The guest sent an oversized, malformed or unrelated reply (refused)."],
+          ["frostpoint vm show {machine}",
+           "frostpoint vm console {machine}",
+           "frostpoint vm stop {machine} && frostpoint vm start {machine}  # a guest "
+           "whose processes all died, frozen: its reboot thaws it",
+           "frostpoint doctor {machine}"], status=409),
     _spec("GuestAgentSnapshotTaskStatusError", "user", True,
           "The guest agent heartbeats but reported no status for the snapshot task.",
           ["Extensions are disabled in the agent config (Extensions.Enabled=n).",
@@ -216,6 +228,21 @@ CATALOG: dict[str, ErrorSpec] = {s.code: s for s in [
           ["The scratch space or the disk pool failed while the disks were swapped."],
           ["frostpoint restore disks SAFETY_RP --replace  # the safety restore point",
            "frostpoint doctor {machine}"], status=500),
+    _spec("VmExecTimedOut", "user", True,
+          "The command run in the machine did not finish within its timeout; it was "
+          "killed.",
+          ["The command takes longer than the timeout, or waits for input.",
+           "Something in the machine stopped it (SIGSTOP) or it is blocked on a frozen "
+           "disk."],
+          ["frostpoint vm exec {machine} -- sh -c 'COMMAND >/tmp/out 2>&1 &'  # longer "
+           "than 300 s: in the background, then read /tmp/out",
+           "frostpoint doctor {machine}  # a frozen disk shows there"], status=504),
+    _spec("NotificationDeliveryFailed", "user", True,
+          "A webhook target did not accept an event (no answer in time, or not 2xx).",
+          ["The receiver is down or unreachable from the service.",
+           "The receiver answered with an error (a wrong path, its signature check).",
+           "The receiver took longer than the delivery timeout."],
+          ["frostpoint notify test NAME", "frostpoint notify list"], status=502),
     # Frostpoint's own request errors (not backup failures).
     _spec("NotFound", "user", False, "The named object does not exist.",
           ["A typo in the name.", "It was deleted."], ["frostpoint vm list"], status=404),

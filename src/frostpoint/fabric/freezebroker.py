@@ -182,8 +182,11 @@ def serve(sock_path: str, disks_dir: str) -> None:
             except OSError:  # ENOENT: the asking process was interrupted first
                 continue
             # A freeze can take a while (it syncs); others of the machine go on.
-            threading.Thread(target=handle, args=(fd, bytes(buf), disks_dir),
-                             daemon=True).start()
+            try:
+                threading.Thread(target=handle, args=(fd, bytes(buf), disks_dir),
+                                 daemon=True).start()
+            except RuntimeError:  # no thread to be had (the guest's own doing): say so
+                _respond(fd, NOTIF.unpack(bytes(buf))[0], errno.EAGAIN)
 
 
 def main() -> int:

@@ -168,15 +168,18 @@ def connect_broker(path: str) -> socket.socket | None:
     try:
         s.connect(path)
         return s
-    except OSError:
+    except OSError:  # freezes in this process then fail (ENOSYS), nothing hangs
         s.close()
-        return None  # freezes in this process then fail (ENOSYS), nothing hangs
+        return None
 
 
 def restrict(broker: socket.socket | None) -> None:
     """Make this process as powerless as the guest: only the KEEP capabilities (for
     it and whatever it executes), no new privileges, the seccomp filter, whose
     listener goes to the freeze broker and is not kept here."""
+    # Not dumpable (PID 1 for good, an exec until its execve): else the guest could write
+    # its memory (/proc/PID/mem) before the filter loads, or make PID 1 exit.
+    prctl(PR_SET_DUMPABLE, 0)
     for cap in range(LAST_CAP + 1):
         if cap not in KEEP:
             prctl(PR_CAPBSET_DROP, cap)
@@ -217,14 +220,10 @@ def _mount_proc() -> None:
             mount("/dev/null", f"/proc/{name}", None, MS_BIND)
 
 
-def _open_ns(path: str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-
 def _enter_mounts(mntns: str, cwd: str) -> None:
     """Join the machine's mount namespace only, and stand at cwd in it (a cwd left in
     the host's tree would be a way back to it)."""
-    setns(_open_ns(mntns), CLONE_NEWNS)
+    setns(os.open(mntns, os.O_RDONLY | os.O_CLOEXEC), CLONE_NEWNS)
     os.chdir(cwd)
 
 
@@ -282,7 +281,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     # The guest's init command comes in the environment, not on PID 1's command line,
     # where the agent's own process matching (`frostpoint-agent restart`) would see it.
     guest_init = json.loads(os.environ["FROSTPOINT_GUEST_INIT"])
-    net, mnt = _open_ns(args.netns), _open_ns(args.mntns)
+    net, mnt = (os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in (args.netns, args.mntns))
     broker = connect_broker(args.broker)
     if broker is None:
         print(f"machine init failed: no freeze broker at {args.broker}", file=sys.stderr)

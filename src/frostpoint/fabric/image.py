@@ -8,8 +8,8 @@ changed agent (a new release, or a code change in development) builds a new imag
 and every service and data dir on the host shares one build. A lock makes concurrent
 services wait for one build instead of running several.
 
-Machines mount it read-only (see fabric/sandbox.py); the VM issue makes a raw ext4
-image of the same tree (docs/machines.md).
+Sandbox machines mount it read-only (see fabric/sandbox.py); QEMU guests boot a raw
+ext4 disk made from the "vm" flavour of it (fabric/vmdisk.py, docs/machines.md).
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ INCLUDE = ("python3", "util-linux", "procps", "iproute2", "iptables", "curl", "e
            "ca-certificates", "ifupdown", "isc-dhcp-client")
 RECIPE = (f"mmdebstrap --variant=minbase {SUITE} include={','.join(INCLUDE)} v1 "
           f"net {guestnet.digest()}")
+# A QEMU guest (fabric/qemu.py) boots a real kernel with systemd: the same tree plus an
+# init, udev (virtio disks and ports by name), the kernel it boots (its modules match)
+# and nftables (a guest's own firewall). Its frostpoint units are enabled in it.
+VM_INCLUDE = ("systemd-sysv", "udev", "kmod", "linux-image-cloud-amd64", "nftables")
+VM_UNITS = ("frostpoint-guest-setup.service", "frostpoint-channel.service",
+            "frostpoint-agent.service")
+FLAVOURS = {"sandbox": INCLUDE, "vm": INCLUDE + VM_INCLUDE}
 DEFAULT_CACHE = Path("/var/cache/frostpoint/images")
 HOST_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
@@ -63,25 +70,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("FROSTPOINT_IMAGE_CACHE", DEFAULT_CACHE))
 
 
-def image_key() -> str:
-    return hashlib.sha256(f"{RECIPE}\n{agent_package_digest()}".encode()).hexdigest()[:24]
+def image_key(flavour: str = "sandbox") -> str:
+    recipe = RECIPE if flavour == "sandbox" else f"{RECIPE} {flavour} {FLAVOURS[flavour]} v1"
+    return hashlib.sha256(f"{recipe}\n{agent_package_digest()}".encode()).hexdigest()[:24]
 
 
-def ensure_image() -> Path:
-    """The rootfs directory of the current image, built first if this host has none."""
+def ensure_image(flavour: str = "sandbox") -> Path:
+    """The rootfs directory of the current image, built first if this host has none.
+    flavour "vm": the QEMU guest's tree (VM_INCLUDE)."""
     root = cache_root()
-    final = root / image_key()
+    final = root / image_key(flavour)
     if (final / "rootfs" / "usr" / "bin" / "frostpoint-agent").exists():
         return final / "rootfs"
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another service may be building it
         if not (final / "rootfs" / "usr" / "bin" / "frostpoint-agent").exists():
-            _build(final)
+            _build(final, flavour)
     return final / "rootfs"
 
 
-def _build(final: Path) -> None:
+def _build(final: Path, flavour: str) -> None:
     if shutil.which("mmdebstrap") is None:
         raise FrostpointError("UserErrorCrpReportedUserError",
                               "mmdebstrap is missing: run scripts/install-system-packages")
@@ -89,11 +98,13 @@ def _build(final: Path) -> None:
     try:
         deb = build_agent_deb(work / "frostpoint-agent.deb")
         mirror = _sources(work)
+        hooks = [f"--customize-hook=copy-in {deb} /tmp",
+                 f"--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb.name}",
+                 f"--customize-hook=rm -f \"$1/tmp/{deb.name}\""]
+        if flavour == "vm":
+            hooks.append(f"--customize-hook=chroot \"$1\" systemctl enable {' '.join(VM_UNITS)}")
         cmd = ["mmdebstrap", "--variant=minbase", "--mode=root", "--quiet",
-               f"--include={','.join(INCLUDE)}",
-               f"--customize-hook=copy-in {deb} /tmp",
-               f"--customize-hook=chroot \"$1\" dpkg -i /tmp/{deb.name}",
-               f"--customize-hook=rm -f \"$1/tmp/{deb.name}\"",
+               f"--include={','.join(FLAVOURS[flavour])}", *hooks,
                SUITE, str(work / "rootfs"), *mirror]
         p = subprocess.run(cmd, capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
@@ -111,7 +122,8 @@ def _build(final: Path) -> None:
 
 
 def main() -> None:
-    print(ensure_image())
+    import sys
+    print(ensure_image(*sys.argv[1:2]))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,13 @@ class MemoryPlatform(SnapshotFolders):
     def power_state(self, machine: str) -> str:
         return self._get(machine).power
 
+    def machine_facts(self, machine: str) -> dict[str, str]:
+        m = self.machines.get(machine)
+        return {"kind": m.spec.kind} if m else {}
+
+    def console(self, machine: str) -> str:
+        return self._get(machine).files.get(f"{GUEST_LOG}/init.log", b"").decode(errors="replace")
+
     def disk_exists(self, disk: DiskSpec) -> bool:
         return disk.image_path.exists()
 

@@ -125,6 +125,10 @@ class FabricNetwork:
     def _host_link(self, slot: int) -> str:
         return f"fp{self.instance}h{slot}"[:15]
 
+    def tap_name(self, slot: int) -> str:
+        """A QEMU guest's port: a tap on the bridge, opened by its QEMU (fabric/qemu.py)."""
+        return f"fp{self.instance}t{slot}"[:15]
+
     @staticmethod
     def ns_exists(ns: str) -> bool:
         return Path(f"/run/netns/{ns}").exists()
@@ -180,6 +184,11 @@ class FabricNetwork:
             except FrostpointError as e:  # that machine stays cut off; the rest start
                 log.warning("could not pin the fabric port of %s: %s %s", nsfile.name, e,
                             e.details)
+        prefix = f"fp{self.instance}t"
+        for link in self._links(self.fabric_ns) if self.ns_exists(self.fabric_ns) else []:
+            tap = str(link["ifname"])
+            if tap.startswith(prefix) and tap[len(prefix):].isdigit():
+                self._pin_port(tap, int(tap[len(prefix):]))
 
     def attach_machine(self, machine: str, slot: int) -> None:
         ns = self.machine_ns(machine)
@@ -202,12 +211,33 @@ class FabricNetwork:
 
     def _pin(self, ns: str, slot: int) -> None:
         """Make the port of the machine in ns (at slot) carry only that machine."""
-        host, addr, mac = self._host_link(slot), self.machine_address(slot), self.machine_mac(slot)
-        fab = self.fabric_ns
+        mac = self.machine_mac(slot)
         # The guest may have changed its MAC; the fabric puts its own back.
         run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
         run(["ip", "-n", ns, "neigh", "replace", FABRIC_ADDRESS, "lladdr", FABRIC_MAC,
              "dev", "eth0", "nud", "permanent"])
+        self._pin_port(self._host_link(slot), slot)
+
+    def attach_tap(self, slot: int) -> str:
+        """A QEMU guest's port (a persistent tap on the bridge, same defences as a veth:
+        the guest's kernel is its own, so its MAC and neighbour entries are its business;
+        the bridge, the filter and the fabric's neighbour entry are the host's)."""
+        tap = self.tap_name(slot)
+        if run(["ip", "-n", self.fabric_ns, "link", "show", tap], check=False).returncode:
+            run(["ip", "-n", self.fabric_ns, "tuntap", "add", "dev", tap, "mode", "tap"])
+            run(["ip", "-n", self.fabric_ns, "link", "set", tap, "master", BRIDGE])
+        self._pin_port(tap, slot)
+        run(["ip", "-n", self.fabric_ns, "link", "set", tap, "up"])
+        return tap
+
+    def detach_tap(self, slot: int) -> None:
+        run(["ip", "-n", self.fabric_ns, "link", "del", self.tap_name(slot)], check=False)
+        self._prune()
+
+    def _pin_port(self, host: str, slot: int) -> None:
+        """The fabric's side of a port: isolated, no learning or flooding, one static
+        forwarding entry, a permanent neighbour entry, one filter element."""
+        addr, mac, fab = self.machine_address(slot), self.machine_mac(slot), self.fabric_ns
         run(["bridge", "-n", fab, "link", "set", "dev", host, "isolated", "on",
              "learning", "off", "flood", "off", "mcast_flood", "off"])
         run(["bridge", "-n", fab, "fdb", "replace", mac, "dev", host, "master", "static"])

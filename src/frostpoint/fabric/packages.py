@@ -35,6 +35,7 @@ GUEST_PYTHON = (3, 13)
 VENDORED = ("httpx",)  # the guest code's imports outside the standard library
 GUEST_MODULES = ("__init__.py", "protocol.py", "agent", "extension")
 AGENT_PREFIX = "usr/lib/frostpoint-agent"  # in the guest image
+GUEST_UNITS = Path(__file__).parent / "guest"  # a QEMU guest's units and boot script
 
 Tree = dict[str, tuple[int, bytes]]  # relative path -> (mode, content)
 
@@ -135,6 +136,14 @@ def agent_deb_tree() -> Tree:
     tree["usr/lib/python3/dist-packages/frostpoint-agent.pth"] = (
         0o644, f"/{AGENT_PREFIX}/lib\n/{AGENT_PREFIX}/vendor\n".encode())
     tree["usr/bin/frostpoint-agent"] = (0o755, _launcher("frostpoint.agent.main", False))
+    tree["usr/bin/frostpoint-channel"] = (0o755, _launcher("frostpoint.agent.channel", False))
+    # A QEMU guest's systemd units and boot setup (fabric/guest/; the image's "vm"
+    # flavour enables them; a sandbox has no systemd and ignores them).
+    for f in sorted(GUEST_UNITS.iterdir()):
+        if f.suffix == ".service":
+            tree[f"lib/systemd/system/{f.name}"] = (0o644, f.read_bytes())
+        else:
+            tree[f"{AGENT_PREFIX}/{f.name}"] = (0o755, f.read_bytes())
     return tree
 
 

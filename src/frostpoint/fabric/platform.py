@@ -4,9 +4,10 @@ The service asks a `MachinePlatform` for everything that happens to a machine: m
 start, stop, deallocate and delete it, run a program in it, read and write the files
 the host shares with its agent, snapshot and thaw its disks, install its agent, and
 say whether it runs. It never sees how: no namespaces, loop devices, pool folders or
-guest folders. Two implementations:
+guest folders. Implementations:
 
-- `fabric.sandbox.Sandbox`: real machines on this host (root; docs/machines.md);
+- `fabric.kinds.HostMachines`: the real machines of this host (root; docs/machines.md),
+  by kind: `fabric.sandbox.Sandbox` (namespaces) and `fabric.qemu.QemuPlatform` (QEMU);
 - `fabric.memory.MemoryPlatform`: machines in memory with an in-process guest agent,
   for tests of the service's rules without root (docs/machines.md "The seam").
 
@@ -52,6 +53,9 @@ class MachineSpec:
     name: str
     slot: int
     disks: list[DiskSpec] = field(default_factory=list)
+    kind: str = "sandbox"  # or "qemu" (fabric/kinds.py picks the platform)
+    memory_bytes: int = 1 << 30  # a QEMU guest's
+    cpus: int = 1
 
 
 @dataclass
@@ -132,6 +136,11 @@ class MachinePlatform(Protocol):
     # -- facts ---------------------------------------------------------------------------
     def is_running(self, machine: str) -> bool: ...
     def disk_exists(self, disk: DiskSpec) -> bool: ...
+    def machine_facts(self, machine: str) -> dict[str, str]:
+        """What the platform says of a machine: its kind, a VM's accelerator."""
+
+    def console(self, machine: str) -> str:
+        """The end of the machine's console: a VM's serial log, a sandbox's init log."""
 
     # -- inside the machine -----------------------------------------------------------
     def exec(self, machine: str, argv: list[str], timeout: float = 300,

@@ -10,6 +10,7 @@ import fcntl
 import shutil
 from pathlib import Path
 
+from frostpoint.fabric.platform import DiskSpec
 from frostpoint.fabric.system import is_mountpoint, run
 
 FICLONE = 0x40049409
@@ -20,6 +21,18 @@ def reflink(src: Path, dst: Path) -> None:
     """Copy src to dst sharing all extents; fails on filesystems without reflink."""
     with open(src, "rb") as s, open(dst, "wb") as d:
         fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+
+
+def make_disk_image(disk: DiskSpec) -> None:
+    """A new disk image of the disk's size with its filesystem (every machine kind)."""
+    disk.image_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(disk.image_path, "wb") as f:
+        f.truncate(disk.size_bytes)
+    if disk.filesystem == "xfs":
+        run(["mkfs.xfs", "-q", str(disk.image_path)])
+    else:
+        encrypt = ["-O", "encrypt"] if disk.encrypted else []
+        run(["mkfs.ext4", "-q", "-F", *encrypt, "-L", disk.name, str(disk.image_path)])
 
 
 def can_reflink(directory: Path) -> bool:

@@ -29,7 +29,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric import fscrypt, guestfs
+from frostpoint.fabric.brokers import FreezeBrokers
 from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.fabric.image import ensure_image
@@ -42,15 +44,13 @@ from frostpoint.fabric.platform import (
     Snapshot,
     SnapshotFolders,
 )
-from frostpoint.fabric.pool import DiskPool, reflink
+from frostpoint.fabric.pool import DiskPool, make_disk_image, reflink
 from frostpoint.fabric.system import (
     bind_in_netns,
-    freeze_broker,
     guest_helper,
     is_mountpoint,
     loop_devices,
     run,
-    stop_process,
     thaw_machine_disks,
 )
 from frostpoint.protocol import DISK_ROOT, GUEST_ETC, GUEST_LIB, GUEST_LOG
@@ -78,7 +78,7 @@ class Sandbox(SnapshotFolders):
         self.ns_dir = data_dir / "run" / "mntns"
         self.roots_dir = data_dir / "run" / "roots"  # mount points of machines' roots
         self.init_dir = data_dir / "run" / "init"  # host pid of each machine's PID 1
-        self.broker_dir = data_dir / "run" / "broker"  # freeze brokers' sockets, pids
+        self.brokers = FreezeBrokers(data_dir / "run" / "broker")
 
     # -- paths ---------------------------------------------------------------
     def guest_dir(self, machine: str) -> Path:
@@ -95,9 +95,6 @@ class Sandbox(SnapshotFolders):
     def mntns_file(self, machine: str) -> Path:
         return self.ns_dir / machine
 
-    def broker_socket(self, machine: str) -> Path:
-        return self.broker_dir / f"{machine}.sock"
-
     def layer_dir(self, machine: str) -> Path:
         return self.guest_dir(machine) / "layer"
 
@@ -110,15 +107,7 @@ class Sandbox(SnapshotFolders):
     # -- lifecycle -----------------------------------------------------------
     def create_disks(self, spec: MachineSpec) -> None:
         for disk in spec.disks:
-            disk.image_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(disk.image_path, "wb") as f:
-                f.truncate(disk.size_bytes)
-            if disk.filesystem == "xfs":
-                run(["mkfs.xfs", "-q", str(disk.image_path)])
-            else:
-                encrypt = ["-O", "encrypt"] if disk.encrypted else []
-                run(["mkfs.ext4", "-q", "-F", *encrypt, "-L", disk.name,
-                     str(disk.image_path)])
+            make_disk_image(disk)
         for sub in ("etc", "lib", "log"):
             (self.guest_dir(spec.name) / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.guest_dir(spec.name) / "etc", 0o700)
@@ -132,32 +121,8 @@ class Sandbox(SnapshotFolders):
     def start(self, spec: MachineSpec) -> None:
         self.network.attach_machine(spec.name, spec.slot)
         self._make_mount_ns(spec)
-        self.start_broker(spec.name)
+        self.brokers.start(spec.name, self.pool.root / "disks" / spec.name)
         self.start_init(spec.name)
-
-    def start_broker(self, machine: str) -> None:
-        """The machine's freeze broker (fabric/freezebroker.py): its FIFREEZE and
-        FITHAW, on its own disks only. Its log is the host's, not in a guest folder."""
-        sock = self.broker_socket(machine)
-        self.stop_broker(machine)
-        self.broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sock.unlink(missing_ok=True)
-        disks = self.pool.root / "disks" / machine
-        disks.mkdir(parents=True, exist_ok=True)
-        with open(self.broker_dir / f"{machine}.log", "ab") as log:
-            proc = subprocess.Popen(freeze_broker(sock, disks), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, start_new_session=True)
-        (self.broker_dir / f"{machine}.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the freeze broker of {machine} did not start; see "
-                                   f"{self.broker_dir / (machine + '.log')}")
-            time.sleep(0.01)
-
-    def stop_broker(self, machine: str) -> None:
-        stop_process(self.broker_dir / f"{machine}.pid", str(self.broker_socket(machine)))
-        self.broker_socket(machine).unlink(missing_ok=True)
 
     def install_agent(self, machine: str, version: str | None) -> None:
         """Record the agent release on the machine (None: an image without the agent)."""
@@ -270,7 +235,7 @@ class Sandbox(SnapshotFolders):
             out = run(guest_helper("init", "--netns", self._netns_path(machine),
                                    "--mntns", str(self.mntns_file(machine)),
                                    "--hostname", machine, "--log-fd", str(log),
-                                   "--broker", str(self.broker_socket(machine))),
+                                   "--broker", str(self.brokers.socket(machine))),
                       pass_fds=(log,), env={"FROSTPOINT_GUEST_INIT": json.dumps(GUEST_INIT)})
         finally:
             os.close(log)
@@ -285,13 +250,18 @@ class Sandbox(SnapshotFolders):
         namespaces, as restricted as the guest."""
         return guest_helper("exec", "--netns", self._netns_path(machine),
                             "--mntns", str(self.mntns_file(machine)),
-                            "--broker", str(self.broker_socket(machine)),
+                            "--broker", str(self.brokers.socket(machine)),
                             "--pid", str(self.init_pid(machine) or 0), "--")
 
     def exec(self, machine: str, argv: list[str], timeout: float = 300,
              input: bytes | None = None) -> ExecResult:
-        p = subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
-                           timeout=timeout, input=input)
+        try:
+            p = subprocess.run(self.enter_cmd(machine) + argv, capture_output=True,
+                               timeout=timeout, input=input)
+        except subprocess.TimeoutExpired as e:  # it is killed with its host-side parent
+            raise FrostpointError("VmExecTimedOut", f"the command in {machine} did not "
+                                  f"finish within {timeout:g} s",
+                                  {"machine": machine, "timeout_s": timeout}) from e
         return ExecResult(p.returncode, p.stdout, p.stderr)
 
     def start_process(self, machine: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -358,7 +328,7 @@ class Sandbox(SnapshotFolders):
             run(["umount", str(nsfile)], check=False)
         nsfile.unlink(missing_ok=True)
         (self.init_dir / spec.name).unlink(missing_ok=True)
-        self.stop_broker(spec.name)
+        self.brokers.stop(spec.name)
         for disk in spec.disks:
             self.detach_loops(disk.image_path)
         if deallocate:

@@ -1,5 +1,6 @@
 """Release everything a service's fabric holds on this host: the DHCP server, processes
-in its namespaces, mount namespaces, loop devices, namespaces, the pool mount.
+in its namespaces (QEMU guests too, which run in the fabric's), mount namespaces, loop
+devices, namespaces, the pool mount.
 
 Used by `frostpoint quickstart --down` and by tests, so nothing is left behind even
 when machines were not deleted one by one.
@@ -12,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+from frostpoint.fabric.brokers import FreezeBrokers
 from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.pool import DiskPool
@@ -19,7 +21,6 @@ from frostpoint.fabric.system import (
     is_mountpoint,
     loop_devices,
     run,
-    stop_process,
     thaw_machine_disks,
 )
 
@@ -40,9 +41,7 @@ def teardown_host(data_dir: Path) -> None:
             except ProcessLookupError:
                 pass
     time.sleep(0.2)
-    brokers = data_dir / "run" / "broker"
-    for pid_file in brokers.glob("*.pid") if brokers.exists() else []:
-        stop_process(pid_file, str(brokers / (pid_file.stem + ".sock")))
+    FreezeBrokers(data_dir / "run" / "broker").stop_all()
     if ns_dir.exists():
         for f in ns_dir.iterdir():
             while is_mountpoint(f):
@@ -52,8 +51,26 @@ def teardown_host(data_dir: Path) -> None:
             if run(["umount", str(ns_dir)], check=False).returncode != 0:
                 break
     pool = DiskPool(data_dir)
+    _release_host_mounts(pool.root)
     for device, backing in loop_devices():
         if backing.startswith(str(pool.root) + "/"):
             run(["losetup", "-d", device], check=False)
-    net.teardown()
+    net.teardown()  # QEMU guests run in the fabric namespace: killed with it above
+    run(["rm", "-rf", f"/run/frostpoint/{net.instance}"], check=False)  # their sockets
     pool.teardown()
+
+
+def _release_host_mounts(pool_root: Path) -> None:
+    """Restore mounts and vault readers in the pool (`restore mount`, `rp browse`):
+    their reader processes end, their mounts go (deepest first), so the pool unmounts."""
+    under = str(pool_root) + "/"
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if under.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p.startswith(under)), reverse=True):
+        run(["umount", "-l", point], check=False)

@@ -19,6 +19,7 @@ from frostpoint.doctor.doctor import Doctor, as_dicts
 from frostpoint.enums import JobStatus, JobTrigger
 from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, error_dict
 from frostpoint.protocol import SNAPSHOT_EXTENSION
+from frostpoint.service import api_ops
 from frostpoint.service.api_recovery import add_routes
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
@@ -124,7 +125,8 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines", dependencies=r, response_model=S.Machine)
     def create_machine(body: MachineIn) -> dict[str, Any]:
         return svc.machines.create(body.name, [d.model_dump() for d in body.disks],
-                                   body.region, body.agent, body.agent_version)
+                                   body.region, body.agent, body.agent_version,
+                                   body.kind, body.memory, body.cpus)
 
     @app.get("/machines", dependencies=r, response_model=list[S.Machine])
     def list_machines() -> list[dict[str, Any]]:
@@ -154,6 +156,10 @@ def create_app(svc: Services) -> FastAPI:
     @app.post("/machines/{name}/exec", dependencies=r, response_model=S.ExecResult)
     def exec_machine(name: str, body: ExecIn) -> dict[str, Any]:
         return svc.machines.exec(name, body.argv, body.timeout)
+
+    @app.get("/machines/{name}/console", dependencies=r, response_model=S.Console)
+    def console(name: str) -> dict[str, Any]:
+        return {"name": name, "console": svc.console(name)}
 
     @app.delete("/machines/{name}/disks/{disk}", dependencies=r, response_model=S.Machine)
     def delete_disk(name: str, disk: str) -> dict[str, Any]:
@@ -344,7 +350,7 @@ def create_app(svc: Services) -> FastAPI:
         if not body.name:
             raise FrostpointError("InvalidInput", "--name NEW_MACHINE is required")
         return svc.restores.restore_vm(body.restore_point, body.name, body.source,
-                                       body.missing_disks)
+                                       body.missing_disks, body.kind)
 
     @app.post("/restores/files", dependencies=r, response_model=S.Job)
     def restore_files(body: RestoreIn, who: Caller = Depends(caller)) -> dict[str, Any]:
@@ -414,6 +420,7 @@ def create_app(svc: Services) -> FastAPI:
         return tokens.revoke(name)
 
     add_routes(app, svc, r)  # replace, browse, mounts, selective disks, replication
+    api_ops.add_routes(app, svc, r, caller, auth)  # metrics, status, notify
     add_dashboard(app, tokens, svc.rt.restore_area)  # the web UI at / (web/), on these same routes
 
     # Each route's role in OpenAPI, for clients and for the test that checks them all.

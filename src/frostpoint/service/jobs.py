@@ -143,6 +143,7 @@ class JobRunner:
             finally:
                 if on_end:
                     on_end(job_id, status)
+                self.announce_end(job_id)
 
         def target() -> None:
             stop, expired = threading.Event(), threading.Event()
@@ -177,6 +178,14 @@ class JobRunner:
         t = threading.Thread(target=target, name=f"job-{job_id}", daemon=True)
         t.start()
         return t
+
+    def announce_end(self, job_id: str) -> None:
+        """Tell the job listeners (metrics, notifications) that a job has ended."""
+        for listener in self.rt.job_listeners:
+            try:
+                listener(job_id)
+            except Exception:  # noqa: BLE001 - a listener never fails the job
+                log.exception("job %s: end listener %s", job_id, listener)
 
     def finish(self, job_id: str, status: str, error: dict[str, Any] | None,
                warnings: list[Any], release_slot: bool = True) -> None:

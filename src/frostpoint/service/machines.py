@@ -37,7 +37,7 @@ from frostpoint.service.models import (
     SubTask,
     utcnow,
 )
-from frostpoint.service.names import NAME_RE, parse_size
+from frostpoint.service.names import NAME_RE, check_disk, check_vm_size
 from frostpoint.service.runtime import Runtime
 from frostpoint.service.specs import machine_spec, taken_disks
 from frostpoint.service.tokens import token_hash
@@ -67,7 +67,8 @@ class Machines:
 
     # -- lifecycle ---------------------------------------------------------------
     def create(self, name: str, disks: list[dict[str, Any]], region: str = "local",
-               agent: bool = True, agent_version: str | None = None) -> dict[str, Any]:
+               agent: bool = True, agent_version: str | None = None, kind: str = "sandbox",
+               memory: str = "1G", cpus: int = 1) -> dict[str, Any]:
         if not NAME_RE.match(name):
             raise FrostpointError("InvalidInput",
                                   "machine names are 1-20 of a-z, 0-9, '-', starting a-z")
@@ -81,19 +82,14 @@ class Machines:
         if twice:  # checked before any key, disk or row is made
             raise FrostpointError("InvalidInput", f"disk name(s) {', '.join(twice)} given "
                                   "more than once; each disk of a machine needs its own name")
+        memory_bytes = check_vm_size(kind, memory, cpus)
         specs = []
         for i, d in enumerate(disks):
-            fs = d.get("filesystem", "ext4")
-            if fs not in ("ext4", "xfs"):
-                raise FrostpointError("InvalidInput", f"filesystem {fs} is not ext4 or xfs")
-            size = parse_size(str(d.get("size", "256M")))
-            if size < (16 << 20) or (fs == "xfs" and size < (300 << 20)):
-                raise FrostpointError("InvalidInput",
-                                      f"disk {d['name']} is too small for {fs}: the minimum "
-                                      f"is {'300' if fs == 'xfs' else '16'} MiB")
-            if not NAME_RE.match(d["name"]):
-                raise FrostpointError("InvalidInput", f"bad disk name {d['name']!r}")
+            _, size, fs = check_disk(d)
             key_ref, wrapped, dek = d.get("encryption_key"), d.get("wrapped_key"), None
+            if key_ref and kind == "qemu":
+                raise FrostpointError("InvalidInput", f"disk {d['name']}: encrypted disks "
+                                      "are for sandbox machines (a VM would need the key)")
             if key_ref and fs != "ext4":
                 raise FrostpointError("InvalidInput", f"disk {d['name']}: only ext4 disks "
                                       "can be encrypted")
@@ -110,7 +106,8 @@ class Machines:
             slot = next((n for n in range(1, MAX_SLOT) if n not in used), None)
             if slot is None:
                 raise FrostpointError("Conflict", "no free machine slot on this host")
-            m = Machine(name=name, region=region, slot=slot,
+            m = Machine(name=name, region=region, slot=slot, kind=kind,
+                        memory_bytes=memory_bytes, cpus=cpus,
                         address=self.rt.platform.machine_address(slot),
                         agent_token_hash=token_hash(token), agent_installed=agent,
                         provisioning_state=ProvisioningState.CREATING,
@@ -274,6 +271,8 @@ class Machines:
             agent = AgentStatus.NOT_READY
         return {
             "name": m.name, "id": m.id, "region": m.region, "address": m.address,
+            "kind": m.kind, "memory_bytes": m.memory_bytes, "cpus": m.cpus,
+            "accel": self.rt.platform.machine_facts(m.name).get("accel") or None,
             "provisioning_state": m.provisioning_state, "power_state": m.power_state,
             "agent": {"installed": m.agent_installed, "status": agent,
                       "version": m.agent_version, "last_heartbeat_age_s": age,

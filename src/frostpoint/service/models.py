@@ -70,6 +70,8 @@ class Policy(Base):
     monthly_on: Mapped[str] = mapped_column(String(12), default="1")
     yearly_keep: Mapped[int] = mapped_column(Integer, default=0)
     yearly_in: Mapped[str] = mapped_column(String(3), default="jan")
+    # No good restore point within this many hours: an rpo-missed event (service/rpo.py).
+    rpo_hours: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -98,6 +100,9 @@ class Machine(Base):
     region: Mapped[str] = mapped_column(String(64), default="local")
     slot: Mapped[int] = mapped_column(Integer, unique=True)  # address and link names
     address: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="sandbox")  # or "qemu"
+    memory_bytes: Mapped[int] = mapped_column(Integer, default=1 << 30)  # a VM's
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
     provisioning_state: Mapped[str] = mapped_column(String(16),
                                                     default=ProvisioningState.CREATING)
     power_state: Mapped[str] = mapped_column(String(16), default=PowerState.STOPPED)
@@ -195,6 +200,8 @@ class ProtectedItem(Base):
     last_backup_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Disks left out of its backups (protect enable --exclude-disk), by name.
     excluded_disks: Mapped[list[Any]] = mapped_column(default=list)
+    # When its rpo-missed event was raised; cleared once it is within its RPO again.
+    rpo_missed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -308,3 +315,29 @@ class HostMount(Base):
     # Its working folder: the copy of the disk, or the lazy reader's mount.
     image: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotifyTarget(Base):
+    """A webhook that is sent events (service/notify.py); its secret is in DATA/keys."""
+    __tablename__ = "notify_targets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column(default=list)  # e.g. ["failed", "rpo-missed"]
+    signed: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NotifyDelivery(Base):
+    """One event for one target, queued until delivered (or given up on)."""
+    __tablename__ = "notify_deliveries"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    target_id: Mapped[str] = mapped_column(ForeignKey("notify_targets.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="Pending")  # |Delivered|Failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)

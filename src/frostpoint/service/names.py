@@ -29,3 +29,29 @@ def by_name(s: Session, model: Any, name: str, what: str) -> Any:
     if obj is None:
         raise FrostpointError("NotFound", f"no {what} named {name!r}")
     return obj
+
+
+def check_disk(d: dict[str, object]) -> tuple[str, int, str]:
+    """A disk of a new machine as asked for: (name, size in bytes, filesystem)."""
+    name, fs = str(d.get("name")), str(d.get("filesystem", "ext4"))
+    if fs not in ("ext4", "xfs"):
+        raise FrostpointError("InvalidInput", f"filesystem {fs} is not ext4 or xfs")
+    size = parse_size(str(d.get("size", "256M")))
+    if size < (16 << 20) or (fs == "xfs" and size < (300 << 20)):
+        raise FrostpointError("InvalidInput",
+                              f"disk {name} is too small for {fs}: the minimum "
+                              f"is {'300' if fs == 'xfs' else '16'} MiB")
+    if not NAME_RE.match(name):
+        raise FrostpointError("InvalidInput", f"bad disk name {name!r}")
+    return name, size, fs
+
+
+def check_vm_size(kind: str, memory: str, cpus: int) -> int:
+    """A machine's kind, and a QEMU guest's memory (bytes, returned) and CPUs."""
+    if kind not in ("sandbox", "qemu"):
+        raise FrostpointError("InvalidInput", f"machine kind {kind!r}: use sandbox or qemu")
+    mem = parse_size(memory)
+    if not (256 << 20) <= mem <= (16 << 30) or not 1 <= cpus <= 8:
+        raise FrostpointError("InvalidInput", "a VM has 256M to 16G of memory and 1 to 8 "
+                              f"CPUs (asked: {memory}, {cpus})")
+    return mem

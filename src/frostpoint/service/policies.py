@@ -36,11 +36,13 @@ FIELDS = {"schedule": "schedule_kind", "schedule_time": "schedule_time",
           "every_hours": "every_hours", "window_hours": "window_hours",
           "instant_rp_days": "instant_rp_days", "vault_retention_days": "vault_retention_days",
           "weekly": "weekly_keep", "weekly_on": "weekly_on", "monthly": "monthly_keep",
-          "monthly_on": "monthly_on", "yearly": "yearly_keep", "yearly_in": "yearly_in"}
+          "monthly_on": "monthly_on", "yearly": "yearly_keep", "yearly_in": "yearly_in",
+          "rpo_hours": "rpo_hours"}
 DEFAULTS: dict[str, Any] = {"schedule": "daily", "schedule_time": "22:00", "every_hours": None,
                             "window_hours": None, "instant_rp_days": 2,
                             "vault_retention_days": 30, "weekly": 0, "weekly_on": "sun",
-                            "monthly": 0, "monthly_on": "1", "yearly": 0, "yearly_in": "jan"}
+                            "monthly": 0, "monthly_on": "1", "yearly": 0, "yearly_in": "jan",
+                            "rpo_hours": None}
 CHANGE_NOTE = ("applies to existing restore points at the next cleanup: a longer rule keeps "
                "them longer, a shorter one prunes those it no longer keeps")
 
@@ -85,6 +87,9 @@ def _checked(f: dict[str, Any]) -> dict[str, Any]:
         low = 1 if key == "vault_retention_days" else 0
         if not low <= f[key] <= top:
             raise _bad(f"{key} must be {low}-{top}")
+    if f["rpo_hours"] is not None and not 0 <= f["rpo_hours"] <= 8760:
+        raise _bad("--rpo-hours must be 1-8760 (0: no RPO)")
+    f["rpo_hours"] = f["rpo_hours"] or None  # 0 clears it
     if f["weekly_on"] not in gfs.WEEKDAYS:
         raise _bad(f"--weekly-on is one of {', '.join(gfs.WEEKDAYS)}")
     if not gfs.valid_monthly_on(str(f["monthly_on"])):

@@ -32,6 +32,9 @@ class MachineIn(BaseModel):
     region: str = "local"
     agent: bool = True
     agent_version: str | None = None  # the agent release in the machine's image
+    kind: str = "sandbox"  # or "qemu": a QEMU guest (docs/machines.md)
+    memory: str = "1G"  # a VM's
+    cpus: int = 1
 
 
 class FixIn(BaseModel):
@@ -76,6 +79,7 @@ class PolicyUpdateIn(BaseModel):
     monthly_on: str | None = None  # 1-28, last, first-WD, last-WD
     yearly: int | None = None
     yearly_in: str | None = None
+    rpo_hours: int | None = None  # an rpo-missed event past this; 0: none
 
 
 class PolicyIn(PolicyUpdateIn):
@@ -144,3 +148,11 @@ class RestoreIn(BaseModel):
     overwrite: bool = False  # restore files: replace what is at the target
     stop: bool = False  # restore replace: stop a running machine first
     missing_disks: str = "refuse"  # restore vm of a point without some disk: or "empty"
+    kind: str | None = None  # restore vm: sandbox or qemu (default: the source machine's)
+
+
+class NotifyIn(BaseModel):
+    name: str
+    url: str
+    events: list[str]  # failed | warning | rpo-missed | verify-damage
+    secret: str | None = None  # signs each event (HMAC-SHA256) when set

@@ -295,7 +295,8 @@ class Restores:
             shutil.rmtree(work, ignore_errors=True)
 
     def restore_vm(self, rp_id: str, name: str, source: str = "auto",
-                   missing_disks: str = "refuse") -> dict[str, Any]:
+                   missing_disks: str = "refuse",
+                   kind: str | None = None) -> dict[str, Any]:
         # Refused before a job is made: a job that fails on the name only later (after
         # the key checks) is a failed restore in the list for a typo.
         if not NAME_RE.match(name):
@@ -307,6 +308,11 @@ class Restores:
             if s.scalar(select(Machine.id).where(Machine.name == name)):
                 raise FrostpointError("Conflict", f"machine {name} already exists: choose "
                                       "another --name")
+            rp0 = s.get(RestorePoint, rp_id)
+            # Either kind restores either kind's points: a restore point holds the data
+            # disks (raw images), never a root; a VM refuses encrypted disks (create).
+            kind = kind or (rp0 and s.scalar(select(Machine.kind).where(
+                Machine.name == rp0.machine_name))) or "sandbox"
         left_out = [d["name"] for d in self.restore_point(rp_id).excluded_disks]
         if left_out and missing_disks == "refuse":
             raise FrostpointError("InvalidInput", f"restore point {rp_id} does not hold "
@@ -327,7 +333,8 @@ class Restores:
                                          "filesystem": d["filesystem"],
                                          "encryption_key": d.get("encryption_key"),
                                          "wrapped_key": d.get("wrapped_key")}
-                                        for d in [*rp.disks, *rp.excluded_disks]])
+                                        for d in [*rp.disks, *rp.excluded_disks]],
+                                 kind=kind)
             self.machines.stop(name)
             held = {d["name"] for d in rp.disks}
             with self.rt.sessions() as s:

@@ -18,10 +18,10 @@ READER = {("GET", p) for p in (
     "/policies", "/policies/{name}", "/policies/{name}/preview", "/protection/{machine}",
     "/jobs", "/jobs/{job_id}", "/restore-points",
     "/locks", "/keyvaults", "/keyvaults/{name}", "/resource-groups", "/replications",
-    "/restores/mounts")}
+    "/restores/mounts", "/metrics", "/status")}
 # doctor is a GET but not a read: it runs the agent's doctor in the guest, which writes
 # a probe file to each disk.
-OPERATOR = {("GET", "/machines/{name}/doctor"),
+OPERATOR = {("GET", "/machines/{name}/doctor"), ("GET", "/machines/{name}/console"),
             ("POST", "/backups"), ("POST", "/jobs/{job_id}/cancel"),
             ("POST", "/restores/vm"), ("POST", "/restores/disks"),
             ("POST", "/restores/files"), ("GET", "/restore-points/{rp_id}/browse")}
@@ -50,6 +50,9 @@ ADMIN = {
     # replace swaps a machine's disks; a mount goes anywhere on the host
     ("POST", "/restores/replace"), ("POST", "/restores/mount"), ("POST", "/restores/unmount"),
     ("POST", "/vaults/{name}/replicate"), ("POST", "/protection/{machine}/update"),
+    # a webhook URL can hold the receiver's own secret
+    ("POST", "/notify"), ("GET", "/notify"), ("DELETE", "/notify/{name}"),
+    ("POST", "/notify/{name}/test"),
 }
 
 

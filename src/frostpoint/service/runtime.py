@@ -8,15 +8,18 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric.kinds import HostMachines
 from frostpoint.fabric.network import FabricNetwork, instance_id
 from frostpoint.fabric.platform import MachinePlatform
 from frostpoint.fabric.pool import DiskPool
+from frostpoint.fabric.qemu import QemuPlatform
 from frostpoint.fabric.sandbox import Sandbox
 from frostpoint.service.db import make_engine, migrate, session_factory
 from frostpoint.service.tokens import Tokens
@@ -161,9 +164,11 @@ class Notifier:
         return self.versions.get(machine_id, 0)
 
 
-def sandbox_platform(data_dir: Path) -> MachinePlatform:
-    """The real machines of this host (fabric/sandbox.py)."""
-    return Sandbox(data_dir, DiskPool(data_dir), FabricNetwork(instance_id(data_dir)))
+def host_platform(data_dir: Path) -> MachinePlatform:
+    """The real machines of this host, of both kinds (fabric/kinds.py)."""
+    pool, net = DiskPool(data_dir), FabricNetwork(instance_id(data_dir))
+    return HostMachines(Sandbox(data_dir, pool, net), QemuPlatform(data_dir, pool, net))
+
 
 
 class Runtime:
@@ -182,10 +187,16 @@ class Runtime:
         self.restore_area = data_dir / "restores"
         self.restore_area.mkdir(mode=0o700, exist_ok=True)
         self.timeouts = Timeouts()
-        # The one way to the machines (fabric/platform.py): the sandbox, or in tests
-        # the in-memory platform.
-        self.platform: MachinePlatform = platform or sandbox_platform(data_dir)
+        # The one way to the machines (fabric/platform.py): this host's sandboxes and
+        # QEMU guests, or in tests the in-memory platform.
+        self.platform: MachinePlatform = platform or host_platform(data_dir)
         self.notifier = Notifier()
+        # Called with a job's id once its end state is written (metrics, notifications);
+        # each must be quick and off the network: the job's thread calls it.
+        self.job_listeners: list[Callable[[str], None]] = []
+        # /metrics without a token for a scraper on loopback (docs/security.md).
+        self.metrics_no_auth_loopback = os.environ.get(
+            "FROSTPOINT_METRICS_NO_AUTH_LOOPBACK", "") == "1"
         self.keys_dir = data_dir / "keys"
 
     def start_fabric(self) -> None:

@@ -66,7 +66,8 @@ def bind_listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
+def serve(data_dir: Path, listen: str, db_url: str | None = None,
+          metrics_no_auth_loopback: bool = False) -> None:
     """Start in an order where each refusal leaves nothing behind: the address is
     checked, the data directory locked (before it is migrated, reaped or written),
     the management port bound, and only then the fabric made (released again if the
@@ -83,12 +84,14 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
     lock_data_dir(data_dir)
     mgmt_sock = bind_listen(host, port)
     rt = Runtime(data_dir, db_url)
+    rt.metrics_no_auth_loopback |= metrics_no_auth_loopback
     try:
         rt.start_fabric()
         svc = Services(rt)
         svc.reconcile_machines()
         svc.browser.clean_mounts()  # restore mounts an earlier process left
-        svc.backups.runner.reap_orphans()
+        for job_id in svc.backups.runner.reap_orphans():  # jobs a crash left running
+            svc.backups.runner.announce_end(job_id)  # their `failed` event
         rt.platform.attach_backend(svc.machines)
         wire_sock, host_sock = rt.platform.endpoint_sockets(FABRIC_ADDRESS,
                                                             (WIRE_PORT, HOST_PORT))
@@ -121,5 +124,7 @@ def serve(data_dir: Path, listen: str, db_url: str | None = None) -> None:
     log = logging.getLogger("frostpoint.service")
     log.info("frostpoint server on %s, fabric %s (wire %d, host %d), data %s",
              listen, FABRIC_ADDRESS, WIRE_PORT, HOST_PORT, data_dir)
+    if rt.metrics_no_auth_loopback:
+        log.warning("/metrics answers clients on loopback without a token")
     asyncio.run(main())
     log.info("frostpoint server stopped")

@@ -21,6 +21,7 @@ from frostpoint.service.backup import Backups
 from frostpoint.service.browse import Browser
 from frostpoint.service.jobs import ACTIVE
 from frostpoint.service.machines import BUSY, Machines
+from frostpoint.service.metrics import Metrics
 from frostpoint.service.models import (
     Job,
     Machine,
@@ -31,6 +32,8 @@ from frostpoint.service.models import (
     Vault,
     utcnow,
 )
+from frostpoint.service.notify import Notifications
+from frostpoint.service.overview import Overview, VaultUsage
 from frostpoint.service.policies import Policies, schedule_of
 from frostpoint.service.protection import Protection, purge_at
 from frostpoint.service.replace import Replacer
@@ -56,6 +59,11 @@ class Services:
         self.softdelete = SoftDelete(rt, self.protection, self.replications.drop_copies)
         self.replacer = Replacer(self.restores)
         self.browser = Browser(self.restores)
+        usage = VaultUsage(self.protection)
+        self.overview = Overview(rt.sessions, usage)
+        self.metrics = Metrics(rt.sessions, usage)
+        self.notifications = Notifications(rt)
+        rt.job_listeners += [self.metrics.on_job_end, self.notifications.on_job_end]
         self.stopping = threading.Event()
         self._last_gc = time.monotonic()
 
@@ -63,6 +71,12 @@ class Services:
         with self.rt.sessions() as s:
             return [self.machines.describe(m)
                     for m in s.scalars(select(Machine).order_by(Machine.name))]
+
+    def console(self, name: str) -> str:
+        """The end of the machine's console: a VM's serial log (the guest wrote it)."""
+        with self.rt.sessions() as s:
+            Machines.get(s, name)  # NotFound
+        return self.rt.platform.console(name)
 
     def delete_machine(self, name: str) -> None:
         """Delete a machine; its restore points in a vault stay listed and restorable."""
@@ -135,8 +149,12 @@ class Services:
 
     # -- background loops ------------------------------------------------------------
     def start_background(self) -> None:
-        for target in (self._reaper_loop, self._scheduler_loop, self._cleanup_loop):
+        for target in (self._reaper_loop, self._scheduler_loop, self._cleanup_loop,
+                       self._notify_loop):
             threading.Thread(target=target, daemon=True, name=target.__name__).start()
+
+    def _notify_loop(self) -> None:
+        self.notifications.run(self.stopping)  # deliveries and RPO checks
 
     def _reaper_loop(self) -> None:
         while not self.stopping.wait(2):
@@ -144,6 +162,7 @@ class Services:
                 reaped = self.backups.runner.reap_orphans()
                 for job_id in reaped:
                     log.warning("job %s failed: its service stopped", job_id)
+                    self.backups.runner.announce_end(job_id)
                 if reaped:  # a replication a crash ended resumes now, not next pass
                     self.replications.run_due()
             except Exception:

@@ -12,7 +12,8 @@ from frostpoint.service.models import Machine
 def machine_spec(m: Machine) -> MachineSpec:
     return MachineSpec(m.name, m.slot, [DiskSpec(d.name, d.size_bytes, d.filesystem,
                                                  Path(d.image_path), d.encrypted)
-                                        for d in m.disks])
+                                        for d in m.disks],
+                       kind=m.kind, memory_bytes=m.memory_bytes, cpus=m.cpus)
 
 
 def taken_disks(disks: list[DiskSpec], params: dict[str, Any]) -> list[DiskSpec]:
