@@ -101,6 +101,7 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_the_overview_lists_the_machin
         admin: Tab, service: Service, browser: Any) -> None:
     cookie = next(c for c in admin.ctx.cookies() if c["name"] == "frostpoint_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    service.client.patch("/policies/p1", {"rpo_hours": 24})
     response = admin.go("/")
     csp = response.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
@@ -108,6 +109,7 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_the_overview_lists_the_machin
     row = admin.page.locator(f"#machines tr[data-machine={M}]")
     assert "Protected" in row.inner_text() and "Completed" in row.inner_text()
     assert "FileSystemConsistent" in row.inner_text()  # the last backup froze the disk
+    assert row.locator("td").last.inner_text() == "yes"  # a backup seconds ago: in its RPO
     assert "No job is running" in admin.page.inner_text("#running")
     assert "v1" in admin.page.inner_text("#vault-usage")
     admin.shot("overview")

@@ -90,7 +90,7 @@ ACTIONS: dict[str, Action] = {
     "verify": Action("POST", "/vaults/{vault}/verify", query=("sample",)),
     "gc": Action("POST", "/vaults/{vault}/gc", query=("grace_hours",)),
     "policy-create": Action("POST", "/policies", body=("name", "schedule", "schedule_time",
-                                                       "vault_retention_days")),
+                                                       "vault_retention_days", "rpo_hours")),
     "policy-delete": Action("DELETE", "/policies/{policy}"),
     "lock-create": Action("POST", "/locks", body=("name", "resource_group", "kind")),
     "lock-delete": Action("DELETE", "/locks/{lock}"),
