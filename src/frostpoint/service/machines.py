@@ -339,7 +339,7 @@ class Machines:
         """Whether a snapshot task of this machine is live: the extension asks right
         before it freezes. Refused (catalog code) for another machine's or an ended one."""
         with self.rt.sessions() as s:
-            job = s.get(Job, task_id)
+            job, m = s.get(Job, task_id), s.get(Machine, machine_id)
             if job is None or job.machine_id != machine_id:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       "no snapshot task of this machine has that id")
@@ -347,7 +347,10 @@ class Machines:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}: the snapshot task "
                                       "was withdrawn", {"job_status": job.status})
-            return {"taskId": job.id, "live": True}
+            spec = machine_spec(m) if m else MachineSpec(machine_id, 0)
+        # The extension freezes next: stage the clone now, so that it freezes briefly.
+        self.rt.platform.prepare_snapshot(spec.name, task_id, spec.disks)
+        return {"taskId": task_id, "live": True}
 
     def goal_state_version(self, machine_id: str) -> int:
         return self.rt.notifier.version(machine_id)
@@ -435,8 +438,7 @@ class Machines:
         A guest may call this as often as it likes; the host takes one snapshot per
         task, only while the task's Take Snapshot step runs. The claim is one
         conditional UPDATE on that step's row, so two calls racing each other cannot
-        both win, and a restore point's images are never written again.
-        """
+        both win, and a restore point's images are never written again."""
         task_id = str(body.get("taskId", ""))[:64]
         with self.rt.sessions() as s:
             job = s.get(Job, task_id)
@@ -447,8 +449,7 @@ class Machines:
             if job.status != JobStatus.IN_PROGRESS or job.cancel_requested:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}")
-            disks = machine_spec(m).disks
-            name = m.name
+            disks, name = machine_spec(m).disks, m.name
         self._check_disks(name, disks)
         self._claim_snapshot(task_id)
         result = self.snapshot_disks(name, task_id, disks)
@@ -477,8 +478,7 @@ class Machines:
 
     def _check_disks(self, machine: str, disks: list[DiskSpec]) -> None:
         missing = [d.name for d in disks if not self.rt.platform.disk_exists(d)]
-        if missing:
-            # The platform cannot snapshot a disk it does not have: a user-caused refusal.
+        if missing:  # the platform cannot snapshot a disk it lacks: the user's refusal
             raise FrostpointError(
                 "UserErrorCrpReportedUserError",
                 f"the platform refused the snapshot: disk(s) {', '.join(missing)} of "
