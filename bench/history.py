@@ -173,7 +173,8 @@ def one_dataset(work_root: Path, name: str, backups: int) -> dict[str, Any]:
         c.post("/protection/enable", {"machine": MACHINE, "vault": "v", "policy": "p"})
         svc.wait_agent_ready(MACHINE)
         image = svc.data_dir / "pool" / "disks" / MACHINE / f"{DISK}.img"
-        gen = [sys.executable, str(classic.BENCH / "dataset.py")]
+        # The guest has its own root: the generator goes in as the program text.
+        gen = ["python3", "-c", (classic.BENCH / "dataset.py").read_text()]
         say(f"[bold]{name}[/]: generating the dataset in the machine")
         dataset = json.loads(svc.exec(MACHINE, [*gen, gen_cmd, f"/mnt/{DISK}"]))
         timed(["borg", "init", "--encryption=repokey", str(work / "borg")], borg_env,

@@ -38,7 +38,7 @@ from frostpoint.service.models import (
     utcnow,
 )
 from frostpoint.service.names import NAME_RE, parse_size
-from frostpoint.service.runtime import Runtime
+from frostpoint.service.runtime import Runtime, status_key
 from frostpoint.service.specs import machine_spec
 from frostpoint.service.tokens import token_hash
 
@@ -375,8 +375,7 @@ class Machines:
                 ext = next((e for e in m.extensions if e.name == st.get("name")), None)
                 if ext is None or int(st.get("sequence", -1)) != ext.sequence:
                     continue  # a report for an older sequence number
-                ext.status = st
-                ext.updated_at = utcnow()
+                ext.status, ext.updated_at = st, utcnow()
                 ext.provisioning_state = {"success": ProvisioningState.SUCCEEDED,
                                           "error": ProvisioningState.FAILED}.get(
                     st.get("status"), ProvisioningState.UPDATING)
@@ -385,6 +384,7 @@ class Machines:
                                         ProvisioningState.FAILED):  # not mid-operation
                 m.provisioning_state = (ProvisioningState.FAILED if failed
                                         else ProvisioningState.SUCCEEDED)
+        self.rt.notifier.bump(status_key(machine_id))  # the job waiting for it looks now
 
     def package_file(self, name: str, version: str) -> str | None:
         p = self.packages.get(name)

@@ -149,6 +149,11 @@ def job_key(job_id: str) -> str:
     return f"job:{job_id}"  # never a machine id (those are uuids)
 
 
+def status_key(machine_id: str) -> str:
+    """Bumped when a machine's agent reports extension status."""
+    return f"status:{machine_id}"
+
+
 class Notifier:
     """Wakes long polls when a machine's goal state changes or a job ends (in this
     process); a job's key is job_key(id)."""
