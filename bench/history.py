@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -250,6 +251,8 @@ def main() -> int:
         print("bench/history.py needs root (sandbox machines, drop_caches)", file=sys.stderr)
         return 2
     classic.QUIET_WAIT = args.quiet_wait
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a kill still cleans up (one_dataset)
+        signal.signal(sig, classic._on_signal)
     backups = args.backups or (4 if args.quick else 18)
     names = (args.datasets or ("files" if args.quick else "files,mixed")).split(",")
     tools = ensure_installed()
