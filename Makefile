@@ -40,5 +40,9 @@ clean:
 # Benchmark against borg and restic (installs them with apt-get if missing); as root.
 # Figures and how to read them: docs/benchmarks.md. Results JSON: bench/results/.
 .PHONY: bench
-bench: setup
+bench: setup  # the long history (issue 14); BENCH_QUICK=1: one dataset, 4 backups
+	$(VENV)/bin/python bench/history.py $(if $(BENCH_QUICK),--quick)
+
+.PHONY: bench-pair
+bench-pair: setup  # one full and one incremental, 3 tools (bench/run.py)
 	$(VENV)/bin/python bench/run.py

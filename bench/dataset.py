@@ -1,7 +1,12 @@
 """The benchmark's dataset: deterministic, generated inside the sandbox machine.
 
     python dataset.py generate /mnt/data    # ~230 MB text-like files + ~200 MB random
-    python dataset.py change /mnt/data      # ~1 % of the 2 GiB disk: edits, appends, new
+    python dataset.py change /mnt/data [N]  # ~1 % of the 2 GiB disk: edits, appends, new
+    python dataset.py generate-mixed /mnt/data   # small files, a database, a big file
+    python dataset.py change-mixed /mnt/data N   # ~1 %: rows, small files, in place
+
+A change takes a step number N (default 0), which seeds it: the history benchmark
+(bench/history.py) changes the disk differently at every backup.
 
 Everything comes from seeded PRNGs (random.Random(42) for the dataset, 43 for the
 change), so every run writes the same bytes into the same file tree. Each command
@@ -18,6 +23,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 SEED, CHANGE_SEED = 42, 43
 TEXT_BYTES = 230_000_000
@@ -108,11 +114,11 @@ def _pwrite(path: Path, data: bytes, offset: int) -> None:
         os.close(fd)
 
 
-def change(root: Path) -> dict[str, int]:
+def change(root: Path, step: int = 0) -> dict[str, int]:
     """About 1 % of the 2 GiB disk (~21 MB), the way a day of use changes a machine:
     in-place rewrites inside big binary files, small edits and appends in text files,
     one file rewritten whole, a few new files, a few deleted."""
-    rng = random.Random(CHANGE_SEED)
+    rng = random.Random(CHANGE_SEED + 1000 * step)
     text = Text(random.Random(SEED))  # same vocabulary, fresh words from rng below
     text.rng = rng
     bins = sorted((root / "bin").glob("*.bin"))
@@ -164,9 +170,82 @@ def change(root: Path) -> dict[str, int]:
     return w
 
 
+SMALL_FILES, DB_ROWS, BIG_BYTES = 6000, 24_000, 600_000_000
+
+
+def _db(root: Path) -> Any:
+    import sqlite3  # the guest's python3 has it (libpython3-stdlib)
+    return sqlite3.connect(root / "db" / "app.sqlite")
+
+
+def generate_mixed(root: Path) -> dict[str, int]:
+    """Several thousand small files, a database, one large mostly-random file."""
+    rng = random.Random(SEED + 1)
+    text = Text(rng)
+    small = 0
+    for i in range(SMALL_FILES):
+        data = text.make(_log_uniform(rng, 512, 48 * 1024))
+        _write(root / "etc" / f"d{i % 64:02d}" / f"c{i:05d}.conf", data)
+        small += len(data)
+    (root / "db").mkdir(parents=True, exist_ok=True)
+    db = _db(root)
+    db.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, name TEXT, body BLOB)")
+    db.executemany("INSERT INTO item VALUES (?, ?, ?)", (
+        (k, text.make(40), rng.randbytes(rng.randint(1024, 8192))) for k in range(DB_ROWS)))
+    db.commit()
+    db.close()
+    big = root / "big" / "media.bin"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    with open(big, "wb") as f:  # random, with a zero run every 64 MiB (mostly random)
+        for off in range(0, BIG_BYTES, 4 * MiB):
+            f.write(bytes(4 * MiB) if off % (64 * MiB) == 0 else rng.randbytes(4 * MiB))
+    os.sync()
+    dbsize = (root / "db" / "app.sqlite").stat().st_size
+    return {"files": SMALL_FILES + 2, "small_bytes": small, "db_bytes": dbsize,
+            "big_bytes": BIG_BYTES, "bytes_written": small + dbsize + BIG_BYTES}
+
+
+def change_mixed(root: Path, step: int) -> dict[str, int]:
+    """About 1 % of the disk: database rows updated and added, small files edited,
+    added and deleted, a few MiB rewritten in place in the big file."""
+    rng = random.Random(CHANGE_SEED + 1 + 1000 * step)
+    text = Text(random.Random(SEED + 1))
+    text.rng = rng
+    w = {"db_rows": 0, "small_edited": 0, "small_new": 0, "deleted_files": 0, "in_place": 0}
+    db = _db(root)
+    for _ in range(1500):
+        db.execute("UPDATE item SET body = ? WHERE id = ?",
+                   (rng.randbytes(rng.randint(1024, 8192)), rng.randrange(DB_ROWS)))
+    db.executemany("INSERT INTO item (name, body) VALUES (?, ?)",
+                   ((text.make(40), rng.randbytes(4096)) for _ in range(300)))
+    db.commit()
+    db.close()
+    w["db_rows"] = 1800
+    small = sorted((root / "etc").rglob("*.conf"))
+    for p in rng.sample(small, 150):
+        _write(p, text.make(_log_uniform(rng, 512, 48 * 1024)))
+        w["small_edited"] += 1
+    for k in range(150):
+        _write(root / "etc" / "new" / f"s{step:02d}-{k:03d}.conf", text.make(4096))
+        w["small_new"] += 1
+    for p in rng.sample(small, 100):
+        p.unlink()
+        w["deleted_files"] += 1
+    big = root / "big" / "media.bin"
+    for _ in range(6):
+        _pwrite(big, rng.randbytes(MiB), rng.randrange(BIG_BYTES // MiB) * MiB)
+        w["in_place"] += MiB
+    os.sync()
+    w["bytes_written"] = 1800 * 5000 + 300 * 4096 + w["in_place"]
+    return w
+
+
 def main() -> None:
     cmd, root = sys.argv[1], Path(sys.argv[2])
-    out = generate(root) if cmd == "generate" else change(root)
+    step = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    out = {"generate": lambda: generate(root), "change": lambda: change(root, step),
+           "generate-mixed": lambda: generate_mixed(root),
+           "change-mixed": lambda: change_mixed(root, step)}[cmd]()
     out["sha256"] = DIGEST.hexdigest()
     st = os.statvfs(root)
     out["fs_used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize

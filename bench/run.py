@@ -318,7 +318,8 @@ def one_run(work_root: Path, n: int) -> dict[str, Any]:
         svc.wait_agent_ready(MACHINE)
 
         say("generating the dataset inside the machine (seeded)")
-        gen = [sys.executable, str(BENCH / "dataset.py")]
+        # The guest has its own root: the generator goes in as the program text.
+        gen = ["python3", "-c", (BENCH / "dataset.py").read_text()]
         dataset = json.loads(svc.exec(MACHINE, [*gen, "generate", f"/mnt/{DISK}"]))
         say(f"  {dataset['files']} files, {dataset['bytes_written'] / MB:.0f} MB; "
             f"filesystem uses {dataset['fs_used_bytes'] / MB:.0f} MB")

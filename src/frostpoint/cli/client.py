@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -128,17 +127,17 @@ class Client:
     def wait_job(self, job_id: str, show: bool = True, label: str = "") -> dict[str, Any]:
         """Poll a job to its end, with a progress bar over the bytes it moves."""
         if not show:
-            while True:
-                job: dict[str, Any] = self.get(f"/jobs/{job_id}")
+            while True:  # a long poll: answered as the job ends
+                job: dict[str, Any] = self.get(f"/jobs/{job_id}", params={"wait": 25})
                 if job["status"] in FINAL:
                     return job
-                time.sleep(0.3)
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.fields[amount]}"), TimeElapsedColumn(),
                       console=err_console, transient=True) as bar:
             task = bar.add_task(label or job_id, total=None, amount="")
             while True:
-                job = self.get(f"/jobs/{job_id}")  # typed above
+                # Held up to a second: the bar moves, and the end is seen at once.
+                job = self.get(f"/jobs/{job_id}", params={"wait": 1})  # typed above
                 current = next((t for t in job["subtasks"] if t["status"] == "InProgress"),
                                None)
                 if current:
@@ -151,7 +150,6 @@ class Client:
                                amount=_amount(p, counted))
                 if job["status"] in FINAL:
                     return job
-                time.sleep(0.3)
 
 
 def _amount(p: dict[str, Any], counted: bool) -> str:

@@ -120,6 +120,10 @@ class HostMachines(SnapshotFolders):
         return self._by_name(machine).thaw(machine, disks)
 
     # -- the pool's files: the same for every kind -------------------------------------
+    def prepare_snapshot(self, machine: str, snapshot_id: str,
+                         disks: list[DiskSpec]) -> None:
+        self.sandbox.prepare_snapshot(machine, snapshot_id, disks)  # both kinds reflink
+
     def snapshot_disks(self, machine: str, snapshot_id: str,
                        disks: list[DiskSpec]) -> Snapshot:
         return self.sandbox.snapshot_disks(machine, snapshot_id, disks)

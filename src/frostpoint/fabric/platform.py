@@ -85,6 +85,10 @@ class SnapshotFolders:
     def delete_snapshot(self, location: str) -> None:
         shutil.rmtree(location, ignore_errors=True)
 
+    def prepare_snapshot(self, machine: str, snapshot_id: str,
+                         disks: list[DiskSpec]) -> None:
+        """Nothing to prepare unless the platform says otherwise."""
+
 
 class GuestBackend(Protocol):
     """What a machine's agent talks to (the wire and host endpoints' backend,
@@ -159,6 +163,11 @@ class MachinePlatform(Protocol):
         ...
 
     # -- disks -------------------------------------------------------------------------------
+    def prepare_snapshot(self, machine: str, snapshot_id: str,
+                         disks: list[DiskSpec]) -> None:
+        """Work done before the guest freezes so that snapshot_disks, which runs while
+        it is frozen, is short; optional: snapshot_disks is right without it."""
+
     def snapshot_disks(self, machine: str, snapshot_id: str,
                        disks: list[DiskSpec]) -> Snapshot:
         """Copy every disk, all or nothing; the same snapshot_id twice is refused

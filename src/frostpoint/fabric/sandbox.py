@@ -32,6 +32,7 @@ from pathlib import Path
 from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric import fscrypt, guestfs
 from frostpoint.fabric.brokers import FreezeBrokers
+from frostpoint.fabric.clone import Stages
 from frostpoint.fabric.dhcp import DhcpServer
 from frostpoint.fabric.hostthaw import thaw_disks_from_host
 from frostpoint.fabric.image import ensure_image
@@ -79,6 +80,7 @@ class Sandbox(SnapshotFolders):
         self.roots_dir = data_dir / "run" / "roots"  # mount points of machines' roots
         self.init_dir = data_dir / "run" / "init"  # host pid of each machine's PID 1
         self.brokers = FreezeBrokers(data_dir / "run" / "broker")
+        self.stages = Stages()  # clones staged before a freeze (fabric/clone.py)
 
     # -- paths ---------------------------------------------------------------
     def guest_dir(self, machine: str) -> Path:
@@ -422,19 +424,28 @@ class Sandbox(SnapshotFolders):
         guestfs.write_bytes(self.guest_dir(machine), self._guest_rel(machine, path), data,
                             mode=mode)
 
+    def prepare_snapshot(self, machine: str, snapshot_id: str,
+                         disks: list[DiskSpec]) -> None:
+        self.stages.stage(machine, self.pool.snapshot_dir(machine, snapshot_id),
+                          [(d.name, d.image_path) for d in disks])
+
     def snapshot_disks(self, machine: str, snapshot_id: str,
                        disks: list[DiskSpec]) -> Snapshot:
         target = self.pool.snapshot_dir(machine, snapshot_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         # Cloned under a temporary name and renamed into place: a snapshot folder, once
         # there, is complete, and a rename never replaces a folder with files in it.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        # A folder staged before the freeze only catches up on what changed since.
+        tmp = self.stages.catch_up(machine, target, [(d.name, d.image_path) for d in disks])
         try:
-            for disk in disks:
-                reflink(disk.image_path, tmp / f"{disk.name}.img")
+            if tmp is None:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+                for disk in disks:
+                    reflink(disk.image_path, tmp / f"{disk.name}.img")
             os.rename(tmp, target)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             if target.exists():
                 raise FileExistsError(f"snapshot {snapshot_id} exists already") from e
             raise

@@ -44,6 +44,7 @@ from frostpoint.service.requests import (
     VaultUpdateIn,
 )
 from frostpoint.service.roles import contained, route_role
+from frostpoint.service.runtime import job_key
 from frostpoint.service.services import Services
 from frostpoint.service.tokens import Caller, Tokens
 from frostpoint.service.vault_errors import catalog_error as vault_catalog_error
@@ -51,6 +52,7 @@ from frostpoint.vault.errors import VaultError
 from frostpoint.web.app import add_dashboard
 
 log = logging.getLogger("frostpoint.service.api")
+JOB_WAIT_MAX = 30.0  # seconds a GET /jobs/ID?wait= long poll is held at most
 
 def create_app(svc: Services) -> FastAPI:
     app = FastAPI(title="Frostpoint backup service", version=__version__)
@@ -306,12 +308,18 @@ def create_app(svc: Services) -> FastAPI:
             return [describe_job(j) for j in s.scalars(q)]
 
     @app.get("/jobs/{job_id}", dependencies=r, response_model=S.Job)
-    def show_job(job_id: str) -> dict[str, Any]:
+    def show_job(job_id: str, wait: float = Query(0, ge=0, le=JOB_WAIT_MAX)) -> dict[str, Any]:
+        """The job; with wait > 0, answered once it has ended or after wait seconds
+        (a long poll: `--wait` returns as the job ends, not at the next poll)."""
+        version = svc.rt.notifier.version(job_key(job_id))  # before the read: no lost wake
         with svc.rt.sessions() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise FrostpointError("NotFound", f"no job {job_id}")
-            return describe_job(job)
+            if not wait or job.status not in ACTIVE:
+                return describe_job(job)
+        svc.rt.notifier.wait(job_key(job_id), version, wait)
+        return show_job(job_id, 0)
 
     @app.post("/jobs/{job_id}/cancel", dependencies=r, response_model=S.Job)
     def cancel_job(job_id: str) -> dict[str, Any]:
@@ -322,7 +330,7 @@ def create_app(svc: Services) -> FastAPI:
             if job.status in ACTIVE:
                 job.cancel_requested = True
                 job.status = JobStatus.CANCELLING
-        return show_job(job_id)
+        return show_job(job_id, 0)
 
     # restore points and restores
     @app.get("/restore-points", dependencies=r, response_model=list[S.RestorePoint])

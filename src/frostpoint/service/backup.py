@@ -42,7 +42,7 @@ from frostpoint.service.models import (
     utcnow,
 )
 from frostpoint.service.protection import Protection
-from frostpoint.service.runtime import Runtime
+from frostpoint.service.runtime import Runtime, status_key
 from frostpoint.service.specs import machine_spec, taken_disks
 from frostpoint.service.vault_errors import as_catalog
 from frostpoint.vault.errors import VaultError
@@ -351,6 +351,7 @@ class Backups:
         while time.monotonic() < deadline:
             if self.runner.cancelled(job_id):
                 raise FrostpointError("JobCancelled")
+            version = self.rt.notifier.version(status_key(machine_id))
             with self.rt.sessions() as s:
                 m = s.get(Machine, machine_id)
                 assert m is not None
@@ -373,7 +374,8 @@ class Backups:
             if beat and (utcnow() - beat).total_seconds() > t.heartbeat_stale:
                 raise FrostpointError("UserErrorGuestAgentStatusUnavailable",
                                       f"the agent of {machine} stopped heartbeating")
-            time.sleep(0.1)
+            # Woken by the agent's next status report, else a look every 0.1 s.
+            self.rt.notifier.wait(status_key(machine_id), version, 0.1)
         raise FrostpointError("GuestAgentSnapshotTaskStatusError",
                               f"no status for the snapshot task within "
                               f"{t.extension_wait:.0f} s", {"sequence": seq})

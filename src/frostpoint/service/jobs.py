@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from frostpoint.enums import JobStatus, SubTaskStatus
 from frostpoint.errors.catalog import FrostpointError, JobCancelled, error_dict
 from frostpoint.service.models import Job, SubTask, utcnow
-from frostpoint.service.runtime import Runtime
+from frostpoint.service.runtime import Runtime, job_key
 from frostpoint.service.vault_errors import as_catalog
 from frostpoint.vault.errors import VaultError
 
@@ -196,6 +196,7 @@ class JobRunner:
         for _ in range(FINISH_ATTEMPTS):
             try:
                 self._write_end(job_id, status, error, warnings, release_slot)
+                self.rt.notifier.bump(job_key(job_id))  # wakes `--wait` long polls
                 return
             except Exception as e:  # noqa: BLE001 - retried, then reported below
                 last = e
@@ -209,6 +210,7 @@ class JobRunner:
             "BackUpOperationFailed", "the job ended but its result could not be saved",
             {"ended_as": status, "cause": f"{type(last).__name__}: {last}"[:500]}), [],
             release_slot)
+        self.rt.notifier.bump(job_key(job_id))
 
     def _write_end(self, job_id: str, status: str, error: dict[str, Any] | None,
                    warnings: list[Any], release_slot: bool) -> None:

@@ -38,7 +38,7 @@ from frostpoint.service.models import (
     utcnow,
 )
 from frostpoint.service.names import NAME_RE, check_disk, check_vm_size
-from frostpoint.service.runtime import Runtime
+from frostpoint.service.runtime import Runtime, status_key
 from frostpoint.service.specs import machine_spec, taken_disks
 from frostpoint.service.tokens import token_hash
 
@@ -338,7 +338,7 @@ class Machines:
         """Whether a snapshot task of this machine is live: the extension asks right
         before it freezes. Refused (catalog code) for another machine's or an ended one."""
         with self.rt.sessions() as s:
-            job = s.get(Job, task_id)
+            job, m = s.get(Job, task_id), s.get(Machine, machine_id)
             if job is None or job.machine_id != machine_id:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       "no snapshot task of this machine has that id")
@@ -346,7 +346,10 @@ class Machines:
                 raise FrostpointError("ExtensionOperationFailedForManagedDisks",
                                       f"the backup job is {job.status}: the snapshot task "
                                       "was withdrawn", {"job_status": job.status})
-            return {"taskId": job.id, "live": True}
+            spec = machine_spec(m) if m else MachineSpec(machine_id, 0)
+        # The extension freezes next: stage the clone now, so that it freezes briefly.
+        self.rt.platform.prepare_snapshot(spec.name, task_id, spec.disks)
+        return {"taskId": task_id, "live": True}
 
     def goal_state_version(self, machine_id: str) -> int:
         return self.rt.notifier.version(machine_id)
@@ -371,8 +374,7 @@ class Machines:
                 ext = next((e for e in m.extensions if e.name == st.get("name")), None)
                 if ext is None or int(st.get("sequence", -1)) != ext.sequence:
                     continue  # a report for an older sequence number
-                ext.status = st
-                ext.updated_at = utcnow()
+                ext.status, ext.updated_at = st, utcnow()
                 ext.provisioning_state = {"success": ProvisioningState.SUCCEEDED,
                                           "error": ProvisioningState.FAILED}.get(
                     st.get("status"), ProvisioningState.UPDATING)
@@ -381,6 +383,7 @@ class Machines:
                                         ProvisioningState.FAILED):  # not mid-operation
                 m.provisioning_state = (ProvisioningState.FAILED if failed
                                         else ProvisioningState.SUCCEEDED)
+        self.rt.notifier.bump(status_key(machine_id))  # the job waiting for it looks now
 
     def package_file(self, name: str, version: str) -> str | None:
         p = self.packages.get(name)
@@ -434,8 +437,7 @@ class Machines:
         A guest may call this as often as it likes; the host takes one snapshot per
         task, only while the task's Take Snapshot step runs. The claim is one
         conditional UPDATE on that step's row, so two calls racing each other cannot
-        both win, and a restore point's images are never written again.
-        """
+        both win, and a restore point's images are never written again."""
         task_id = str(body.get("taskId", ""))[:64]
         with self.rt.sessions() as s:
             job = s.get(Job, task_id)
@@ -476,8 +478,7 @@ class Machines:
 
     def _check_disks(self, machine: str, disks: list[DiskSpec]) -> None:
         missing = [d.name for d in disks if not self.rt.platform.disk_exists(d)]
-        if missing:
-            # The platform cannot snapshot a disk it does not have: a user-caused refusal.
+        if missing:  # the platform cannot snapshot a disk it lacks: the user's refusal
             raise FrostpointError(
                 "UserErrorCrpReportedUserError",
                 f"the platform refused the snapshot: disk(s) {', '.join(missing)} of "

@@ -148,8 +148,18 @@ def ensure_api_token(data_dir: Path) -> str:
     return token
 
 
+def job_key(job_id: str) -> str:
+    return f"job:{job_id}"  # never a machine id (those are uuids)
+
+
+def status_key(machine_id: str) -> str:
+    """Bumped when a machine's agent reports extension status."""
+    return f"status:{machine_id}"
+
+
 class Notifier:
-    """Wakes long polls when a machine's goal state changes (in this process)."""
+    """Wakes long polls when a machine's goal state changes or a job ends (in this
+    process); a job's key is job_key(id)."""
 
     def __init__(self) -> None:
         self.versions: dict[str, int] = {}
@@ -162,6 +172,11 @@ class Notifier:
 
     def version(self, machine_id: str) -> int:
         return self.versions.get(machine_id, 0)
+
+    def wait(self, key: str, version: int, timeout: float) -> None:
+        """Until key's version is no longer `version`, or timeout seconds."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.versions.get(key, 0) != version, timeout)
 
 
 def host_platform(data_dir: Path) -> MachinePlatform:
