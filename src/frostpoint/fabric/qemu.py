@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric import accel, channel, qmp, vmdisk
+from frostpoint.fabric import accel, channel, qmp, vmdisk, vmimport
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.platform import DiskSpec, ExecResult, MachineSpec, SnapshotFolders
 from frostpoint.fabric.pool import DiskPool, make_disk_image, reflink
@@ -93,7 +93,10 @@ class QemuPlatform(SnapshotFolders):
         self.vm_dir(spec.name).mkdir(parents=True, exist_ok=True)
         self._save(spec.name, slot=spec.slot, memory_bytes=spec.memory_bytes, cpus=spec.cpus)
         for disk in spec.disks:
-            make_disk_image(disk)
+            if disk.source is not None:  # the user's own (vm import)
+                vmimport.convert(disk.source, disk.image_path)
+            else:
+                make_disk_image(disk)
         os_disk = self.os_disk(spec.name)
         os_disk.parent.mkdir(parents=True, exist_ok=True)
         reflink(vmdisk.root_image(self.pool.root / "images"), os_disk)
