@@ -33,7 +33,8 @@ R, OP, A = "reader", "operator", "admin"
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/health"): "public",
     ("GET", "/errors"): R,
-    ("POST", "/machines"): A, ("GET", "/machines"): R, ("GET", "/machines/{name}"): R,
+    ("POST", "/machines"): A, ("POST", "/machines/import"): A, ("GET", "/machines"): R,
+    ("GET", "/machines/{name}"): R,
     ("POST", "/machines/{name}/start"): A, ("POST", "/machines/{name}/stop"): A,
     ("POST", "/machines/{name}/deallocate"): A, ("DELETE", "/machines/{name}"): A,
     ("POST", "/machines/{name}/exec"): A, ("DELETE", "/machines/{name}/disks/{disk}"): A,

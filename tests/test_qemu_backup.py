@@ -1,9 +1,12 @@
 """Backups and restores of a running QEMU guest (under TCG here): a small database
-quiesced by pre/post scripts, the guest's FIFREEZE, restores as new VMs that boot, and
-a fault of the catalog on a VM with its code, doctor finding, fix and next backup."""
+quiesced by pre/post scripts, the guest's FIFREEZE, restores as new VMs that boot, its
+address and the fabric's by DHCP, and faults of the catalog on a VM (extensions
+disabled, DHCP off) with their code, doctor finding, fix and next backup. One VM for
+the module: a TCG boot is slow."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import Service, running_service, sha256_file
+from frostpoint.protocol import FABRIC_ADDRESS, GUEST_LEASE_FILE, GUEST_NETWORK_CONFIG
 
 if os.geteuid() != 0:
     pytest.skip("needs root: QEMU guests use taps, the fabric namespace and the pool",
@@ -142,6 +146,48 @@ def test_extensions_disabled_in_a_vm_fault_finding_fix(svc: Service, vm: str) ->
     svc.exec(vm, "frostpoint-agent restart")
     svc.wait_agent_ready(vm, timeout=120)
     time.sleep(10)
+    backup_ok(svc, vm)
+
+
+def discovery(svc: Service, vm: str) -> dict[str, Any]:
+    return next(f for f in svc.cli_json("doctor", vm, check=False)["findings"]
+                if f["check"] == "guest.network.discovery")
+
+
+def eth0(svc: Service, vm: str) -> list[tuple[str, int]]:
+    links = json.loads(svc.exec(vm, "ip -j -4 addr show dev eth0"))
+    return [(a["local"], a["valid_life_time"]) for link in links for a in link["addr_info"]]
+
+
+def test_a_vm_gets_its_address_by_dhcp_and_dhcp_off_gives_the_fault_finding_fix(
+        svc: Service, vm: str) -> None:
+    own = svc.client.get(f"/machines/{vm}")["address"]
+    # The slot's address from the fabric's DHCP server, with a lease's finite lifetime,
+    # the fabric address in option 245 of the lease, and nothing routed.
+    got = eth0(svc, vm)
+    assert [a for a, _ in got] == [own] and got[0][1] < 0xFFFFFFFF, got
+    assert f"option fabric-address {FABRIC_ADDRESS};" in svc.exec(vm, f"cat {GUEST_LEASE_FILE}")
+    assert "default" not in svc.exec(vm, "ip route")
+    assert "Endpoint.Address=auto" in svc.exec(vm, "cat /etc/frostpoint/agent.conf")
+    found = discovery(svc, vm)
+    assert found["status"] == "pass" and "option 245" in found["message"], found
+    # The earlier tests' backups went through that discovery. Now DHCP off, as a user
+    # turns it off: a static address in the network config.
+    svc.exec(vm, f"ifdown eth0; printf 'auto eth0\\niface eth0 inet static\\n"
+             f"    address {own}/24\\n' > {GUEST_NETWORK_CONFIG}; ifup eth0")
+    assert eth0(svc, vm) == [(own, 0xFFFFFFFF)]
+    svc.cli_json("vm", "agent", "restart", vm)
+    job = svc.backup(vm, timeout=300)
+    assert job["status"] == "Failed", job
+    assert job["error"]["code"] == "UserErrorGuestAgentStatusUnavailable", job["error"]
+    found = discovery(svc, vm)
+    assert found["status"] == "fail", found
+    assert found["code"] == "UserErrorGuestAgentStatusUnavailable"
+    assert "DHCP is off for eth0" in found["message"] and own in found["message"], found
+    assert any("inet dhcp" in f for f in found["fix"]), found["fix"]
+    svc.cli("doctor", vm, "--fix", "--check", "guest.network.discovery", "--yes", check=False)
+    assert f"Endpoint.Address={FABRIC_ADDRESS}" in svc.exec(vm, "cat /etc/frostpoint/agent.conf")
+    svc.wait_agent_ready(vm, timeout=120)
     backup_ok(svc, vm)
 
 

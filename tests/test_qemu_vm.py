@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Service, running_service
+from conftest import Service, running_service, sha256_file
 from frostpoint.cli.client import ApiError
 
 if os.geteuid() != 0:
@@ -155,6 +155,52 @@ def test_a_vm_powered_off_from_inside_is_noticed(svc: Service, vm: str) -> None:
     assert found["machine.power"]["status"] == "fail"
     svc.cli("vm", "start", vm)
     assert svc.exec(vm, "cat /proc/uptime") and qemu_pids(svc)
+
+
+def user_disk(path: Path, files: dict[str, str]) -> Path:
+    """A disk image as a user makes one: mkfs.ext4 of a folder, on the whole disk."""
+    tree = path.with_suffix(".d")
+    tree.mkdir()
+    for name, text in files.items():
+        (tree / name).write_text(text)
+    subprocess.run(["truncate", "-s", "32M", str(path)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(tree), str(path)], check=True)
+    return path
+
+
+def test_a_vm_imported_from_a_users_raw_and_qcow2_disks(svc: Service, vm: str,
+                                                        tmp_path: Path) -> None:
+    raw = user_disk(tmp_path / "mine.img", {"hello.txt": "from the user\n"})
+    logs = user_disk(tmp_path / "logs.img", {"log.txt": "a qcow2 of mine\n"})
+    qcow = tmp_path / "logs.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(logs), str(qcow)], check=True)
+    before = sha256_file(raw)
+    # Refused, with nothing made: a qcow2 whose header names another host file (a
+    # backing file), and an image with no filesystem.
+    backed = tmp_path / "backed.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(raw), "-F", "raw",
+                    str(backed)], check=True)
+    blank = tmp_path / "blank.img"
+    subprocess.run(["truncate", "-s", "32M", str(blank)], check=True)
+    for image, why in ((backed, "backing file"), (blank, "no filesystem")):
+        r = svc.cli("vm", "import", "bad", "--disk", f"data={image}", "--json", check=False)
+        assert r.returncode != 0 and "InvalidInput" in r.stdout + r.stderr, r
+        assert why in r.stdout + r.stderr, r
+    assert "bad" not in [m["name"] for m in svc.client.get("/machines")]
+    show = svc.cli_json("vm", "import", "mine", "--kind", "qemu", "--disk", f"data={raw}",
+                        "--disk", f"logs={qcow}", "--memory", "512M")
+    assert show["kind"] == "qemu" and show["power_state"] == "Running", show
+    assert {d["name"]: d["filesystem"] for d in show["disks"]} == {"data": "ext4",
+                                                                   "logs": "ext4"}
+    # The user's files, in the VM at /mnt/NAME; the originals untouched.
+    assert svc.exec("mine", "cat /mnt/data/hello.txt") == "from the user\n"
+    assert svc.exec("mine", "cat /mnt/logs/log.txt") == "a qcow2 of mine\n"
+    assert sha256_file(raw) == before
+    # No agent yet; `vm agent install` puts it in through the channel and it reports.
+    assert svc.client.get("/machines/mine")["agent"]["status"] != "Ready"
+    svc.cli_json("vm", "agent", "install", "mine")
+    svc.wait_agent_ready("mine", timeout=180)
+    svc.cli("vm", "delete", "mine")
 
 
 def test_deallocate_and_delete_leave_nothing(svc: Service, vm: str) -> None:

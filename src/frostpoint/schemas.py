@@ -385,6 +385,7 @@ RESPONSES: dict[tuple[str, str], Any] = {
     ("GET", "/health"): Health,
     ("GET", "/errors"): list[ApiError],
     ("POST", "/machines"): Machine,
+    ("POST", "/machines/import"): Machine,
     ("GET", "/machines"): list[Machine],
     ("GET", "/machines/{name}"): Machine,
     ("POST", "/machines/{name}/start"): Machine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -51,6 +52,32 @@ def vm_create(name: str = arg("NAME", "The new machine: 1-20 of a-z 0-9 -, from 
     emit(Client().post("/machines", {"name": name, "disks": disks, "agent": not no_agent,
                                      "agent_version": agent_version, "kind": kind,
                                      "memory": memory, "cpus": cpus}), as_json)
+
+
+@vm.command("import")
+@api
+def vm_import(name: str = arg("NAME", "The new VM: 1-20 of a-z 0-9 -, from a-z."),
+              disk: list[str] = typer.Option(
+                  ..., metavar="NAME=PATH",
+                  help="A disk image of yours (raw or qcow2, ext4 or xfs on the whole disk) "
+                       "on this host, converted into the pool; the VM sees it at /mnt/NAME. "
+                       "Repeat for more."),
+              kind: str = typer.Option("qemu", metavar="qemu",
+                                       help="The machine kind: only qemu imports disks."),
+              memory: str = typer.Option("1G", metavar="SIZE", help="The VM's memory."),
+              cpus: int = typer.Option(1, metavar="N", help="The VM's CPUs."),
+              as_json: bool = JSON) -> None:
+    """Make and start a QEMU VM from disk images you have (no agent yet: `vm agent install`)."""
+    if kind != "qemu":
+        raise typer.BadParameter("only --kind qemu imports disks", param_hint="--kind")
+    disks = []
+    for d in disk:
+        dname, sep, path = d.partition("=")
+        if not sep or not dname or not path:
+            raise typer.BadParameter(f"{d!r}: use NAME=PATH", param_hint="--disk")
+        disks.append({"name": dname, "path": str(Path(path).absolute())})
+    emit(Client().post("/machines/import", {"name": name, "disks": disks, "memory": memory,
+                                            "cpus": cpus}), as_json)
 
 
 @vm.command("list")

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from frostpoint.errors.catalog import FrostpointError
+from frostpoint.fabric import vmimport
 from frostpoint.fabric.platform import (
     DiskSpec,
     ExecResult,
@@ -66,6 +67,10 @@ class HostMachines(SnapshotFolders):
 
     def scratch_dir(self) -> Path:
         return self.sandbox.scratch_dir()
+
+    def inspect_import(self, path: Path) -> tuple[int, str]:
+        _, size, fs = vmimport.inspect(path)
+        return size, fs
 
     # -- by kind --------------------------------------------------------------------------
     def create(self, spec: MachineSpec, guest_files: dict[str, tuple[str, int]]) -> None:

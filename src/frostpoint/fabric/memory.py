@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from frostpoint.errors.catalog import FrostpointError
 from frostpoint.fabric.platform import (
     DiskSpec,
     ExecResult,
@@ -102,6 +103,10 @@ class MemoryPlatform(SnapshotFolders):
     def scratch_dir(self) -> Path:
         (self.root / "scratch").mkdir(parents=True, exist_ok=True)
         return self.root / "scratch"
+
+    def inspect_import(self, path: Path) -> tuple[int, str]:
+        raise FrostpointError("InvalidInput", "importing a disk image needs QEMU guests "
+                              "(the host platform), not the in-memory one")
 
     # -- lifecycle ---------------------------------------------------------------------
     def _get(self, machine: str) -> MemoryMachine:

@@ -36,6 +36,7 @@ class DiskSpec:
     image_path: Path  # the disk's location (DiskPool path for the sandbox)
     encrypted: bool = False
     key: bytes | None = field(default=None, repr=False)  # its data key, to attach it
+    source: Path | None = None  # a user's image (raw or qcow2) the disk is made from
 
     @property
     def mountpoint(self) -> str:
@@ -125,6 +126,10 @@ class MachinePlatform(Protocol):
     def disk_location(self, machine: str, disk: str) -> str: ...
     def scratch_dir(self) -> Path:
         """A folder beside the disks for temporary copies of them (restores)."""
+
+    def inspect_import(self, path: Path) -> tuple[int, str]:
+        """A user's disk image to import into a VM (raw or qcow2): (its size in bytes,
+        its filesystem), or InvalidInput saying why it cannot be imported."""
 
     # -- lifecycle ---------------------------------------------------------------------
     def create(self, spec: MachineSpec, guest_files: dict[str, tuple[str, int]]) -> None:

@@ -9,7 +9,8 @@ tap there; QEMU's seccomp sandbox on) with:
   and passes the guest's flushes on as fdatasync, so when a guest FIFREEZE returns
   every write it flushed is in the image file, and the host's FICLONE (which writes
   back the file's dirty pages first) clones exactly that;
-- a tap on the fabric bridge (fabric/network.py attach_tap) with the slot's MAC;
+- a tap on the fabric bridge (fabric/network.py attach_tap) with the slot's MAC; the
+  guest gets its address and the fabric's (option 245) by DHCP (fabric/dhcp.py);
 - the host channel, a virtio-serial port served by the guest (fabric/channel.py):
   exec, the guest's frostpoint files, thaw; never ssh;
 - QMP on a unix socket (fabric/qmp.py) for power; the serial console to a log file.
@@ -29,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from frostpoint.errors.catalog import FrostpointError
-from frostpoint.fabric import accel, channel, qmp, vmdisk
+from frostpoint.fabric import accel, channel, qmp, vmdisk, vmimport
 from frostpoint.fabric.network import FabricNetwork
 from frostpoint.fabric.platform import DiskSpec, ExecResult, MachineSpec, SnapshotFolders
 from frostpoint.fabric.pool import DiskPool, make_disk_image, reflink
 from frostpoint.fabric.system import run
-from frostpoint.protocol import AGENT_INSTALLED, FABRIC_ADDRESS, PREFIX_LEN
+from frostpoint.protocol import AGENT_INSTALLED
 
 QEMU = accel.QEMU
 BOOT_S = float(os.environ.get("FROSTPOINT_VM_BOOT_S", 240))  # TCG on a busy host is slow
@@ -42,13 +43,6 @@ BOOT_S = float(os.environ.get("FROSTPOINT_VM_BOOT_S", 240))  # TCG on a busy hos
 SHUTDOWN_GRACE_S = 60.0
 CONSOLE_TAIL = 64 << 10
 OS_DISK = "_os"  # the root disk's file name in the pool (no machine disk name has a _)
-
-
-def guest_network_args(address: str, mac: str) -> str:
-    """THE GUEST NETWORK CONFIG, host side: a static address from the slot, on the
-    kernel command line (the guest's frostpoint-guest-setup reads it). The DHCP work
-    replaces this with a lease from the fabric's DHCP server."""
-    return f"frostpoint.net={address}/{PREFIX_LEN},{FABRIC_ADDRESS},{mac}"
 
 
 def _small_init() -> bool:
@@ -99,7 +93,10 @@ class QemuPlatform(SnapshotFolders):
         self.vm_dir(spec.name).mkdir(parents=True, exist_ok=True)
         self._save(spec.name, slot=spec.slot, memory_bytes=spec.memory_bytes, cpus=spec.cpus)
         for disk in spec.disks:
-            make_disk_image(disk)
+            if disk.source is not None:  # the user's own (vm import)
+                vmimport.convert(disk.source, disk.image_path)
+            else:
+                make_disk_image(disk)
         os_disk = self.os_disk(spec.name)
         os_disk.parent.mkdir(parents=True, exist_ok=True)
         reflink(vmdisk.root_image(self.pool.root / "images"), os_disk)
@@ -119,9 +116,11 @@ class QemuPlatform(SnapshotFolders):
 
     def _cmdline(self, spec: MachineSpec, acc: accel.Accel, boot: vmdisk.BootFiles) -> list[str]:
         rd, name = self.run_dir(spec.name), spec.name
-        address, mac = self.network.machine_address(spec.slot), self.network.machine_mac(spec.slot)
+        mac = self.network.machine_mac(spec.slot)
+        # No address here: the guest's own config gets it by DHCP from the fabric (its
+        # slot's MAC has a static entry there: fabric/dhcp.py, fabric/guestnet.py).
         append = ["root=/dev/nvme0n1", "rw", "console=ttyS0", "quiet", "net.ifnames=0",
-                  "panic=-1", f"frostpoint.hostname={name}", guest_network_args(address, mac)]
+                  "panic=-1", f"frostpoint.hostname={name}"]
         if _small_init():
             append.append("init=/usr/lib/frostpoint-agent/frostpoint-vm-init")
         cmd = [QEMU, "-name", name, "-nodefaults", "-no-user-config", "-display", "none",

@@ -21,6 +21,7 @@ from frostpoint.errors.catalog import CATALOG, FrostpointError, Unauthorized, er
 from frostpoint.protocol import SNAPSHOT_EXTENSION
 from frostpoint.service import api_ops
 from frostpoint.service.api_recovery import add_routes
+from frostpoint.service.imports import import_vm
 from frostpoint.service.jobs import ACTIVE, describe_job
 from frostpoint.service.models import Job
 from frostpoint.service.names import parse_size
@@ -30,6 +31,7 @@ from frostpoint.service.requests import (
     FixIn,
     GrantIn,
     ImmutabilityIn,
+    ImportIn,
     KeyExportIn,
     LockIn,
     MachineIn,
@@ -129,6 +131,11 @@ def create_app(svc: Services) -> FastAPI:
         return svc.machines.create(body.name, [d.model_dump() for d in body.disks],
                                    body.region, body.agent, body.agent_version,
                                    body.kind, body.memory, body.cpus)
+
+    @app.post("/machines/import", dependencies=r, response_model=S.Machine)
+    def import_machine(body: ImportIn) -> dict[str, Any]:
+        return import_vm(svc.machines, body.name, [d.model_dump() for d in body.disks],
+                         body.memory, body.cpus)
 
     @app.get("/machines", dependencies=r, response_model=list[S.Machine])
     def list_machines() -> list[dict[str, Any]]:

@@ -119,8 +119,8 @@ class Machines:
                                     key_ref=key_ref, wrapped_key=wrapped))
             s.add(m)
         spec = machine_spec(m)
-        for disk, (*_, dek) in zip(spec.disks, specs, strict=True):
-            disk.key = dek
+        for disk, d, (*_, dek) in zip(spec.disks, disks, specs, strict=True):
+            disk.key, disk.source = dek, d.get("source")  # source: vm import's image
         try:
             self.rt.platform.create(spec, {
                 f"{GUEST_ETC}/agent.token": (token, 0o600),

@@ -37,6 +37,18 @@ class MachineIn(BaseModel):
     cpus: int = 1
 
 
+class ImportDiskIn(BaseModel):
+    name: str
+    path: str  # a raw or qcow2 image on the service's host
+
+
+class ImportIn(BaseModel):
+    name: str
+    disks: list[ImportDiskIn]
+    memory: str = "1G"
+    cpus: int = 1
+
+
 class FixIn(BaseModel):
     check: str
 

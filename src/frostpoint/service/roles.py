@@ -26,7 +26,7 @@ OPERATOR = {("GET", "/machines/{name}/doctor"), ("GET", "/machines/{name}/consol
             ("POST", "/restores/vm"), ("POST", "/restores/disks"),
             ("POST", "/restores/files"), ("GET", "/restore-points/{rp_id}/browse")}
 ADMIN = {
-    ("POST", "/machines"), ("POST", "/machines/{name}/start"),
+    ("POST", "/machines"), ("POST", "/machines/import"), ("POST", "/machines/{name}/start"),
     ("POST", "/machines/{name}/stop"), ("POST", "/machines/{name}/deallocate"),
     ("DELETE", "/machines/{name}"), ("POST", "/machines/{name}/exec"),
     ("DELETE", "/machines/{name}/disks/{disk}"), ("POST", "/machines/{name}/agent/restart"),
