@@ -109,7 +109,8 @@ def test_spoofing_guest_gets_none_of_another_machines_traffic(
     assert not leaked, f"mallory saw {len(leaked)} IPv4 frames of alice's: {leaked[:5]}"
     assert not [f for f in frames if token in f], "mallory saw alice's bearer token"
     # Mallory's own machine still works once it stops lying.
-    assert service.backup(A, timeout=120)["status"] == "Completed"
+    job = service.backup(A, timeout=120)
+    assert job["status"] == "Completed", job["error"]
 
 
 def run_in(ns: str, code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -162,7 +163,8 @@ def test_machines_cannot_reach_each_other(service: Service, net: FabricNetwork,
     assert {x for x in links if not x.startswith(f"fp{net.instance}h")} == {"lo", "fpbr0"}
     forward = run_in(net.fabric_ns, "print(open('/proc/sys/net/ipv4/ip_forward').read())")
     assert forward.stdout.strip() == "0"
-    assert service.backup(A, timeout=120)["status"] == "Completed"
+    job = service.backup(A, timeout=120)
+    assert job["status"] == "Completed", job["error"]
 
 
 def test_guest_cloning_another_machines_mac_and_address_reaches_nothing(
@@ -184,7 +186,8 @@ def test_guest_cloning_another_machines_mac_and_address_reaches_nothing(
     service.client.post(f"/machines/{A}/start", {})
     assert link_mac(a_ns, "eth0") == a_mac
     service.wait_agent_ready(A)
-    assert service.backup(A, timeout=120)["status"] == "Completed"
+    job = service.backup(A, timeout=120)
+    assert job["status"] == "Completed", job["error"]
 
 
 def test_filter_follows_machines_and_adopts_running_ones(service: Service,
@@ -213,4 +216,5 @@ def test_filter_follows_machines_and_adopts_running_ones(service: Service,
     service.start()
     assert elements_for(a_ip) == [(a_port, a_mac, a_ip)]
     service.wait_agent_ready(A)
-    assert service.backup(A, timeout=120)["status"] == "Completed"
+    job = service.backup(A, timeout=120)
+    assert job["status"] == "Completed", job["error"]

@@ -13,17 +13,19 @@ branch_labels = None
 depends_on = None
 
 
+# Native ALTER TABLE only (as 0004): batch mode copies and drops `machines`, which
+# SQLite's foreign keys refuse once restore points or jobs refer to a machine.
+COLUMNS = (("kind", sa.String(length=16), "sandbox"),
+           ("memory_bytes", sa.Integer(), str(1 << 30)),
+           ("cpus", sa.Integer(), "1"))
+
+
 def upgrade() -> None:
-    with op.batch_alter_table('machines') as b:
-        b.add_column(sa.Column('kind', sa.String(length=16), nullable=False,
-                               server_default='sandbox'))
-        b.add_column(sa.Column('memory_bytes', sa.Integer(), nullable=False,
-                               server_default=str(1 << 30)))
-        b.add_column(sa.Column('cpus', sa.Integer(), nullable=False, server_default='1'))
+    for name, kind, default in COLUMNS:
+        op.add_column('machines', sa.Column(name, kind, nullable=False,
+                                            server_default=default))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('machines') as b:
-        b.drop_column('cpus')
-        b.drop_column('memory_bytes')
-        b.drop_column('kind')
+    for name, _kind, _default in reversed(COLUMNS):
+        op.execute(f"ALTER TABLE machines DROP COLUMN {name}")
