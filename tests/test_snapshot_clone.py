@@ -37,7 +37,10 @@ def xfs() -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        # Lazily if something still holds a file there: never leave the loop device,
+        # and never remove the folder while the filesystem is still mounted on it.
+        if subprocess.run(["umount", str(mnt)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
