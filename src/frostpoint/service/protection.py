@@ -358,21 +358,13 @@ class Protection:
     def update(self, machine: str, exclude_disks: list[str]) -> dict[str, Any]:
         """Change which disks the next backups leave out (service/selective.py)."""
         with self.rt.sessions.begin() as s:
-            m = _by_name(s, Machine, machine, "machine")
-            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
-            if item is None:
-                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
-                                      f"machine {machine} is not protected")
+            m, item = _protected(s, machine)
             set_excluded(item, m, exclude_disks)
         return self.describe_protection(machine)
 
     def set_state(self, machine: str, state: str) -> dict[str, Any]:
         with self.rt.sessions.begin() as s:
-            m = _by_name(s, Machine, machine, "machine")
-            item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
-            if item is None:
-                raise FrostpointError("UserErrorBcmDatasourceNotPresent",
-                                      f"machine {machine} is not protected")
+            m, item = _protected(s, machine)
             if item.protection_state == ProtectionState.SOFT_DELETED:
                 raise FrostpointError("Conflict", f"protection of {machine} is SoftDeleted: "
                                       f"frostpoint protect undelete {machine} first",
@@ -471,3 +463,14 @@ class Protection:
                      "locks": [lk.name for lk in rg.locks],
                      "machines": sorted(machines.get(rg.id, []))}
                     for rg in s.scalars(select(ResourceGroup))]
+
+
+def _protected(s: Session, machine: str) -> tuple[Machine, ProtectedItem]:
+    """The machine and its protected item; UserErrorBcmDatasourceNotPresent if it has
+    none (update, stop and resume need protection)."""
+    m = _by_name(s, Machine, machine, "machine")
+    item = s.scalar(select(ProtectedItem).where(ProtectedItem.machine_id == m.id))
+    if item is None:
+        raise FrostpointError("UserErrorBcmDatasourceNotPresent",
+                              f"machine {machine} is not protected")
+    return m, item
